@@ -1,0 +1,43 @@
+# sessionrec — every target creates/uses .venv; nothing needs installing by hand.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DB     ?= sqlite:///data/sessionrec.db
+MODELS ?= models
+HOST   ?= 127.0.0.1
+PORT   ?= 50051
+
+.PHONY: run test lint proto bench demo clean venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/sessionrec serve --db $(DB) --models $(MODELS) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy sessionrec service training
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+		protos/sessionrec/v1/sessionrec.proto
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+demo: $(STAMP)
+	$(PY) -m bench.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

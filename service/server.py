@@ -1,0 +1,149 @@
+"""The sessionrec gRPC server: wiring, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
+
+from service.interceptors import ErrorMappingInterceptor
+from service.recommender import ModelHolder, RecommendationEngine
+from service.servicers import AdminServicer, RecommendationServicer, SessionServicer
+from service.sessions import SessionManager
+from sessionrec.config import Config
+from sessionrec.store import Store, open_store
+from sessionrec.v1 import sessionrec_pb2 as pb
+from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sessionrec.server")
+
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("SessionService", "RecommendationService", "AdminService")
+)
+
+
+@dataclass
+class SessionrecServer:
+    """A running server and the parts behind it (handy in tests)."""
+
+    server: grpc.Server
+    port: int
+    config: Config
+    store: Store
+    sessions: SessionManager
+    models: ModelHolder
+    engine: RecommendationEngine
+    health: health.HealthServicer
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, let in-flight calls finish (up to ``grace`` s), then release everything."""
+        grace = self.config.grace_s if grace is None else grace
+        self.set_serving(False)
+        self.server.stop(grace).wait()
+        self.sessions.stop()
+        self.models.stop()
+        self.store.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def create_server(config: Config, *, store: Store | None = None) -> tuple[SessionrecServer, int]:
+    """Builds and starts a server on ``config.host:config.port`` (port 0: any free
+    port). Returns the running server and the bound port."""
+    # Numpy's BLAS must not spawn its own threads inside gRPC worker threads.
+    threadpool_limits(1, "blas")
+    store = store or open_store(config.db_url, synchronous=config.sqlite_synchronous)
+    sessions = SessionManager(
+        store,
+        timeout_s=config.session_timeout_s,
+        max_clock_skew_s=config.max_clock_skew_s,
+        max_events_per_call=config.max_events_per_call,
+    )
+    models = ModelHolder(config.models_dir)
+    models.load_initial()
+    engine = RecommendationEngine(store, models, history_limit=config.history_limit)
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+        interceptors=[ErrorMappingInterceptor()],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    pb_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
+    pb_grpc.add_RecommendationServiceServicer_to_server(RecommendationServicer(engine), server)
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(models), server)
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        store.close()
+        raise OSError(f"could not bind {address}")
+    running = SessionrecServer(
+        server=server,
+        port=port,
+        config=config,
+        store=store,
+        sessions=sessions,
+        models=models,
+        engine=engine,
+        health=health_servicer,
+    )
+    running.set_serving(False)
+    server.start()
+    sessions.start_reaper(config.reaper_interval_s)
+    models.start_polling(config.model_poll_interval_s)
+    running.set_serving(True)
+    return running, port
+
+
+def serve(config: Config) -> None:
+    """Runs until SIGTERM/SIGINT: then NOT_SERVING, in-flight calls finish, exit."""
+    running, port = create_server(config)
+    loaded = running.models.current
+    log.info(
+        "sessionrec serving on %s:%d (store %s, model %s)",
+        config.host,
+        port,
+        config.db_url,
+        loaded.artifact.version if loaded else "none: popularity only",
+    )
+    shutdown = threading.Thread(target=running.stop, name="shutdown")
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if shutdown.is_alive() or shutdown.ident is not None:
+            return
+        log.info(
+            "received %s: draining for up to %.1fs", signal.Signals(signum).name, config.grace_s
+        )
+        shutdown.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.wait()
+    if shutdown.ident is not None:
+        shutdown.join()
+    log.info("sessionrec stopped")

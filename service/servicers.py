@@ -1,0 +1,165 @@
+"""Thin gRPC servicers: convert messages, delegate, convert back.
+
+Errors are raised as domain exceptions and mapped to status codes by
+``service.interceptors.ErrorMappingInterceptor``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from service.interceptors import status_for
+from service.recommender import ModelHolder, RecommendationEngine, Scored
+from service.sessions import IncomingEvent, SessionManager
+from sessionrec.events import SessionRecord
+from sessionrec.v1 import sessionrec_pb2 as pb
+from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+
+def timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def session_message(s: SessionRecord) -> pb.Session:
+    msg = pb.Session(
+        session_id=s.session_id,
+        user_id=s.user_id,
+        started_at=timestamp(s.started_at_ms),
+        last_event_at=timestamp(s.last_event_at_ms),
+        duration_ms=s.duration_ms,
+        event_count=s.event_count,
+        end_reason=pb.EndReason.Name(int(s.end_reason)),
+        platform=pb.Platform.Name(s.platform),
+        app_version=s.app_version,
+        active=s.is_open,
+        total_dwell_ms=s.total_dwell_ms,
+    )
+    if s.ended_at_ms is not None:
+        msg.ended_at.CopyFrom(timestamp(s.ended_at_ms))
+    return msg
+
+
+def incoming_event(e: pb.Event) -> IncomingEvent:
+    return IncomingEvent(
+        event_id=e.event_id,
+        session_id=e.session_id,
+        user_id=e.user_id,
+        type=int(e.type),
+        item_id=e.item_id,
+        screen=e.screen,
+        dwell_ms=e.dwell_ms,
+        value=e.value,
+        ts_ms=e.timestamp.ToMilliseconds() if e.HasField("timestamp") else None,
+        properties=dict(e.properties),
+    )
+
+
+def recommend_response(r: Scored) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        items=[
+            pb.ScoredItem(item_id=i, score=s, reason=why)
+            for i, s, why in zip(r.item_ids, r.scores, r.reasons, strict=True)
+        ],
+        model_version=r.model_version,
+        strategy=r.strategy,
+    )
+
+
+class SessionServicer(pb_grpc.SessionServiceServicer):
+    def __init__(self, sessions: SessionManager):
+        self.sessions = sessions
+
+    def StartSession(self, request, context):
+        session = self.sessions.start(
+            request.user_id,
+            platform=int(request.platform),
+            app_version=request.app_version,
+            session_id=request.session_id,
+            started_at_ms=(
+                request.started_at.ToMilliseconds() if request.HasField("started_at") else None
+            ),
+        )
+        return pb.StartSessionResponse(
+            session_id=session.session_id, started_at=timestamp(session.started_at_ms)
+        )
+
+    def TrackEvents(self, request, context):
+        result = self.sessions.track([incoming_event(e) for e in request.events])
+        return pb.TrackEventsResponse(
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            rejected=[
+                pb.Rejection(index=r.index, reason=str(r.error), code=status_for(r.error).value[0])
+                for r in result.rejected
+            ],
+            event_ids=result.event_ids,
+        )
+
+    def EndSession(self, request, context):
+        return session_message(self.sessions.end(request.session_id))
+
+    def GetSession(self, request, context):
+        return session_message(self.sessions.get(request.session_id))
+
+
+class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
+    def __init__(self, engine: RecommendationEngine):
+        self.engine = engine
+
+    def Recommend(self, request, context):
+        return recommend_response(
+            self.engine.recommend(
+                request.user_id,
+                request.n,
+                session_id=request.session_id,
+                include_seen=request.include_seen,
+            )
+        )
+
+    def SimilarItems(self, request, context):
+        return recommend_response(self.engine.similar_items(request.item_id, request.n))
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, models: ModelHolder):
+        self.models = models
+
+    def ReloadModel(self, request, context):
+        self.models.reload(request.version)
+        return self.model_info()
+
+    def GetModelInfo(self, request, context):
+        return self.model_info()
+
+    def model_info(self) -> pb.ModelInfo:
+        loaded = self.models.current
+        if loaded is None:
+            status = "no model: popularity from the store only"
+            if self.models.last_error:
+                status += f" (last load failed: {self.models.last_error})"
+            return pb.ModelInfo(algorithm="none", status=status)
+        a = loaded.artifact
+        info = pb.ModelInfo(
+            version=a.version,
+            algorithm=a.algorithm,
+            users=len(a.users),
+            items=len(a.items),
+            interactions=int(a.meta.get("interactions", 0)),
+            params_json=json.dumps(a.params, sort_keys=True),
+            status=f"serving {a.algorithm} {a.version}",
+        )
+        if self.models.last_error:
+            info.status += f"; a newer artifact was refused: {self.models.last_error}"
+        trained = a.meta.get("trained_at")
+        if trained:
+            info.trained_at.FromJsonString(_rfc3339(trained))
+        info.loaded_at.FromDatetime(loaded.loaded_at)
+        return info
+
+
+def _rfc3339(iso: str) -> str:
+    return iso.replace("+00:00", "Z")

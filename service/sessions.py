@@ -1,0 +1,324 @@
+"""Server-side sessions and event ingestion.
+
+Rules (also in the README):
+
+* ``StartSession`` opens a session; ``EndSession`` closes it (CLOSED at the
+  time of the call); a session whose last event is older than the inactivity
+  timeout closes with TIMEOUT *at its last event*. The reaper thread closes
+  idle sessions periodically, and every read or write of a session checks the
+  timeout first, so no caller ever sees a session that should have timed out.
+* An event without ``session_id`` joins the user's open session, or opens a new
+  one (server-side sessionization).
+* Late and out-of-order events are always stored. An event for a closed (or
+  timed-out) session is stored under that session and counted in its
+  ``event_count``, but never reopens it or moves its start or end.
+* Dwell: a view's dwell is the client's ``dwell_ms`` when given; otherwise it is
+  derived when the session closes, as the time to the session's next event (the
+  last view of an explicitly closed session runs until the close).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.validation import check_id, require_id
+from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
+from sessionrec.events import (
+    ITEM_REQUIRED,
+    AppendResult,
+    EndReason,
+    EventRecord,
+    EventType,
+    SessionRecord,
+)
+from sessionrec.store import Store
+
+log = logging.getLogger("sessionrec.sessions")
+
+MAX_PROPERTIES = 64
+MAX_PROPERTY_KEY = 128
+MAX_PROPERTY_VALUE = 1024
+PLATFORMS = range(0, 5)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class IncomingEvent:
+    """An event as a client sent it, before validation."""
+
+    event_id: str = ""
+    session_id: str = ""
+    user_id: str = ""
+    type: int = 0
+    item_id: str = ""
+    screen: str = ""
+    dwell_ms: int = 0
+    value: float = 0.0
+    #: None: not sent (the server's receive time is used)
+    ts_ms: int | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Rejection:
+    index: int
+    error: SessionrecError
+
+
+@dataclass(slots=True)
+class TrackResult:
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection]
+    event_ids: list[str]
+
+
+class SessionManager:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout_s: float = 1800.0,
+        max_clock_skew_s: float = 600.0,
+        max_events_per_call: int = 1000,
+    ):
+        self.store = store
+        self.timeout_ms = int(timeout_s * 1000)
+        self.max_skew_ms = int(max_clock_skew_s * 1000)
+        self.max_events = max_events_per_call
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    # ------------------------------------------------------------ sessions
+    def start(
+        self,
+        user_id: str,
+        *,
+        platform: int = 0,
+        app_version: str = "",
+        session_id: str = "",
+        started_at_ms: int | None = None,
+    ) -> SessionRecord:
+        require_id(user_id, "user_id")
+        check_id(app_version, "app_version")
+        if platform not in PLATFORMS:
+            raise InvalidArgument(f"platform: unknown value {platform}")
+        now = now_ms()
+        if started_at_ms is None:
+            started_at_ms = now
+        self._check_time(started_at_ms, now, "started_at")
+        sid = check_id(session_id, "session_id") if session_id else uuid.uuid4().hex
+        session = self.store.start_session(
+            SessionRecord(
+                session_id=sid,
+                user_id=user_id,
+                started_at_ms=started_at_ms,
+                last_event_at_ms=started_at_ms,
+                platform=platform,
+                app_version=app_version,
+            )
+        )
+        if session.user_id != user_id:
+            raise InvalidArgument(f"session_id: {sid!r} already belongs to another user")
+        return session
+
+    def get(self, session_id: str) -> SessionRecord:
+        require_id(session_id, "session_id")
+        session = self.store.get_session(session_id)
+        if session is None:
+            raise NotFound(f"session_id: unknown session {session_id!r}")
+        return self._expire_if_idle(session, now_ms())
+
+    def end(self, session_id: str) -> SessionRecord:
+        session = self.get(session_id)
+        if not session.is_open:
+            return session
+        ended = self.store.end_session(
+            session_id, now_ms(), EndReason.CLOSED, derive_last_dwell=True
+        )
+        assert ended is not None
+        return ended
+
+    def _expire_if_idle(self, session: SessionRecord, now: int) -> SessionRecord:
+        if session.is_open and session.last_event_at_ms < now - self.timeout_ms:
+            ended = self.store.end_session(
+                session.session_id,
+                session.last_event_at_ms,
+                EndReason.TIMEOUT,
+                derive_last_dwell=False,
+            )
+            return ended or session
+        return session
+
+    def expire_idle(self) -> int:
+        """Closes every session idle past the timeout; returns how many."""
+        return len(self.store.expire_sessions(now_ms() - self.timeout_ms))
+
+    # -------------------------------------------------------------- events
+    def track(self, events: Sequence[IncomingEvent]) -> TrackResult:
+        if not events:
+            raise InvalidArgument("events: must not be empty")
+        if len(events) > self.max_events:
+            raise InvalidArgument(f"events: at most {self.max_events} per call, got {len(events)}")
+        now = now_ms()
+        wanted = {e.session_id for e in events if e.session_id and len(e.session_id) <= 256}
+        sessions = self.store.get_sessions(wanted) if wanted else {}
+        for sid, session in list(sessions.items()):
+            sessions[sid] = self._expire_if_idle(session, now)
+        opened: dict[str, SessionRecord] = {}  # user -> session opened by this batch
+        records: list[EventRecord] = []
+        rejected: list[Rejection] = []
+        event_ids: list[str] = []
+        for index, incoming in enumerate(events):
+            try:
+                record = self._validate(incoming, index, now, sessions, opened)
+            except SessionrecError as exc:
+                rejected.append(Rejection(index, exc))
+                event_ids.append("")
+                continue
+            records.append(record)
+            event_ids.append(record.event_id)
+        if not records:
+            raise rejected[0].error
+        result: AppendResult = self.store.append_events(records, list(opened.values()))
+        return TrackResult(result.accepted, result.duplicates, rejected, event_ids)
+
+    def _validate(
+        self,
+        e: IncomingEvent,
+        index: int,
+        now: int,
+        sessions: dict[str, SessionRecord],
+        opened: dict[str, SessionRecord],
+    ) -> EventRecord:
+        where = f"events[{index}]"
+        if e.event_id:
+            check_id(e.event_id, f"{where}.event_id")
+        if e.user_id:
+            check_id(e.user_id, f"{where}.user_id")
+        if e.type == 0:
+            raise InvalidArgument(f"{where}.type: required")
+        if e.type not in EventType._value2member_map_:
+            raise InvalidArgument(f"{where}.type: unknown event type {e.type}")
+        etype = EventType(e.type)
+        if e.item_id:
+            check_id(e.item_id, f"{where}.item_id")
+        elif etype in ITEM_REQUIRED:
+            raise InvalidArgument(f"{where}.item_id: required for {etype.name}")
+        if e.screen:
+            check_id(e.screen, f"{where}.screen")
+        elif etype is EventType.SCREEN_VIEW:
+            raise InvalidArgument(f"{where}.screen: required for SCREEN_VIEW")
+        if e.dwell_ms < 0:
+            raise InvalidArgument(f"{where}.dwell_ms: must be >= 0, got {e.dwell_ms}")
+        if not math.isfinite(e.value):
+            raise InvalidArgument(f"{where}.value: must be a finite number")
+        self._check_properties(e.properties, where)
+        ts = now if e.ts_ms is None else e.ts_ms
+        self._check_time(ts, now, f"{where}.timestamp")
+        if e.session_id:
+            check_id(e.session_id, f"{where}.session_id")
+            session = sessions.get(e.session_id)
+            if session is None:
+                raise NotFound(f"{where}.session_id: unknown session {e.session_id!r}")
+            if e.user_id and e.user_id != session.user_id:
+                raise InvalidArgument(
+                    f"{where}.user_id: {e.user_id!r} does not match the session's user"
+                )
+            user = session.user_id
+        else:
+            if not e.user_id:
+                raise InvalidArgument(f"{where}.user_id: required when session_id is empty")
+            user = e.user_id
+            session = self._session_for(user, ts, now, sessions, opened)
+        return EventRecord(
+            event_id=e.event_id or uuid.uuid4().hex,
+            session_id=session.session_id,
+            user_id=user,
+            type=int(etype),
+            ts_ms=ts,
+            item_id=e.item_id or None,
+            screen=e.screen or None,
+            dwell_ms=e.dwell_ms or None,
+            value=e.value if e.value else None,
+            properties=dict(e.properties),
+        )
+
+    def _session_for(
+        self,
+        user: str,
+        ts: int,
+        now: int,
+        sessions: dict[str, SessionRecord],
+        opened: dict[str, SessionRecord],
+    ) -> SessionRecord:
+        """The user's open session, or a new one (server-side sessionization)."""
+        if user in opened:
+            return opened[user]
+        current = self.store.find_open_session(user)
+        if current is not None:
+            current = self._expire_if_idle(current, now)
+            if current.is_open:
+                sessions[current.session_id] = current
+                return current
+        session = SessionRecord(
+            session_id=uuid.uuid4().hex, user_id=user, started_at_ms=ts, last_event_at_ms=ts
+        )
+        opened[user] = session
+        return session
+
+    def _check_time(self, ts: int, now: int, field_name: str) -> None:
+        if ts < 0:
+            raise InvalidArgument(f"{field_name}: before 1970-01-01")
+        if ts > now + self.max_skew_ms:
+            raise InvalidArgument(
+                f"{field_name}: {(ts - now) / 1000:.0f}s in the future "
+                f"(at most {self.max_skew_ms / 1000:.0f}s of clock skew allowed)"
+            )
+
+    @staticmethod
+    def _check_properties(props: dict[str, str], where: str) -> None:
+        if len(props) > MAX_PROPERTIES:
+            raise InvalidArgument(f"{where}.properties: more than {MAX_PROPERTIES} entries")
+        for key, value in props.items():
+            if not key or len(key) > MAX_PROPERTY_KEY:
+                raise InvalidArgument(
+                    f"{where}.properties: keys must be 1..{MAX_PROPERTY_KEY} characters"
+                )
+            if len(value) > MAX_PROPERTY_VALUE:
+                raise InvalidArgument(
+                    f"{where}.properties[{key}]: longer than {MAX_PROPERTY_VALUE} characters"
+                )
+
+    # -------------------------------------------------------------- reaper
+    def start_reaper(self, interval_s: float) -> None:
+        if self._reaper is not None:
+            return
+        self._reaper = threading.Thread(
+            target=self._reap, args=(interval_s,), name="session-reaper", daemon=True
+        )
+        self._reaper.start()
+
+    def _reap(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                closed = self.expire_idle()
+                if closed:
+                    log.info("closed %d idle sessions (TIMEOUT)", closed)
+            except Exception:
+                log.exception("session reaper failed; retrying in %.0fs", interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=5)
+            self._reaper = None

@@ -1,0 +1,28 @@
+"""Request checks shared by the servicers; every message starts with the field."""
+
+from __future__ import annotations
+
+from sessionrec.errors import InvalidArgument
+
+MAX_ID_LENGTH = 256
+MAX_N = 1000
+
+
+def require_id(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field}: required")
+    return check_id(value, field)
+
+
+def check_id(value: str, field: str) -> str:
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{field}: longer than {MAX_ID_LENGTH} characters")
+    if any(ord(ch) < 32 for ch in value):
+        raise InvalidArgument(f"{field}: contains control characters")
+    return value
+
+
+def check_n(n: int, field: str = "n") -> int:
+    if not 1 <= n <= MAX_N:
+        raise InvalidArgument(f"{field}: must be between 1 and {MAX_N}, got {n}")
+    return n

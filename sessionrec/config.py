@@ -1,0 +1,105 @@
+"""One typed configuration: defaults, ``SESSIONREC_*`` environment overrides,
+command-line overrides, and validation at start (in the spirit of Gorse's
+``config.go``).
+
+Precedence: explicit overrides (CLI flags) > environment > defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sessionrec.errors import ConfigError
+
+DEFAULT_DB_URL = "sqlite:///data/sessionrec.db"
+ENV_PREFIX = "SESSIONREC_"
+
+
+@dataclass(frozen=True)
+class Config:
+    #: Store URL: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``.
+    db_url: str = DEFAULT_DB_URL
+    #: Directory holding model versions and the ``CURRENT`` pointer.
+    models_dir: str = "models"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: A session with no event for this long closes with TIMEOUT.
+    session_timeout_s: float = 1800.0
+    #: How often open sessions are checked for the inactivity timeout.
+    reaper_interval_s: float = 30.0
+    #: How often the models directory is checked for a new current version (0: never).
+    model_poll_interval_s: float = 30.0
+    #: Events may be at most this far in the future (device clock skew).
+    max_clock_skew_s: float = 600.0
+    #: Largest TrackEvents batch.
+    max_events_per_call: int = 1000
+    #: gRPC worker threads.
+    workers: int = 16
+    #: Seconds in-flight calls get to finish on SIGTERM.
+    grace_s: float = 5.0
+    #: How many of a user's most recent item events feed the live fold-in.
+    history_limit: int = 500
+    #: SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only process crashes.
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Config:
+        """Defaults, then ``SESSIONREC_<FIELD>`` from ``env``, then non-None ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f.name, f.type, raw)
+        for key, value in (overrides or {}).items():
+            if value is None:
+                continue
+            if key not in {f.name for f in fields(cls)}:
+                raise ConfigError(f"{key}: unknown setting")
+            values[key] = value
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def replace(self, **changes: Any) -> Config:
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not (self.db_url.startswith("sqlite://") or self.db_url.startswith("postgresql://")):
+            raise ConfigError(f"db_url: unsupported URL {self.db_url!r} (use sqlite:///path.db)")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be 0..65535, got {self.port}")
+        positive = ("session_timeout_s", "reaper_interval_s", "max_clock_skew_s", "grace_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.model_poll_interval_s < 0:
+            raise ConfigError("model_poll_interval_s: must be >= 0")
+        for name in ("max_events_per_call", "workers", "history_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ConfigError("sqlite_synchronous: must be OFF, NORMAL, FULL or EXTRA")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _coerce(name: str, type_name: Any, raw: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot parse {ENV_PREFIX}{name.upper()}={raw!r}") from exc
+    return raw

@@ -1,0 +1,40 @@
+"""Domain errors shared by the store, training and the service.
+
+They carry no gRPC dependency: the service maps each class to a status code in
+one interceptor (``service.interceptors``). A message starts with the field it
+is about, e.g. ``"n: must be between 1 and 1000, got 0"``.
+"""
+
+from __future__ import annotations
+
+
+class SessionrecError(Exception):
+    """Base class of every error a client may be told about."""
+
+
+class InvalidArgument(SessionrecError):
+    """The request is malformed; the message names the field."""
+
+
+class NotFound(SessionrecError):
+    """A referenced entity (session, item, model version) does not exist."""
+
+
+class FailedPrecondition(SessionrecError):
+    """The system is not in a state that allows the call (e.g. no model loaded)."""
+
+
+class Unavailable(SessionrecError):
+    """A transient failure (database locked, disk full); retrying may succeed."""
+
+
+class ResourceExhausted(SessionrecError):
+    """A limit was hit (batch too large, rate limit)."""
+
+
+class ArtifactError(SessionrecError):
+    """A model artifact is missing, corrupted or of an unknown format."""
+
+
+class ConfigError(SessionrecError):
+    """The configuration is invalid; the message names the setting."""

@@ -1,0 +1,31 @@
+"""Storage behind one interface, chosen by URL."""
+
+from __future__ import annotations
+
+from sessionrec.errors import ConfigError
+from sessionrec.store.base import EventColumns, Store
+
+__all__ = ["EventColumns", "Store", "open_store", "sqlite_path_from_url"]
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """``sqlite:///rel/path.db`` -> ``rel/path.db``; ``sqlite:////abs.db`` -> ``/abs.db``;
+    ``sqlite:///:memory:`` -> ``:memory:``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigError(f"db_url: expected sqlite:///path, got {url!r}")
+    path = url[len(prefix) :]
+    if not path:
+        raise ConfigError("db_url: sqlite URL has no path")
+    return path
+
+
+def open_store(url: str, *, synchronous: str = "FULL") -> Store:
+    """Opens (and creates or migrates) the store named by ``url``."""
+    if url.startswith("sqlite:"):
+        from sessionrec.store.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path_from_url(url), synchronous=synchronous)
+    if url.startswith("postgresql:"):
+        raise ConfigError("db_url: the PostgreSQL store is not available yet; use sqlite:///path")
+    raise ConfigError(f"db_url: unsupported store URL {url!r}")

@@ -1,0 +1,119 @@
+"""The storage interface. Callers depend on this, never on a backend.
+
+A backend is chosen by URL in :func:`sessionrec.store.open_store`; SQLite is
+the embedded default, PostgreSQL can be added behind the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sessionrec.events import AppendResult, EndReason, EventRecord, ItemEvent, SessionRecord
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    """Item events as parallel numpy arrays (the training input).
+
+    ``dwell_ms`` is -1 where unknown. Rows are ordered by (ts_ms, seq).
+    """
+
+    user_id: np.ndarray  # object (str)
+    item_id: np.ndarray  # object (str)
+    type: np.ndarray  # int8
+    dwell_ms: np.ndarray  # int64
+    ts_ms: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    def take(self, mask_or_index: np.ndarray) -> EventColumns:
+        return EventColumns(
+            self.user_id[mask_or_index],
+            self.item_id[mask_or_index],
+            self.type[mask_or_index],
+            self.dwell_ms[mask_or_index],
+            self.ts_ms[mask_or_index],
+        )
+
+
+class Store(abc.ABC):
+    """Events and sessions. All writes are durable when the call returns."""
+
+    url: str
+
+    # ---- sessions
+    @abc.abstractmethod
+    def start_session(self, session: SessionRecord) -> SessionRecord:
+        """Inserts the session; if the id exists, returns the stored one unchanged."""
+
+    @abc.abstractmethod
+    def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    def get_sessions(self, session_ids: Iterable[str]) -> dict[str, SessionRecord]: ...
+
+    @abc.abstractmethod
+    def find_open_session(self, user_id: str) -> SessionRecord | None:
+        """The user's most recent session that has not ended (it may be past its timeout)."""
+
+    @abc.abstractmethod
+    def end_session(
+        self, session_id: str, ended_at_ms: int, reason: EndReason, *, derive_last_dwell: bool
+    ) -> SessionRecord | None:
+        """Closes an open session (no-op if already closed) and derives missing dwell times.
+
+        ``derive_last_dwell``: the last view's dwell runs until ``ended_at_ms``
+        (an explicit close); otherwise it stays unknown.
+        """
+
+    @abc.abstractmethod
+    def expire_sessions(self, idle_before_ms: int) -> list[str]:
+        """Closes (TIMEOUT, at their last event) open sessions idle since before the cut-off."""
+
+    # ---- events
+    @abc.abstractmethod
+    def append_events(
+        self, events: Sequence[EventRecord], new_sessions: Sequence[SessionRecord] = ()
+    ) -> AppendResult:
+        """Stores events (and sessions opened implicitly) in one transaction.
+
+        Idempotent on ``event_id``: an id already stored (or repeated in the
+        batch) counts as a duplicate and changes nothing. Session counters and
+        last-activity times follow the newly stored events.
+        """
+
+    @abc.abstractmethod
+    def user_item_events(self, user_id: str, limit: int) -> list[ItemEvent]:
+        """The user's most recent events that name an item, newest first."""
+
+    @abc.abstractmethod
+    def session_item_events(self, session_id: str, limit: int) -> list[ItemEvent]:
+        """The session's most recent events that name an item, newest first."""
+
+    @abc.abstractmethod
+    def item_events(self) -> EventColumns:
+        """Every event that names an item, ordered by time (for training)."""
+
+    @abc.abstractmethod
+    def item_popularity(self, since_ms: int, limit: int) -> list[tuple[str, float]]:
+        """Items by number of distinct users since ``since_ms``, most popular first."""
+
+    @abc.abstractmethod
+    def count_events(self) -> int: ...
+
+    @abc.abstractmethod
+    def count_sessions(self) -> int: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

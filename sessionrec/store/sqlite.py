@@ -1,0 +1,485 @@
+"""SQLite store: WAL mode, one writer connection, per-thread readers.
+
+* Every write runs in one ``BEGIN IMMEDIATE`` transaction on the single writer
+  connection (guarded by a lock), so an event is acknowledged only after its
+  transaction committed, and writes never fight each other for the lock.
+* Readers use their own connection per thread; WAL lets them read while the
+  writer writes.
+* The schema is created through sqlite-utils and versioned with
+  ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import sqlite_utils
+
+from sessionrec.errors import Unavailable
+from sessionrec.events import (
+    VIEW_TYPES,
+    AppendResult,
+    EndReason,
+    EventRecord,
+    ItemEvent,
+    SessionRecord,
+)
+from sessionrec.store.base import EventColumns, Store
+
+SCHEMA_VERSION = 1
+_VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
+_SESSION_COLUMNS = (
+    "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
+    " ended_at_ms, end_reason, event_count, total_dwell_ms"
+)
+# Derives unknown dwell times of view events from the next event of the same
+# session. Needs the temp table ``_finalize(session_id)`` to be filled.
+_DERIVE_DWELL_SQL = f"""
+UPDATE events SET dwell_ms = d.gap, dwell_derived = 1
+FROM (
+    SELECT seq, LEAD(ts_ms) OVER (PARTITION BY session_id ORDER BY ts_ms, seq) - ts_ms AS gap
+    FROM events WHERE session_id IN (SELECT session_id FROM _finalize)
+) AS d
+WHERE events.seq = d.seq AND events.dwell_ms IS NULL AND d.gap IS NOT NULL
+  AND events.type IN ({_VIEW_TYPES_SQL})
+"""
+_TOTAL_DWELL_SQL = f"""
+UPDATE sessions SET total_dwell_ms = COALESCE((
+    SELECT SUM(dwell_ms) FROM events
+    WHERE events.session_id = sessions.session_id AND events.type IN ({_VIEW_TYPES_SQL})
+), 0)
+WHERE session_id IN (SELECT session_id FROM _finalize)
+"""
+
+
+def _session_from_row(row: Sequence) -> SessionRecord:
+    return SessionRecord(
+        session_id=row[0],
+        user_id=row[1],
+        platform=row[2],
+        app_version=row[3],
+        started_at_ms=row[4],
+        last_event_at_ms=row[5],
+        ended_at_ms=row[6],
+        end_reason=EndReason(row[7]),
+        event_count=row[8],
+        total_dwell_ms=row[9],
+    )
+
+
+def _translate(exc: sqlite3.OperationalError) -> Exception:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return Unavailable(f"store: database is locked ({exc}); retry")
+    if "disk" in text and "full" in text:
+        return Unavailable(f"store: disk is full ({exc})")
+    return exc
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000):
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._memory = path == ":memory:"
+        if not self._memory:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._writer = self._connect(readonly=False)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._migrate()
+
+    # ------------------------------------------------------------ plumbing
+    def _connect(self, *, readonly: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        if not self._memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            conn.execute("PRAGMA query_only = 1")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._memory:
+            return self._writer
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._write_lock:
+                yield self._writer
+            return
+        try:
+            yield self._reader()
+        except sqlite3.OperationalError as exc:
+            raise _translate(exc) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _translate(exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _translate(exc) from exc
+                raise
+
+    def _migrate(self) -> None:
+        with self._write_lock:
+            version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"store: {self.path} has schema version {version}, newer than this "
+                    f"sessionrec ({SCHEMA_VERSION}); upgrade sessionrec"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            db = sqlite_utils.Database(self._writer)
+            sessions = db.table("sessions")
+            events = db.table("events")
+            sessions.create(
+                {
+                    "session_id": str,
+                    "user_id": str,
+                    "platform": int,
+                    "app_version": str,
+                    "started_at_ms": int,
+                    "last_event_at_ms": int,
+                    "ended_at_ms": int,
+                    "end_reason": int,
+                    "event_count": int,
+                    "total_dwell_ms": int,
+                },
+                pk="session_id",
+                not_null={"user_id", "started_at_ms", "last_event_at_ms", "end_reason"},
+                defaults={
+                    "platform": 0,
+                    "app_version": "",
+                    "end_reason": 0,
+                    "event_count": 0,
+                    "total_dwell_ms": 0,
+                },
+                if_not_exists=True,
+            )
+            events.create(
+                {
+                    "seq": int,
+                    "event_id": str,
+                    "session_id": str,
+                    "user_id": str,
+                    "type": int,
+                    "item_id": str,
+                    "screen": str,
+                    "dwell_ms": int,
+                    "dwell_derived": int,
+                    "value": float,
+                    "ts_ms": int,
+                    "properties": str,
+                    "received_at_ms": int,
+                },
+                pk="seq",
+                not_null={"event_id", "session_id", "user_id", "type", "ts_ms", "received_at_ms"},
+                defaults={"dwell_derived": 0},
+                if_not_exists=True,
+            )
+            events.create_index(["event_id"], unique=True, if_not_exists=True)
+            events.create_index(["session_id", "ts_ms"], if_not_exists=True)
+            sessions.create_index(["user_id", "started_at_ms"], if_not_exists=True)
+            # Partial indexes (sqlite-utils has no WHERE clause for indexes).
+            self._writer.executescript(
+                """
+                CREATE INDEX IF NOT EXISTS events_user_items
+                    ON events(user_id, ts_ms) WHERE item_id IS NOT NULL;
+                CREATE INDEX IF NOT EXISTS sessions_open
+                    ON sessions(last_event_at_ms) WHERE ended_at_ms IS NULL;
+                """
+            )
+            self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+    # ------------------------------------------------------------ sessions
+    def start_session(self, session: SessionRecord) -> SessionRecord:
+        with self._transaction() as c:
+            c.execute(
+                f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _session_params(session),
+            )
+            row = c.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?",
+                (session.session_id,),
+            ).fetchone()
+        return _session_from_row(row)
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return _session_from_row(row) if row else None
+
+    def get_sessions(self, session_ids: Iterable[str]) -> dict[str, SessionRecord]:
+        ids = list(dict.fromkeys(session_ids))
+        found: dict[str, SessionRecord] = {}
+        with self._read() as c:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in c.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id IN ({marks})",
+                    chunk,
+                ):
+                    found[row[0]] = _session_from_row(row)
+        return found
+
+    def find_open_session(self, user_id: str) -> SessionRecord | None:
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions "
+                "WHERE user_id = ? AND ended_at_ms IS NULL ORDER BY started_at_ms DESC LIMIT 1",
+                (user_id,),
+            ).fetchone()
+        return _session_from_row(row) if row else None
+
+    def end_session(
+        self, session_id: str, ended_at_ms: int, reason: EndReason, *, derive_last_dwell: bool
+    ) -> SessionRecord | None:
+        with self._transaction() as c:
+            row = c.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            session = _session_from_row(row)
+            if not session.is_open:
+                return session
+            ended_at_ms = max(ended_at_ms, session.started_at_ms)
+            c.execute(
+                "UPDATE sessions SET ended_at_ms = ?, end_reason = ? WHERE session_id = ?",
+                (ended_at_ms, int(reason), session_id),
+            )
+            if derive_last_dwell:
+                c.execute(
+                    f"""UPDATE events SET dwell_ms = ? - ts_ms, dwell_derived = 1
+                    WHERE seq = (SELECT seq FROM events WHERE session_id = ?
+                                 ORDER BY ts_ms DESC, seq DESC LIMIT 1)
+                      AND dwell_ms IS NULL AND ts_ms <= ? AND type IN ({_VIEW_TYPES_SQL})""",
+                    (ended_at_ms, session_id, ended_at_ms),
+                )
+            self._finalize(c, [session_id])
+            row = c.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return _session_from_row(row)
+
+    def expire_sessions(self, idle_before_ms: int) -> list[str]:
+        with self._transaction() as c:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "SELECT session_id FROM sessions "
+                    "WHERE ended_at_ms IS NULL AND last_event_at_ms < ?",
+                    (idle_before_ms,),
+                )
+            ]
+            if ids:
+                c.executemany(
+                    "UPDATE sessions SET ended_at_ms = last_event_at_ms, end_reason = ? "
+                    "WHERE session_id = ? AND ended_at_ms IS NULL",
+                    [(int(EndReason.TIMEOUT), sid) for sid in ids],
+                )
+                self._finalize(c, ids)
+        return ids
+
+    def _finalize(self, c: sqlite3.Connection, session_ids: Sequence[str]) -> None:
+        """Derives unknown dwell times and the sessions' total dwell (inside a transaction)."""
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS _finalize (session_id TEXT PRIMARY KEY)")
+        c.execute("DELETE FROM _finalize")
+        c.executemany("INSERT OR IGNORE INTO _finalize VALUES (?)", [(sid,) for sid in session_ids])
+        c.execute(_DERIVE_DWELL_SQL)
+        c.execute(_TOTAL_DWELL_SQL)
+        c.execute("DELETE FROM _finalize")
+
+    # -------------------------------------------------------------- events
+    def append_events(
+        self, events: Sequence[EventRecord], new_sessions: Sequence[SessionRecord] = ()
+    ) -> AppendResult:
+        received = _now_ms()
+        accepted = 0
+        # session_id -> [count, min ts, max ts, client dwell sum]
+        touched: dict[str, list[int]] = {}
+        with self._transaction() as c:
+            if new_sessions:
+                c.executemany(
+                    f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_session_params(s) for s in new_sessions],
+                )
+            insert = (
+                "INSERT OR IGNORE INTO events (event_id, session_id, user_id, type, item_id,"
+                " screen, dwell_ms, value, ts_ms, properties, received_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )
+            for e in events:
+                cur = c.execute(
+                    insert,
+                    (
+                        e.event_id,
+                        e.session_id,
+                        e.user_id,
+                        int(e.type),
+                        e.item_id,
+                        e.screen,
+                        e.dwell_ms,
+                        e.value,
+                        e.ts_ms,
+                        json.dumps(e.properties, sort_keys=True) if e.properties else None,
+                        received,
+                    ),
+                )
+                if cur.rowcount != 1:
+                    continue
+                accepted += 1
+                stat = touched.get(e.session_id)
+                dwell = e.dwell_ms if (e.dwell_ms and e.type in VIEW_TYPES) else 0
+                if stat is None:
+                    touched[e.session_id] = [1, e.ts_ms, e.ts_ms, dwell]
+                else:
+                    stat[0] += 1
+                    stat[1] = min(stat[1], e.ts_ms)
+                    stat[2] = max(stat[2], e.ts_ms)
+                    stat[3] += dwell
+            if touched:
+                c.executemany(
+                    """UPDATE sessions SET
+                        event_count = event_count + ?,
+                        total_dwell_ms = total_dwell_ms + ?,
+                        started_at_ms = CASE WHEN ended_at_ms IS NULL
+                            THEN MIN(started_at_ms, ?) ELSE started_at_ms END,
+                        last_event_at_ms = CASE WHEN ended_at_ms IS NULL
+                            THEN MAX(last_event_at_ms, ?) ELSE last_event_at_ms END
+                    WHERE session_id = ?""",
+                    [(s[0], s[3], s[1], s[2], sid) for sid, s in touched.items()],
+                )
+            closed_new = [s.session_id for s in new_sessions if not s.is_open]
+            if closed_new:
+                self._finalize(c, closed_new)
+        return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
+
+    def user_item_events(self, user_id: str, limit: int) -> list[ItemEvent]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT item_id, type, dwell_ms, ts_ms FROM events "
+                "WHERE user_id = ? AND item_id IS NOT NULL ORDER BY ts_ms DESC, seq DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+        return [ItemEvent(*r) for r in rows]
+
+    def session_item_events(self, session_id: str, limit: int) -> list[ItemEvent]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT item_id, type, dwell_ms, ts_ms FROM events WHERE session_id = ? "
+                "AND item_id IS NOT NULL ORDER BY ts_ms DESC, seq DESC LIMIT ?",
+                (session_id, limit),
+            ).fetchall()
+        return [ItemEvent(*r) for r in rows]
+
+    def item_events(self) -> EventColumns:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT user_id, item_id, type, COALESCE(dwell_ms, -1), ts_ms FROM events "
+                "WHERE item_id IS NOT NULL ORDER BY seq"
+            ).fetchall()
+        n = len(rows)
+        users = np.empty(n, dtype=object)
+        items = np.empty(n, dtype=object)
+        if n:
+            cols = list(zip(*rows, strict=True))
+            users[:] = cols[0]
+            items[:] = cols[1]
+            types = np.asarray(cols[2], dtype=np.int8)
+            dwell = np.asarray(cols[3], dtype=np.int64)
+            ts = np.asarray(cols[4], dtype=np.int64)
+        else:
+            types = np.empty(0, np.int8)
+            dwell = np.empty(0, np.int64)
+            ts = np.empty(0, np.int64)
+        order = np.argsort(ts, kind="stable")
+        return EventColumns(users[order], items[order], types[order], dwell[order], ts[order])
+
+    def item_popularity(self, since_ms: int, limit: int) -> list[tuple[str, float]]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT item_id, COUNT(DISTINCT user_id) AS n FROM events "
+                "WHERE item_id IS NOT NULL AND ts_ms >= ? GROUP BY item_id "
+                "ORDER BY n DESC, item_id LIMIT ?",
+                (since_ms, limit),
+            ).fetchall()
+        return [(r[0], float(r[1])) for r in rows]
+
+    def count_events(self) -> int:
+        with self._read() as c:
+            return int(c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def count_sessions(self) -> int:
+        with self._read() as c:
+            return int(c.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+
+
+def _session_params(s: SessionRecord) -> tuple:
+    return (
+        s.session_id,
+        s.user_id,
+        int(s.platform),
+        s.app_version,
+        s.started_at_ms,
+        s.last_event_at_ms,
+        s.ended_at_ms,
+        int(s.end_reason),
+        s.event_count,
+        s.total_dwell_ms,
+    )
+
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,346 @@
+"""Versioned model artifacts: ``.npz`` + JSON metadata, no pickle, sha256-checked.
+
+Layout of a models directory::
+
+    DIR/CURRENT                       the current version's name (one line)
+    DIR/versions/<version>/model.npz  arrays: vocabularies, popularity, model arrays
+    DIR/versions/<version>/meta.json  algorithm, parameters, weights, counts, sha256
+
+A version is written into a temporary folder and renamed into place, and
+``CURRENT`` is replaced atomically, so a reader never sees half an artifact.
+``load_artifact`` refuses a file whose checksum, keys or values are wrong.
+
+This module is the only part of ``training`` the online service uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sessionrec.errors import ArtifactError, NotFound
+from sessionrec.events import EventType, ItemEvent
+from training.data import Interactions, Vocabulary, user_row
+from training.models import ALGORITHMS, Recommender, top_k
+from training.weighting import EventWeights
+
+FORMAT = "sessionrec-model"
+FORMAT_VERSION = 1
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+_RESERVED = ("users", "items", "popularity")
+_VERBS = {
+    EventType.ITEM_VIEW: "viewed",
+    EventType.CLICK: "clicked",
+    EventType.ADD_TO_CART: "added to your cart",
+    EventType.PURCHASE: "bought",
+    EventType.OFFER_REDEEMED: "redeemed an offer for",
+}
+
+
+@dataclass
+class Recommendation:
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[str]
+    #: "personalized" (history folded into the model) or "popular" (fallback)
+    strategy: str
+
+
+@dataclass
+class ModelArtifact:
+    """A trained model with everything needed to serve it."""
+
+    version: str
+    algorithm: str
+    model: Recommender
+    users: Vocabulary
+    items: Vocabulary
+    popularity: np.ndarray
+    weights: EventWeights
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model.params)
+
+    # ------------------------------------------------------------- serving
+    def recommend(
+        self,
+        history: Sequence[ItemEvent],
+        n: int,
+        *,
+        include_seen: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> Recommendation:
+        """Top-``n`` items for a user whose item events (any order) are ``history``.
+
+        The history is weighted like the training data and folded into the
+        model, so an event stored a moment ago counts. With no usable history
+        (or a popularity model) the answer is the popularity ranking.
+        """
+        numbers = self.items.numbers([e.item_id for e in history])
+        types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
+        dwell = np.fromiter(
+            (-1 if e.dwell_ms is None else e.dwell_ms for e in history),
+            dtype=np.int64,
+            count=len(history),
+        )
+        weights = self.weights.weigh(types, dwell)
+        row = user_row(numbers, weights, len(self.items))
+        excluded = [] if include_seen else numbers[numbers >= 0].tolist()
+        excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
+        if row.nnz == 0 or self.algorithm == "popular":
+            idx, scores = top_k(self.popularity, n, np.asarray(excluded, dtype=np.int64))
+            reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
+            return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "popular")
+        scores_all = self.model.score(row)[0]
+        # Break ties (e.g. items no neighbour reaches) by popularity.
+        top = float(self.popularity.max()) if len(self.popularity) else 1.0
+        scores_all = scores_all + 1e-6 * self.popularity / max(top, 1.0)
+        idx, scores = top_k(scores_all, n, np.asarray(excluded, dtype=np.int64))
+        reasons = self._explain(row, numbers, types, idx)
+        return Recommendation(
+            self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
+        )
+
+    def _explain(
+        self, row: Any, numbers: np.ndarray, types: np.ndarray, recommended: np.ndarray
+    ) -> list[str]:
+        if len(recommended) == 0:
+            return []
+        sources = row.indices
+        sims = self.model.item_similarity(sources, recommended)  # len(rec) x len(sources)
+        best = np.argmax(sims, axis=1)
+        strongest: dict[int, int] = {}
+        for num, typ in zip(numbers.tolist(), types.tolist(), strict=True):
+            if num >= 0 and (num not in strongest or typ > strongest[num]):
+                strongest[num] = typ
+        reasons = []
+        for r, b in enumerate(best.tolist()):
+            if sims[r, b] <= 0:
+                reasons.append("matches your history")
+                continue
+            src = int(sources[b])
+            verb = _VERBS.get(EventType(strongest.get(src, EventType.ITEM_VIEW)), "viewed")
+            reasons.append(f"similar to {self.items.id(src)} you {verb}")
+        return reasons
+
+    def similar_items(self, item_id: str, n: int) -> tuple[list[str], list[float]]:
+        number = self.items.number(item_id)
+        if number < 0:
+            raise NotFound(f"item_id: {item_id!r} is not in model {self.version}")
+        idx, scores = self.model.similar_items(number, n)
+        return self.items.ids[idx].tolist(), scores.tolist()
+
+
+# ------------------------------------------------------------------- write
+def new_version(algorithm: str, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{algorithm}"
+
+
+def save_artifact(
+    models_dir: str | os.PathLike[str],
+    model: Recommender,
+    interactions: Interactions,
+    weights: EventWeights,
+    *,
+    extra_meta: dict[str, Any] | None = None,
+    make_current: bool = True,
+) -> ModelArtifact:
+    """Writes a new version (atomically) and, by default, makes it current."""
+    root = Path(models_dir)
+    versions = root / VERSIONS_DIR
+    versions.mkdir(parents=True, exist_ok=True)
+    version = new_version(model.algorithm)
+    while (versions / version).exists():
+        version = new_version(model.algorithm)
+    from training.models import item_popularity
+
+    popularity = item_popularity(interactions.matrix)
+    arrays = {
+        "users": interactions.users.ids,
+        "items": interactions.items.ids,
+        "popularity": popularity,
+        **{f"model.{k}": v for k, v in model.to_arrays().items()},
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=versions))
+    try:
+        with open(tmp / "model.npz", "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "algorithm": model.algorithm,
+            "params": model.params,
+            "weights": weights.to_dict(),
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(),
+            "users": len(interactions.users),
+            "items": len(interactions.items),
+            "interactions": int(interactions.matrix.nnz),
+            "events": interactions.events,
+            "sha256": {"model.npz": _sha256(tmp / "model.npz")},
+            "arrays": sorted(arrays),
+            "library_versions": _library_versions(),
+            **(extra_meta or {}),
+        }
+        _write_json(tmp / "meta.json", meta)
+        os.rename(tmp, versions / version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(versions)
+    if make_current:
+        set_current(root, version)
+    return ModelArtifact(
+        version=version,
+        algorithm=model.algorithm,
+        model=model,
+        users=interactions.users,
+        items=interactions.items,
+        popularity=popularity,
+        weights=weights,
+        meta=meta,
+    )
+
+
+def set_current(models_dir: str | os.PathLike[str], version: str) -> None:
+    root = Path(models_dir)
+    if not (root / VERSIONS_DIR / version / "meta.json").is_file():
+        raise NotFound(f"version: {version!r} not found in {root}")
+    fd, tmp = tempfile.mkstemp(prefix=".CURRENT-", dir=root)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(version + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / CURRENT_FILE)
+    _fsync_dir(root)
+
+
+# -------------------------------------------------------------------- read
+def current_version(models_dir: str | os.PathLike[str]) -> str | None:
+    """The version ``CURRENT`` points to, or None when there is none yet."""
+    try:
+        text = (Path(models_dir) / CURRENT_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def list_versions(models_dir: str | os.PathLike[str]) -> list[str]:
+    versions = Path(models_dir) / VERSIONS_DIR
+    if not versions.is_dir():
+        return []
+    return sorted(p.name for p in versions.iterdir() if (p / "meta.json").is_file())
+
+
+def load_current(models_dir: str | os.PathLike[str]) -> ModelArtifact | None:
+    """Loads the current version, or returns None when the directory has none."""
+    version = current_version(models_dir)
+    return None if version is None else load_artifact(models_dir, version)
+
+
+def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArtifact:
+    """Loads and verifies one version; raises ArtifactError when anything is off."""
+    folder = Path(models_dir) / VERSIONS_DIR / version
+    if "/" in version or version.startswith(".") or not folder.is_dir():
+        raise NotFound(f"version: {version!r} not found in {models_dir}")
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{version}: unreadable meta.json ({exc})") from exc
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{version}: unknown artifact format {meta.get('format')!r}")
+    algorithm = meta.get("algorithm")
+    if algorithm not in ALGORITHMS:
+        raise ArtifactError(f"{version}: unknown algorithm {algorithm!r}")
+    npz = folder / "model.npz"
+    expected = (meta.get("sha256") or {}).get("model.npz")
+    try:
+        actual = _sha256(npz)
+    except OSError as exc:
+        raise ArtifactError(f"{version}: model.npz unreadable ({exc})") from exc
+    if actual != expected:
+        raise ArtifactError(f"{version}: checksum mismatch for model.npz (corrupted or tampered)")
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{version}: cannot read model.npz ({exc})") from exc
+    if sorted(arrays) != sorted(meta.get("arrays", [])):
+        raise ArtifactError(f"{version}: arrays {sorted(arrays)} differ from meta.json")
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ArtifactError(f"{version}: array {name} holds NaN or infinity")
+    try:
+        users = Vocabulary(arrays["users"].tolist())
+        items = Vocabulary(arrays["items"].tolist())
+        model_arrays = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
+        model = ALGORITHMS[algorithm].from_arrays(meta.get("params", {}), model_arrays)
+        weights = EventWeights.from_dict(meta.get("weights", {}))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{version}: inconsistent artifact ({exc})") from exc
+    popularity = np.asarray(arrays["popularity"], dtype=np.float32)
+    if model.n_items != len(items) or len(popularity) != len(items):
+        raise ArtifactError(f"{version}: model has {model.n_items} items, vocabulary {len(items)}")
+    return ModelArtifact(
+        version=version,
+        algorithm=algorithm,
+        model=model,
+        users=users,
+        items=items,
+        popularity=popularity,
+        weights=weights,
+        meta=meta,
+    )
+
+
+# ----------------------------------------------------------------- helpers
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("implicit", "numpy", "scipy", "sessionrec"):
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out

@@ -1,0 +1,102 @@
+"""From stored events to a weighted user x item matrix with explicit vocabularies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from sessionrec.store import EventColumns, Store
+from training.weighting import EventWeights
+
+
+class Vocabulary:
+    """Maps external ids (strings) to contiguous row numbers, and back.
+
+    Stored in artifacts as a fixed-width unicode array (loads without pickle).
+    """
+
+    def __init__(self, ids: Iterable[str]):
+        self.ids = np.asarray(list(ids), dtype=str)
+        self._index = {value: row for row, value in enumerate(self.ids.tolist())}
+        if len(self._index) != len(self.ids):
+            raise ValueError("vocabulary ids must be unique")
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> Vocabulary:
+        """Distinct values, in sorted order (deterministic)."""
+        return cls(np.unique(np.asarray(values, dtype=str)).tolist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, external_id: object) -> bool:
+        return external_id in self._index
+
+    def number(self, external_id: str) -> int:
+        """Row number, or -1 when unknown."""
+        return self._index.get(external_id, -1)
+
+    def numbers(self, external_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter(
+            (get(x, -1) for x in external_ids), dtype=np.int64, count=len(external_ids)
+        )
+
+    def id(self, number: int) -> str:
+        return str(self.ids[number])
+
+
+@dataclass
+class Interactions:
+    """A weighted user x item matrix (CSR) and the vocabularies of its rows/columns."""
+
+    users: Vocabulary
+    items: Vocabulary
+    matrix: sp.csr_matrix
+    events: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape  # type: ignore[return-value]
+
+
+def load_item_events(store: Store) -> EventColumns:
+    """Every stored event that names an item, ordered by time."""
+    return store.item_events()
+
+
+def build_interactions(
+    events: EventColumns,
+    weights: EventWeights,
+    users: Vocabulary | None = None,
+    items: Vocabulary | None = None,
+) -> Interactions:
+    """Sums event weights per (user, item). Events with weight 0, or whose user
+    or item is outside the given vocabularies, are left out."""
+    users = users or Vocabulary.from_values(events.user_id)
+    items = items or Vocabulary.from_values(events.item_id)
+    w = weights.weigh(events.type, events.dwell_ms)
+    rows = users.numbers(events.user_id)
+    cols = items.numbers(events.item_id)
+    keep = (w > 0) & (rows >= 0) & (cols >= 0)
+    matrix = sp.csr_matrix(
+        (w[keep], (rows[keep], cols[keep])), shape=(len(users), len(items)), dtype=np.float32
+    )
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return Interactions(users=users, items=items, matrix=matrix, events=int(keep.sum()))
+
+
+def user_row(item_numbers: np.ndarray, item_weights: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """One user's weighted row from item numbers (unknown = -1, dropped) and weights."""
+    keep = (item_numbers >= 0) & (item_weights > 0)
+    cols = item_numbers[keep]
+    data = item_weights[keep].astype(np.float32)
+    row = sp.csr_matrix(
+        (data, (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n_items), dtype=np.float32
+    )
+    row.sum_duplicates()
+    return row

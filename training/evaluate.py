@@ -1,0 +1,166 @@
+"""Offline evaluation: split by time, train on the past, rank the future.
+
+The protocol (``per-user temporal fraction``): for each user, the last 20% of
+their item events by time are the test set and the rest is training data. The
+model is trained on the training events only; every user is then scored by
+folding in their *training* row, exactly as the server does live, every item
+they interacted with in training is excluded, and the top k is compared with
+the items of their test events. Users unknown to training get the popularity
+fallback, as in serving. Popularity is always reported alongside.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sessionrec.store import EventColumns
+from training.data import Interactions, build_interactions
+from training.metrics import mean_metrics
+from training.models import Recommender, create_model, item_popularity, top_k
+from training.weighting import EventWeights
+
+
+def split_temporal_fraction(
+    events: EventColumns, test_fraction: float = 0.2
+) -> tuple[EventColumns, EventColumns]:
+    """Per user, the last ``test_fraction`` of events by time (at least one, for
+    users with two or more events) go to the test split."""
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction: must be between 0 and 1")
+    n = len(events)
+    # Events come ordered by time; a stable sort by user keeps that order per user.
+    order = np.argsort(events.user_id.astype(str), kind="stable")
+    users = events.user_id[order]
+    test = np.zeros(n, dtype=bool)
+    if n:
+        boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
+        starts = np.r_[0, boundaries]
+        ends = np.r_[boundaries, n]
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            count = end - start
+            if count < 2:
+                continue
+            n_test = min(count - 1, max(1, round(count * test_fraction)))
+            test[order[end - n_test : end]] = True
+    return events.take(~test), events.take(test)
+
+
+@dataclass
+class EvaluationResult:
+    algorithm: str
+    params: dict[str, Any]
+    k: int
+    metrics: dict[str, float]
+    fit_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "params": self.params,
+            "k": self.k,
+            "fit_seconds": round(self.fit_seconds, 3),
+            **{name: round(value, 6) for name, value in self.metrics.items()},
+        }
+
+
+def relevant_items(
+    train: Interactions, test: EventColumns, weights: EventWeights
+) -> tuple[np.ndarray, list[set[int]]]:
+    """Test users (rows of the training matrix, -1 when unknown there) and their
+    relevant items: positively weighted test items not already seen in training.
+    Items that training never saw count as relevant (and can never be hit)."""
+    w = weights.weigh(test.type, test.dwell_ms)
+    keep = w > 0
+    by_user: dict[str, set[str]] = {}
+    for user, item in zip(test.user_id[keep].tolist(), test.item_id[keep].tolist(), strict=True):
+        by_user.setdefault(user, set()).add(item)
+    user_ids = sorted(by_user)
+    rows = train.users.numbers(user_ids)
+    relevant: list[set[int]] = []
+    unknown_item = -1
+    for user, row in zip(user_ids, rows.tolist(), strict=True):
+        seen = (
+            set(
+                train.matrix.indices[
+                    train.matrix.indptr[row] : train.matrix.indptr[row + 1]
+                ].tolist()
+            )
+            if row >= 0
+            else set()
+        )
+        rel: set[int] = set()
+        for item in by_user[user]:
+            number = train.items.number(item)
+            if number < 0:
+                rel.add(unknown_item)
+                unknown_item -= 1
+            elif number not in seen:
+                rel.add(number)
+        relevant.append(rel)
+    return rows, relevant
+
+
+def rank_users(
+    model: Recommender,
+    train: Interactions,
+    rows: np.ndarray,
+    k: int,
+    popularity: np.ndarray,
+    *,
+    batch: int = 512,
+) -> list[list[int]]:
+    """Top-k item numbers per test user, seen items excluded; popularity for cold users."""
+    out: list[list[int]] = [[] for _ in range(len(rows))]
+    known = np.flatnonzero(rows >= 0)
+    for pos in np.flatnonzero(rows < 0).tolist():
+        out[pos] = top_k(popularity, k)[0].tolist()
+    matrix = train.matrix
+    for start in range(0, len(known), batch):
+        chunk = known[start : start + batch]
+        user_rows = matrix[rows[chunk]]
+        scores = model.score(user_rows)
+        scores[user_rows.nonzero()] = -np.inf
+        for pos, s in zip(chunk.tolist(), scores, strict=True):
+            out[pos] = top_k(s, k)[0].tolist()
+    return out
+
+
+def evaluate(
+    events: EventColumns,
+    algorithm: str,
+    params: dict[str, Any] | None = None,
+    *,
+    weights: EventWeights | None = None,
+    k: int = 10,
+    test_fraction: float = 0.2,
+    baseline: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[EvaluationResult]:
+    """Evaluates ``algorithm`` (and popularity, when ``baseline``) on a per-user temporal split."""
+    weights = weights or EventWeights()
+    say = progress or (lambda _msg: None)
+    train_events, test_events = split_temporal_fraction(events, test_fraction)
+    train = build_interactions(train_events, weights)
+    rows, relevant = relevant_items(train, test_events, weights)
+    popularity = item_popularity(train.matrix)
+    say(
+        f"split: {len(train_events)} training events, {len(test_events)} test events, "
+        f"{len(rows)} test users, {len(train.items)} items"
+    )
+    results = []
+    algorithms = [algorithm] + (["popular"] if baseline and algorithm != "popular" else [])
+    for name in algorithms:
+        model = create_model(name, **((params or {}) if name == algorithm else {}))
+        started = time.perf_counter()
+        model.fit(train.matrix)
+        fit_seconds = time.perf_counter() - started
+        say(f"{name}: trained in {fit_seconds:.2f}s, ranking {len(rows)} users")
+        ranked = rank_users(model, train, rows, k, popularity)
+        metrics = mean_metrics(ranked, relevant, k, len(train.items))
+        results.append(EvaluationResult(name, model.params, k, metrics, fit_seconds))
+    return results

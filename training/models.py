@@ -1,0 +1,359 @@
+"""One small recommender interface, implemented by every algorithm.
+
+Every model scores items for *weighted user rows* (a user's interactions as a
+1 x n_items sparse row), so the same call serves users seen in training and
+users who arrived a second ago: factor models fold the row in (ALS's exact
+least-squares user solve), neighbourhood models sum item similarities.
+
+Models persist as plain numpy arrays (``to_arrays`` / ``from_arrays``); the
+artifact module writes them to ``.npz`` and loads them with
+``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from sessionrec.errors import FailedPrecondition, InvalidArgument
+
+
+class Recommender(abc.ABC):
+    algorithm: ClassVar[str]
+    #: Hyper-parameters with their defaults; ``params`` holds the effective values.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidArgument(f"{name}: not a parameter of {self.algorithm}")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.n_items = 0
+
+    @abc.abstractmethod
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        """Learns from a weighted user x item matrix."""
+
+    @abc.abstractmethod
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Scores of every item (dense ``len(rows) x n_items``) for weighted user rows."""
+
+    def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` items most similar to ``item`` (itself excluded), best first."""
+        sims = self.item_similarity(np.array([item]), np.arange(self.n_items))[:, 0]
+        sims[item] = -np.inf
+        return top_k(sims, n)
+
+    @abc.abstractmethod
+    def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Similarity matrix ``len(others) x len(items)`` (used to explain recommendations)."""
+
+    @abc.abstractmethod
+    def to_arrays(self) -> dict[str, np.ndarray]: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Recommender: ...
+
+
+def top_k(
+    scores: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the ``k`` best finite scores (``exclude``: indices to skip)."""
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    if exclude is not None and len(exclude):
+        scores[exclude] = -np.inf
+    finite = np.isfinite(scores)
+    k = min(k, int(finite.sum()))
+    if k <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    part = np.argpartition(-scores, k - 1)[:k]
+    order = part[np.lexsort((part, -scores[part]))]
+    return order.astype(np.int64), scores[order]
+
+
+def _cosine(factors: np.ndarray, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(factors, axis=1)
+    norms[norms == 0] = 1.0
+    a = factors[items] / norms[items, None]
+    b = factors[others] / norms[others, None]
+    return b @ a.T
+
+
+def _least_squares_fold_in(
+    item_factors: np.ndarray, yty: np.ndarray, rows: sp.csr_matrix, regularization: float
+) -> np.ndarray:
+    """Implicit-ALS user solve: x = (YtY + Yt(C-I)Y + reg*I)^-1 Yt C p for each row."""
+    f = item_factors.shape[1]
+    out = np.zeros((rows.shape[0], f), dtype=np.float32)
+    base = yty + regularization * np.eye(f)
+    for r in range(rows.shape[0]):
+        start, end = rows.indptr[r], rows.indptr[r + 1]
+        if start == end:
+            continue
+        idx = rows.indices[start:end]
+        conf = rows.data[start:end].astype(np.float64)
+        y = item_factors[idx].astype(np.float64)
+        a = base + (y.T * (conf - 1.0)) @ y
+        b = y.T @ conf
+        out[r] = np.linalg.solve(a, b)
+    return out
+
+
+class ALSRecommender(Recommender):
+    """implicit's Alternating Least Squares; live users are folded in exactly."""
+
+    algorithm = "als"
+    defaults = {
+        # Chosen on MovieLens 100K (per-user temporal 80/20): NDCG@10 0.197-0.199
+        # over three seeds, against 0.188 for 64 factors / reg 0.1 / alpha 2.
+        "factors": 32,
+        "regularization": 0.05,
+        "alpha": 1.0,
+        "iterations": 15,
+        "random_state": 42,
+        "num_threads": 2,
+    }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self._model: Any = None
+
+    def _implicit(self) -> Any:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        p = self.params
+        with threadpool_limits(1, "blas"):
+            return AlternatingLeastSquares(
+                factors=int(p["factors"]),
+                regularization=float(p["regularization"]),
+                alpha=float(p["alpha"]),
+                iterations=int(p["iterations"]),
+                random_state=int(p["random_state"]),
+                num_threads=int(p["num_threads"]),
+            )
+
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        model = self._implicit()
+        with threadpool_limits(1, "blas"):
+            model.fit(matrix.tocsr(), show_progress=show_progress)
+        model.user_factors = np.zeros((0, model.item_factors.shape[1]), dtype=np.float32)
+        self._model = model
+        self.n_items = matrix.shape[1]
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        return self._model.item_factors  # type: ignore[no-any-return]
+
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        users = self._model.recalculate_user(np.arange(rows.shape[0]), rows.tocsr())
+        return np.asarray(users @ self.item_factors.T)
+
+    def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        return _cosine(self.item_factors, items, others)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"item_factors": np.ascontiguousarray(self.item_factors, dtype=np.float32)}
+
+    @classmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> ALSRecommender:
+        model = cls(**params)
+        inner = model._implicit()
+        inner.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        inner.user_factors = np.zeros((0, inner.item_factors.shape[1]), dtype=np.float32)
+        model._model = inner
+        model.n_items = inner.item_factors.shape[0]
+        return model
+
+
+class BPRRecommender(Recommender):
+    """implicit's Bayesian Personalized Ranking; live users folded in by least squares."""
+
+    algorithm = "bpr"
+    defaults = {
+        "factors": 64,
+        "learning_rate": 0.05,
+        "regularization": 0.01,
+        "iterations": 100,
+        "fold_in_regularization": 1.0,
+        "random_state": 42,
+        "num_threads": 2,
+    }
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.factors_ = np.zeros((0, 0), dtype=np.float32)  # item factors incl. bias column
+        self._yty = np.zeros((0, 0))
+
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        p = self.params
+        model = BayesianPersonalizedRanking(
+            factors=int(p["factors"]),
+            learning_rate=float(p["learning_rate"]),
+            regularization=float(p["regularization"]),
+            iterations=int(p["iterations"]),
+            random_state=int(p["random_state"]),
+            num_threads=int(p["num_threads"]),
+        )
+        model.fit(matrix.tocsr(), show_progress=show_progress)
+        self._set(np.asarray(model.item_factors, dtype=np.float32))
+
+    def _set(self, item_factors: np.ndarray) -> None:
+        self.factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
+        y = self.factors_[:, :-1].astype(np.float64)
+        self._yty = y.T @ y
+        self.n_items = self.factors_.shape[0]
+
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        x = _least_squares_fold_in(
+            self.factors_[:, :-1],
+            self._yty,
+            rows.tocsr(),
+            float(self.params["fold_in_regularization"]),
+        )
+        # implicit's BPR keeps the item bias in the last factor column (user side = 1).
+        return np.asarray(x @ self.factors_[:, :-1].T + self.factors_[:, -1])
+
+    def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        return _cosine(self.factors_[:, :-1], items, others)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"item_factors": self.factors_}
+
+    @classmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BPRRecommender:
+        model = cls(**params)
+        model._set(arrays["item_factors"])
+        return model
+
+
+class ItemKNNRecommender(Recommender):
+    """implicit's item-item nearest neighbours (cosine, BM25 or TF-IDF weighting)."""
+
+    algorithm = "itemknn"
+    defaults = {"similarity": "cosine", "K": 100, "bm25_K1": 1.2, "bm25_B": 0.75, "num_threads": 2}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        if self.params["similarity"] not in ("cosine", "bm25", "tfidf"):
+            raise InvalidArgument("similarity: must be cosine, bm25 or tfidf")
+        self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
+
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        from implicit import nearest_neighbours as nn
+
+        p = self.params
+        kind = p["similarity"]
+        k = int(p["K"])
+        threads = int(p["num_threads"])
+        if kind == "cosine":
+            model = nn.CosineRecommender(K=k, num_threads=threads)
+        elif kind == "bm25":
+            model = nn.BM25Recommender(
+                K=k, K1=float(p["bm25_K1"]), B=float(p["bm25_B"]), num_threads=threads
+            )
+        else:
+            model = nn.TFIDFRecommender(K=k, num_threads=threads)
+        model.fit(matrix.tocsr(), show_progress=show_progress)
+        self.similarity = model.similarity.tocsr().astype(np.float32)
+        self.n_items = matrix.shape[1]
+
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((rows.tocsr() @ self.similarity).toarray())
+
+    def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        sub = self.similarity[others][:, items]
+        return np.asarray(sub.toarray())
+
+    def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        row = self.similarity.getrow(item)
+        scores = np.full(self.n_items, -np.inf, dtype=np.float32)
+        scores[row.indices] = row.data
+        scores[item] = -np.inf
+        return top_k(scores, n)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        s = self.similarity
+        return {
+            "sim_data": s.data.astype(np.float32),
+            "sim_indices": s.indices.astype(np.int32),
+            "sim_indptr": s.indptr.astype(np.int64),
+            "sim_shape": np.asarray(s.shape, dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(
+        cls, params: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> ItemKNNRecommender:
+        model = cls(**params)
+        shape = tuple(int(x) for x in arrays["sim_shape"])
+        model.similarity = sp.csr_matrix(
+            (arrays["sim_data"], arrays["sim_indices"], arrays["sim_indptr"]), shape=shape
+        )
+        model.n_items = shape[1]
+        return model
+
+
+class PopularityRecommender(Recommender):
+    """Most popular items (distinct users per item); the baseline and the fallback."""
+
+    algorithm = "popular"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.popularity = np.zeros(0, dtype=np.float32)
+
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        self.popularity = item_popularity(matrix)
+        self.n_items = matrix.shape[1]
+
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.tile(self.popularity, (rows.shape[0], 1))
+
+    def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        return np.zeros((len(others), len(items)), dtype=np.float32)
+
+    def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        raise FailedPrecondition("algorithm: the popularity model has no item similarity")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"popularity": self.popularity}
+
+    @classmethod
+    def from_arrays(
+        cls, params: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> PopularityRecommender:
+        model = cls(**params)
+        model.popularity = np.asarray(arrays["popularity"], dtype=np.float32)
+        model.n_items = len(model.popularity)
+        return model
+
+
+def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:
+    """Number of distinct users per item."""
+    return np.asarray((matrix > 0).sum(axis=0), dtype=np.float32).ravel()
+
+
+ALGORITHMS: dict[str, type[Recommender]] = {
+    cls.algorithm: cls
+    for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, PopularityRecommender)
+}
+
+
+def create_model(algorithm: str, **params: Any) -> Recommender:
+    """Factory: an untrained model of ``algorithm`` with ``params`` over its defaults."""
+    try:
+        cls = ALGORITHMS[algorithm]
+    except KeyError:
+        raise InvalidArgument(
+            f"algorithm: unknown {algorithm!r} (choose from {', '.join(sorted(ALGORITHMS))})"
+        ) from None
+    return cls(**params)
