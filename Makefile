@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 
 demo: $(STAMP)
-	$(PY) -m bench.demo
+	$(PY) examples/demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -122,10 +122,20 @@ class ModelHolder:
 
 
 class RecommendationEngine:
-    def __init__(self, store: Store, models: ModelHolder, *, history_limit: int = 500):
+    def __init__(
+        self,
+        store: Store,
+        models: ModelHolder,
+        *,
+        history_limit: int = 500,
+        session_timeout_s: float = 1800.0,
+        live_session_boost: float = 5.0,
+    ):
         self.store = store
         self.models = models
         self.history_limit = history_limit
+        self.timeout_ms = int(session_timeout_s * 1000)
+        self.live_session_boost = live_session_boost
         self._popular: tuple[float, list[tuple[str, float]]] = (0.0, [])
         self._popular_lock = threading.Lock()
 
@@ -141,12 +151,25 @@ class RecommendationEngine:
                 raise NotFound(f"session_id: unknown session {session_id!r}")
             if session.user_id != user_id:
                 raise InvalidArgument(f"session_id: {session_id!r} belongs to another user")
+        else:
+            session = self.store.find_open_session(user_id)
         # The user's history holds every stored event, the live session included.
         history = self.store.user_item_events(user_id, self.history_limit)
         loaded = self.models.current
         if loaded is None:
             return self._store_popular(n, set() if include_seen else {e.item_id for e in history})
-        rec = loaded.artifact.recommend(history, n, include_seen=include_seen)
+        live = (
+            session is not None
+            and session.is_open
+            and session.last_event_at_ms >= time.time_ns() // 1_000_000 - self.timeout_ms
+        )
+        rec = loaded.artifact.recommend(
+            history,
+            n,
+            include_seen=include_seen,
+            live_since_ms=session.started_at_ms if live and session else None,
+            live_boost=self.live_session_boost,
+        )
         return Scored(rec.item_ids, rec.scores, rec.reasons, rec.strategy, loaded.artifact.version)
 
     def similar_items(self, item_id: str, n: int) -> Scored:

@@ -79,7 +79,13 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     )
     models = ModelHolder(config.models_dir)
     models.load_initial()
-    engine = RecommendationEngine(store, models, history_limit=config.history_limit)
+    engine = RecommendationEngine(
+        store,
+        models,
+        history_limit=config.history_limit,
+        session_timeout_s=config.session_timeout_s,
+        live_session_boost=config.live_session_boost,
+    )
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),

@@ -43,6 +43,8 @@ class Config:
     grace_s: float = 5.0
     #: How many of a user's most recent item events feed the live fold-in.
     history_limit: int = 500
+    #: Events of the user's active session weigh this many times more in the fold-in.
+    live_session_boost: float = 5.0
     #: SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
@@ -82,6 +84,8 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.live_session_boost <= 0:
+            raise ConfigError("live_session_boost: must be > 0")
         if self.model_poll_interval_s < 0:
             raise ConfigError("model_poll_interval_s: must be >= 0")
         for name in ("max_events_per_call", "workers", "history_limit"):

@@ -84,12 +84,17 @@ class ModelArtifact:
         *,
         include_seen: bool = False,
         exclude: Sequence[str] = (),
+        live_since_ms: int | None = None,
+        live_boost: float = 1.0,
     ) -> Recommendation:
         """Top-``n`` items for a user whose item events (any order) are ``history``.
 
         The history is weighted like the training data and folded into the
-        model, so an event stored a moment ago counts. With no usable history
-        (or a popularity model) the answer is the popularity ranking.
+        model, so an event stored a moment ago counts. Events at or after
+        ``live_since_ms`` (the active session) weigh ``live_boost`` times more:
+        what the user does now says more about what they want next than what
+        they did last month. With no usable history (or a popularity model)
+        the answer is the popularity ranking.
         """
         numbers = self.items.numbers([e.item_id for e in history])
         types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
@@ -99,6 +104,9 @@ class ModelArtifact:
             count=len(history),
         )
         weights = self.weights.weigh(types, dwell)
+        if live_since_ms is not None and live_boost != 1.0:
+            ts = np.fromiter((e.ts_ms for e in history), dtype=np.int64, count=len(history))
+            weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
         row = user_row(numbers, weights, len(self.items))
         excluded = [] if include_seen else numbers[numbers >= 0].tolist()
         excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
@@ -123,7 +131,8 @@ class ModelArtifact:
             return []
         sources = row.indices
         sims = self.model.item_similarity(sources, recommended)  # len(rec) x len(sources)
-        best = np.argmax(sims, axis=1)
+        # The history item that contributes most: similarity times its weight.
+        best = np.argmax(sims * row.data[None, :], axis=1)
         strongest: dict[int, int] = {}
         for num, typ in zip(numbers.tolist(), types.tolist(), strict=True):
             if num >= 0 and (num not in strongest or typ > strongest[num]):
