@@ -8,6 +8,7 @@ Precedence: explicit overrides (CLI flags) > environment > defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -60,12 +61,22 @@ class Config:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 values[f.name] = _coerce(f.name, f.type, raw)
+        types = {f.name: f.type for f in fields(cls)}
         for key, value in (overrides or {}).items():
             if value is None:
                 continue
-            if key not in {f.name for f in fields(cls)}:
+            if key not in types:
                 raise ConfigError(f"{key}: unknown setting")
-            values[key] = value
+            values[key] = _coerce(key, types[key], value) if isinstance(value, str) else value
+        for key, value in values.items():
+            kind = _kind(types[key])
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, int | float) and not isinstance(value, bool),
+                "str": isinstance(value, str),
+            }[kind]
+            if not ok:
+                raise ConfigError(f"{key}: expected {kind}, got {value!r}")
         config = cls(**values)
         config.validate()
         return config
@@ -80,14 +91,19 @@ class Config:
             raise ConfigError(f"db_url: unsupported URL {self.db_url!r} (use sqlite:///path.db)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
-        positive = ("session_timeout_s", "reaper_interval_s", "max_clock_skew_s", "grace_s")
+        positive = (
+            "session_timeout_s",
+            "reaper_interval_s",
+            "max_clock_skew_s",
+            "grace_s",
+            "live_session_boost",
+        )
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if self.live_session_boost <= 0:
-            raise ConfigError("live_session_boost: must be > 0")
-        if self.model_poll_interval_s < 0:
-            raise ConfigError("model_poll_interval_s: must be >= 0")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # also refuses NaN
+                raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.model_poll_interval_s) and self.model_poll_interval_s >= 0):
+            raise ConfigError("model_poll_interval_s: must be a finite number >= 0")
         for name in ("max_events_per_call", "workers", "history_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -97,8 +113,12 @@ class Config:
             raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
 
 
+def _kind(type_name: Any) -> str:
+    return type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+
+
 def _coerce(name: str, type_name: Any, raw: str) -> Any:
-    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    kind = _kind(type_name)
     try:
         if kind == "int":
             return int(raw)

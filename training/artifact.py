@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.errors import ArtifactError, NotFound
+from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, top_k
@@ -303,7 +303,7 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
         model_arrays = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
         model = ALGORITHMS[algorithm].from_arrays(meta.get("params", {}), model_arrays)
         weights = EventWeights.from_dict(meta.get("weights", {}))
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, SessionrecError) as exc:
         raise ArtifactError(f"{version}: inconsistent artifact ({exc})") from exc
     popularity = np.asarray(arrays["popularity"], dtype=np.float32)
     if model.n_items != len(items) or len(popularity) != len(items):

@@ -76,8 +76,8 @@ def build_interactions(
 ) -> Interactions:
     """Sums event weights per (user, item). Events with weight 0, or whose user
     or item is outside the given vocabularies, are left out."""
-    users = users or Vocabulary.from_values(events.user_id)
-    items = items or Vocabulary.from_values(events.item_id)
+    users = Vocabulary.from_values(events.user_id) if users is None else users
+    items = Vocabulary.from_values(events.item_id) if items is None else items
     w = weights.weigh(events.type, events.dwell_ms)
     rows = users.numbers(events.user_id)
     cols = items.numbers(events.item_id)

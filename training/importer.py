@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,56 +66,79 @@ class ImportReport:
         }
 
 
+#: Latest accepted time: 9999-12-31 (keeps values inside SQLite's INTEGER range).
+MAX_TS_MS = 253_402_300_799_000
+MAX_DWELL_MS = 365 * 24 * 3600 * 1000
+
+
 def parse_timestamp_ms(text: str) -> int:
     text = text.strip()
     if not text:
         raise ValueError("timestamp: empty")
     try:
-        return round(float(text) * 1000)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        if not math.isfinite(seconds) or not 0 <= seconds * 1000 <= MAX_TS_MS:
+            raise ValueError(f"timestamp: out of range: {text!r}")
+        return round(seconds * 1000)
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"timestamp: not epoch seconds or ISO 8601: {text!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp() * 1000)
+    ts_ms = int(parsed.timestamp() * 1000)
+    if not 0 <= ts_ms <= MAX_TS_MS:
+        raise ValueError(f"timestamp: out of range: {text!r}")
+    return ts_ms
 
 
-def _row_event(row: dict[str, str], line: int) -> EventRecord:
-    user = (row.get("user_id") or "").strip()
+def _text(row: dict[str, str], name: str) -> str:
+    value = (row.get(name) or "").strip()
+    if any(ord(ch) < 32 for ch in value):
+        raise ValueError(f"{name}: contains control characters")
+    if len(value) > 256:
+        raise ValueError(f"{name}: longer than 256 characters")
+    return value
+
+
+def _number(row: dict[str, str], name: str) -> float | None:
+    text = (row.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}: not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {text!r}")
+    return value
+
+
+def _row_event(row: dict[str, str]) -> EventRecord:
+    user = _text(row, "user_id")
     if not user:
         raise ValueError("user_id: empty")
     try:
         etype = EventType.parse(row.get("event_type") or "")
     except (KeyError, ValueError):
         raise ValueError(f"event_type: unknown {row.get('event_type')!r}") from None
-    item = (row.get("item_id") or "").strip() or None
+    item = _text(row, "item_id") or None
     if etype in ITEM_REQUIRED and not item:
         raise ValueError(f"item_id: required for {etype.name}")
     ts_ms = parse_timestamp_ms(row.get("timestamp") or "")
-    if ts_ms < 0:
-        raise ValueError("timestamp: before 1970")
-    dwell_text = (row.get("dwell_ms") or "").strip()
+    dwell_value = _number(row, "dwell_ms")
     dwell = None
-    if dwell_text:
-        try:
-            dwell = int(float(dwell_text))
-        except ValueError:
-            raise ValueError(f"dwell_ms: not a number: {dwell_text!r}") from None
-        if dwell < 0:
-            raise ValueError("dwell_ms: negative")
-    value_text = (row.get("value") or "").strip()
-    value = None
-    if value_text:
-        try:
-            value = float(value_text)
-        except ValueError:
-            raise ValueError(f"value: not a number: {value_text!r}") from None
-    session = (row.get("session_id") or "").strip()
-    screen = (row.get("screen") or "").strip() or None
-    event_id = (row.get("event_id") or "").strip()
+    if dwell_value is not None:
+        if not 0 <= dwell_value <= MAX_DWELL_MS:
+            raise ValueError(f"dwell_ms: must be between 0 and {MAX_DWELL_MS}")
+        dwell = int(dwell_value)
+    value = _number(row, "value")
+    session = _text(row, "session_id")
+    screen = _text(row, "screen") or None
+    event_id = _text(row, "event_id")
     if not event_id:
         key = "\x1f".join([user, item or "", str(int(etype)), str(ts_ms), session, screen or ""])
         event_id = "imp-" + hashlib.sha1(key.encode()).hexdigest()[:24]
@@ -131,7 +155,8 @@ def _row_event(row: dict[str, str], line: int) -> EventRecord:
     )
 
 
-def read_events(fh: TextIO, report: ImportReport) -> Iterator[EventRecord]:
+def read_events(fh: TextIO, report: ImportReport) -> Iterator[tuple[int, EventRecord]]:
+    """Valid rows as (line number, event); bad rows go to ``report.bad``."""
     reader = csv.DictReader(fh)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -145,7 +170,7 @@ def read_events(fh: TextIO, report: ImportReport) -> Iterator[EventRecord]:
             report.bad.append(BadRow(line, "row: more fields than the header"))
             continue
         try:
-            yield _row_event(row, line)
+            yield line, _row_event(row)
         except ValueError as exc:
             report.bad.append(BadRow(line, str(exc)))
 
@@ -191,23 +216,23 @@ def import_csv(
     started = time.perf_counter()
     with open(path, newline="", encoding="utf-8") as fh:
         rows = tqdm(read_events(fh, report), desc="read", unit=" rows", disable=not show_progress)
-        events = list(rows)
-    # A session id given in the file must belong to one user.
-    owners: dict[str, str] = {}
+        parsed = list(rows)
+    # A session id must belong to one user, in the file and in the store.
+    given = {e.session_id for _, e in parsed if e.session_id}
+    owners = {sid: s.user_id for sid, s in store.get_sessions(given).items()} if given else {}
     kept: list[EventRecord] = []
-    for e in events:
+    for line, e in parsed:
         if e.session_id:
             owner = owners.setdefault(e.session_id, e.user_id)
             if owner != e.user_id:
                 report.bad.append(
                     BadRow(
-                        -1,
-                        f"session_id: {e.session_id!r} used by two users "
-                        f"({owner!r}, {e.user_id!r}); event {e.event_id}",
+                        line, f"session_id: {e.session_id!r} used by two users (it is {owner!r}'s)"
                     )
                 )
                 continue
         kept.append(e)
+    report.bad.sort(key=lambda b: b.line)
     sessions = sessionize(kept, int(session_timeout_s * 1000))
     by_id = {s.session_id: s for s in sessions}
     report.sessions = len(sessions)

@@ -72,8 +72,11 @@ def top_k(
     k = min(k, int(finite.sum()))
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    part = np.argpartition(-scores, k - 1)[:k]
-    order = part[np.lexsort((part, -scores[part]))]
+    # The k-th best score; every item scoring at least that is a candidate, so
+    # ties at the cut are resolved by index (deterministic), not by partition order.
+    kth = -np.partition(-scores, k - 1)[k - 1]
+    candidates = np.flatnonzero(scores >= kth)
+    order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return order.astype(np.int64), scores[order]
 
 
@@ -180,7 +183,11 @@ class BPRRecommender(Recommender):
         "learning_rate": 0.05,
         "regularization": 0.01,
         "iterations": 100,
-        "fold_in_regularization": 1.0,
+        # Live users are folded in by an implicit-ALS solve on the BPR factors with
+        # confidence 1 + fold_in_alpha * weight (a weight-1 view must count for
+        # more than an unseen item, or the item bias decides alone).
+        "fold_in_alpha": 10.0,
+        "fold_in_regularization": 0.1,
         "random_state": 42,
         "num_threads": 2,
     }
@@ -212,10 +219,12 @@ class BPRRecommender(Recommender):
         self.n_items = self.factors_.shape[0]
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        rows = rows.tocsr().astype(np.float32)
+        rows.data = 1.0 + float(self.params["fold_in_alpha"]) * rows.data
         x = _least_squares_fold_in(
             self.factors_[:, :-1],
             self._yty,
-            rows.tocsr(),
+            rows,
             float(self.params["fold_in_regularization"]),
         )
         # implicit's BPR keeps the item bias in the last factor column (user side = 1).

@@ -1,0 +1,247 @@
+"""The recommender models (training/models.py) on a tiny two-group matrix.
+
+Group A (12 users) likes items 0-9, group B (8 users) items 10-19, so group-A
+items are the more popular ones: a model that only follows popularity would
+rank them first for everybody. Models use one thread and a fixed seed so the
+results are deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sessionrec.errors import FailedPrecondition, InvalidArgument
+from training.models import ALGORITHMS, Recommender, create_model, item_popularity, top_k
+
+GROUP_A = np.arange(10)
+GROUP_B = np.arange(10, 20)
+
+#: Small and fast settings for each algorithm.
+PARAMS: dict[str, dict[str, Any]] = {
+    "als": {"factors": 4, "iterations": 10, "random_state": 0, "num_threads": 1},
+    "bpr": {"factors": 4, "iterations": 100, "random_state": 0, "num_threads": 1},
+    "itemknn": {"K": 20, "num_threads": 1},
+    "popular": {},
+}
+PERSONALIZED = ["als", "bpr", "itemknn"]
+
+# implicit's nearest-neighbour models convert a matrix internally and warn about it.
+pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
+
+
+def fitted(name: str, matrix: sp.csr_matrix) -> Recommender:
+    model = create_model(name, **PARAMS[name])
+    model.fit(matrix)
+    return model
+
+
+def row(items: list[int], n_items: int = 20, weight: float = 1.0) -> sp.csr_matrix:
+    data = np.full(len(items), weight, dtype=np.float32)
+    return sp.csr_matrix((data, ([0] * len(items), items)), shape=(1, n_items))
+
+
+def test_every_algorithm_is_covered() -> None:
+    assert set(ALGORITHMS) == set(PARAMS) == {"als", "bpr", "itemknn", "popular"}
+    for name, cls in ALGORITHMS.items():
+        assert cls.algorithm == name
+
+
+# ------------------------------------------------------------------ fold-in
+@pytest.mark.parametrize("name", PERSONALIZED)
+@pytest.mark.parametrize(
+    ("history", "liked", "other"),
+    [
+        ([0, 1, 2], GROUP_A, GROUP_B),
+        ([5], GROUP_A, GROUP_B),
+        ([12, 13], GROUP_B, GROUP_A),
+        ([13, 14, 16, 17], GROUP_B, GROUP_A),
+    ],
+    ids=["A-three", "A-one", "B-two", "B-four"],
+)
+def test_fold_in_of_a_new_user_prefers_the_users_group(
+    name: str,
+    group_matrix: sp.csr_matrix,
+    history: list[int],
+    liked: np.ndarray,
+    other: np.ndarray,
+) -> None:
+    """A user never seen in training, with only items of one group, is scored
+    from that row alone: every item of the group beats every item of the other."""
+    model = fitted(name, group_matrix)
+    scores = model.score(row(history))
+    assert scores.shape == (1, 20)
+    s = scores[0]
+    assert np.isfinite(s).all()
+    assert s[liked].min() > s[other].max(), (
+        f"{name}: lowest liked-group score {s[liked].min():.4f} <= "
+        f"highest other-group score {s[other].max():.4f}"
+    )
+
+
+def test_bpr_training_itself_separates_the_groups(group_matrix: sp.csr_matrix) -> None:
+    """The BPR factors learned with PARAMS["bpr"] do separate the groups for the
+    training users (implicit's own user factors), so a fold-in that does not is
+    losing information the model has."""
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    p = {**ALGORITHMS["bpr"].defaults, **PARAMS["bpr"]}
+    bpr = BayesianPersonalizedRanking(
+        factors=p["factors"],
+        learning_rate=p["learning_rate"],
+        regularization=p["regularization"],
+        iterations=p["iterations"],
+        random_state=p["random_state"],
+        num_threads=p["num_threads"],
+    )
+    bpr.fit(group_matrix, show_progress=False)
+    scores = bpr.user_factors @ bpr.item_factors.T
+    for user in range(20):
+        liked, other = (GROUP_A, GROUP_B) if user < 12 else (GROUP_B, GROUP_A)
+        assert scores[user, liked].min() > scores[user, other].max()
+    # create_model("bpr") learns exactly these item factors.
+    model = fitted("bpr", group_matrix)
+    assert np.allclose(model.to_arrays()["item_factors"], bpr.item_factors)
+
+
+@pytest.mark.parametrize("name", PERSONALIZED)
+def test_score_handles_several_rows_at_once(name: str, group_matrix: sp.csr_matrix) -> None:
+    model = fitted(name, group_matrix)
+    rows = sp.vstack([row([0, 1]), row([15, 16])]).tocsr()
+    scores = model.score(rows)
+    assert scores.shape == (2, 20)
+    assert scores[0, GROUP_A].mean() > scores[0, GROUP_B].mean()
+    assert scores[1, GROUP_B].mean() > scores[1, GROUP_A].mean()
+
+
+def test_popularity_scores_distinct_users_whatever_the_history(
+    group_matrix: sp.csr_matrix,
+) -> None:
+    weighted = group_matrix.copy()
+    weighted.data[:] = 7.0  # weights do not matter, users do
+    model = fitted("popular", weighted)
+    expected = [12.0] * 10 + [8.0] * 10
+    assert model.score(row([12, 13]))[0].tolist() == expected
+    assert model.score(row([0]))[0].tolist() == expected
+    assert item_popularity(weighted).tolist() == expected
+
+
+def test_popularity_model_has_no_similar_items(group_matrix: sp.csr_matrix) -> None:
+    model = fitted("popular", group_matrix)
+    with pytest.raises(FailedPrecondition, match=r"^algorithm: "):
+        model.similar_items(0, 3)
+
+
+@pytest.mark.parametrize("name", PERSONALIZED)
+def test_similar_items_stay_in_the_group_and_exclude_the_item(
+    name: str, group_matrix: sp.csr_matrix
+) -> None:
+    model = fitted(name, group_matrix)
+    idx, scores = model.similar_items(3, 5)
+    assert len(idx) == 5
+    assert 3 not in idx.tolist()
+    assert all(i < 10 for i in idx.tolist())
+    assert list(scores) == sorted(scores, reverse=True)
+    idx_b, _ = model.similar_items(15, 5)
+    assert all(10 <= i < 20 for i in idx_b.tolist())
+
+
+# -------------------------------------------------------------- persistence
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_to_arrays_from_arrays_round_trip_gives_identical_scores(
+    name: str, group_matrix: sp.csr_matrix
+) -> None:
+    model = fitted(name, group_matrix)
+    arrays = model.to_arrays()
+    for key, value in arrays.items():
+        assert isinstance(value, np.ndarray), key
+        assert value.dtype.kind in "fiu", f"{key} would need pickle ({value.dtype})"
+    restored = ALGORITHMS[name].from_arrays(model.params, arrays)
+    assert restored.n_items == model.n_items == 20
+    assert restored.params == model.params
+    rows = sp.vstack([row([0, 1, 2]), row([15]), row([3, 18])]).tocsr()
+    assert np.array_equal(restored.score(rows), model.score(rows))
+    items, others = np.array([0, 12]), np.arange(20)
+    assert np.array_equal(
+        restored.item_similarity(items, others), model.item_similarity(items, others)
+    )
+
+
+# ------------------------------------------------------------------ factory
+def test_create_model_rejects_an_unknown_algorithm() -> None:
+    with pytest.raises(InvalidArgument, match=r"^algorithm: .*'xgboost'") as info:
+        create_model("xgboost")
+    for name in ALGORITHMS:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_create_model_rejects_an_unknown_parameter(name: str) -> None:
+    with pytest.raises(InvalidArgument, match=rf"^nope: not a parameter of {name}$"):
+        create_model(name, nope=1)
+
+
+def test_create_model_merges_parameters_over_defaults() -> None:
+    model = create_model("als", factors=8)
+    assert model.params["factors"] == 8
+    assert model.params["iterations"] == ALGORITHMS["als"].defaults["iterations"]
+    # The class defaults are not modified by one model's parameters.
+    assert ALGORITHMS["als"].defaults["factors"] != 8
+    assert create_model("als").params["factors"] == ALGORITHMS["als"].defaults["factors"]
+
+
+def test_itemknn_rejects_an_unknown_similarity() -> None:
+    with pytest.raises(InvalidArgument, match=r"^similarity: "):
+        create_model("itemknn", similarity="jaccard")
+
+
+@pytest.mark.parametrize("similarity", ["bm25", "tfidf"])
+def test_itemknn_weightings_fold_in_too(similarity: str, group_matrix: sp.csr_matrix) -> None:
+    model = create_model("itemknn", similarity=similarity, K=20, num_threads=1)
+    model.fit(group_matrix)
+    s = model.score(row([12, 13]))[0]
+    assert s[GROUP_B].min() > s[GROUP_A].max()
+
+
+# -------------------------------------------------------------------- top_k
+def test_top_k_orders_by_score() -> None:
+    idx, scores = top_k(np.array([0.1, 0.9, 0.5, 0.7]), 3)
+    assert idx.tolist() == [1, 3, 2]
+    assert scores.tolist() == pytest.approx([0.9, 0.7, 0.5])
+    assert idx.dtype == np.int64
+
+
+def test_top_k_excludes_indices_and_leaves_the_input_alone() -> None:
+    scores = np.array([0.1, 0.9, 0.5, 0.7], dtype=np.float32)
+    idx, _ = top_k(scores, 3, exclude=np.array([1, 3]))
+    assert idx.tolist() == [2, 0]  # fewer than k remain
+    assert scores.tolist() == pytest.approx([0.1, 0.9, 0.5, 0.7])
+
+
+def test_top_k_breaks_ties_by_lower_index() -> None:
+    idx, _ = top_k(np.array([1.0, 2.0, 1.0, 2.0, 1.0, 2.0]), 4)
+    assert idx.tolist() == [1, 3, 5, 0]
+
+
+def test_top_k_breaks_ties_at_the_cutoff_by_lower_index() -> None:
+    """Which of several equal scores make the top k must not be arbitrary either:
+    the lower indices win, as they do inside the top k."""
+    scores = np.array([1.0] * 10 + [2.0] * 8)
+    idx, _ = top_k(scores, 10)
+    assert idx.tolist() == [10, 11, 12, 13, 14, 15, 16, 17, 0, 1]
+    idx, _ = top_k(np.array([0.0] * 10 + [5.0] * 10), 12)
+    assert idx.tolist() == [*range(10, 20), 0, 1]
+
+
+def test_top_k_skips_non_finite_scores() -> None:
+    idx, _ = top_k(np.array([np.nan, 1.0, -np.inf, 0.5]), 10)
+    assert idx.tolist() == [1, 3]
+
+
+def test_top_k_of_nothing_is_empty() -> None:
+    assert top_k(np.array([1.0, 2.0]), 0)[0].tolist() == []
+    assert top_k(np.array([], dtype=np.float32), 5)[0].tolist() == []
+    assert top_k(np.array([1.0]), 3, exclude=np.array([0]))[0].tolist() == []
