@@ -155,9 +155,14 @@ class RecommendationEngine:
             session = self.store.find_open_session(user_id)
         # The user's history holds every stored event, the live session included.
         history = self.store.user_item_events(user_id, self.history_limit)
+        seen: set[str] = set()
+        if not include_seen:
+            # The fold-in reads the most recent events only; exclusion covers them all.
+            truncated = len(history) >= self.history_limit
+            seen = self.store.user_items(user_id) if truncated else {e.item_id for e in history}
         loaded = self.models.current
         if loaded is None:
-            return self._store_popular(n, set() if include_seen else {e.item_id for e in history})
+            return self._store_popular(n, seen)
         live = (
             session is not None
             and session.is_open
@@ -167,6 +172,7 @@ class RecommendationEngine:
             history,
             n,
             include_seen=include_seen,
+            exclude=sorted(seen),
             live_since_ms=session.started_at_ms if live and session else None,
             live_boost=self.live_session_boost,
         )
@@ -193,7 +199,8 @@ class RecommendationEngine:
                     ranking = self.store.item_popularity(since, POPULARITY_SIZE)
                     if not ranking:  # nothing recent: all time
                         ranking = self.store.item_popularity(0, POPULARITY_SIZE)
-                    self._popular = (time.monotonic(), ranking)
+                    # An empty store is asked again next time, not cached for a minute.
+                    self._popular = (time.monotonic() if ranking else 0.0, ranking)
         picked = [(i, s) for i, s in ranking if i not in seen][:n]
         return Scored(
             [i for i, _ in picked],

@@ -104,10 +104,17 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{config.host}:{config.port}"
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio raises instead of returning 0 since 1.5x
+        port = 0
+        reason = str(exc)
+    else:
+        reason = "port unavailable"
     if port == 0:
+        models.stop()
         store.close()
-        raise OSError(f"could not bind {address}")
+        raise OSError(f"address: could not bind {address} ({reason})")
     running = SessionrecServer(
         server=server,
         port=port,

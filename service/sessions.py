@@ -97,6 +97,7 @@ class SessionManager:
         self.max_events = max_events_per_call
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._sessionize_lock = threading.Lock()
 
     # ------------------------------------------------------------ sessions
     def start(
@@ -169,37 +170,40 @@ class SessionManager:
             raise InvalidArgument("events: must not be empty")
         if len(events) > self.max_events:
             raise InvalidArgument(f"events: at most {self.max_events} per call, got {len(events)}")
+        if all(e.session_id for e in events):
+            return self._track(events)
+        # Finding the user's open session and storing the session opened for it
+        # must not interleave with another batch for the same user, or two
+        # batches would open two sessions.
+        with self._sessionize_lock:
+            return self._track(events)
+
+    def _track(self, events: Sequence[IncomingEvent]) -> TrackResult:
         now = now_ms()
         wanted = {e.session_id for e in events if e.session_id and len(e.session_id) <= 256}
         sessions = self.store.get_sessions(wanted) if wanted else {}
         for sid, session in list(sessions.items()):
             sessions[sid] = self._expire_if_idle(session, now)
-        opened: dict[str, SessionRecord] = {}  # user -> session opened by this batch
-        records: list[EventRecord] = []
+        records: list[EventRecord | None] = []
         rejected: list[Rejection] = []
-        event_ids: list[str] = []
         for index, incoming in enumerate(events):
             try:
-                record = self._validate(incoming, index, now, sessions, opened)
+                records.append(self._validate(incoming, index, now, sessions))
             except SessionrecError as exc:
                 rejected.append(Rejection(index, exc))
-                event_ids.append("")
-                continue
-            records.append(record)
-            event_ids.append(record.event_id)
-        if not records:
+                records.append(None)
+        valid = [r for r in records if r is not None]
+        if not valid:
             raise rejected[0].error
-        result: AppendResult = self.store.append_events(records, list(opened.values()))
+        opened = self._sessionize([r for r in valid if not r.session_id], now)
+        result: AppendResult = self.store.append_events(valid, opened)
+        event_ids = [r.event_id if r is not None else "" for r in records]
         return TrackResult(result.accepted, result.duplicates, rejected, event_ids)
 
     def _validate(
-        self,
-        e: IncomingEvent,
-        index: int,
-        now: int,
-        sessions: dict[str, SessionRecord],
-        opened: dict[str, SessionRecord],
+        self, e: IncomingEvent, index: int, now: int, sessions: dict[str, SessionRecord]
     ) -> EventRecord:
+        """A stored-ready record; ``session_id`` stays empty when the server must choose it."""
         where = f"events[{index}]"
         if e.event_id:
             check_id(e.event_id, f"{where}.event_id")
@@ -235,14 +239,13 @@ class SessionManager:
                     f"{where}.user_id: {e.user_id!r} does not match the session's user"
                 )
             user = session.user_id
+        elif not e.user_id:
+            raise InvalidArgument(f"{where}.user_id: required when session_id is empty")
         else:
-            if not e.user_id:
-                raise InvalidArgument(f"{where}.user_id: required when session_id is empty")
             user = e.user_id
-            session = self._session_for(user, ts, now, sessions, opened)
         return EventRecord(
             event_id=e.event_id or uuid.uuid4().hex,
-            session_id=session.session_id,
+            session_id=e.session_id,
             user_id=user,
             type=int(etype),
             ts_ms=ts,
@@ -253,28 +256,41 @@ class SessionManager:
             properties=dict(e.properties),
         )
 
-    def _session_for(
-        self,
-        user: str,
-        ts: int,
-        now: int,
-        sessions: dict[str, SessionRecord],
-        opened: dict[str, SessionRecord],
-    ) -> SessionRecord:
-        """The user's open session, or a new one (server-side sessionization)."""
-        if user in opened:
-            return opened[user]
-        current = self.store.find_open_session(user)
-        if current is not None:
-            current = self._expire_if_idle(current, now)
-            if current.is_open:
-                sessions[current.session_id] = current
-                return current
-        session = SessionRecord(
-            session_id=uuid.uuid4().hex, user_id=user, started_at_ms=ts, last_event_at_ms=ts
-        )
-        opened[user] = session
-        return session
+    def _sessionize(self, records: list[EventRecord], now: int) -> list[SessionRecord]:
+        """Assigns session-less events, in time order per user, to the user's open
+        session or to new ones (a gap longer than the timeout starts a new session,
+        as in the importer). Returns the sessions opened here; those already
+        superseded within the batch are closed (TIMEOUT at their last event)."""
+        opened: list[SessionRecord] = []
+        opened_ids: set[str] = set()
+        current: dict[str, SessionRecord | None] = {}
+        for record in sorted(records, key=lambda r: r.ts_ms):
+            user = record.user_id
+            if user not in current:
+                found = self.store.find_open_session(user)
+                current[user] = self._expire_if_idle(found, now) if found else None
+            session = current[user]
+            if session is None or not session.is_open:
+                session = None
+            elif record.ts_ms > session.last_event_at_ms + self.timeout_ms:
+                if session.session_id in opened_ids:
+                    session.ended_at_ms = session.last_event_at_ms
+                    session.end_reason = EndReason.TIMEOUT
+                session = None
+            if session is None:
+                session = SessionRecord(
+                    session_id=uuid.uuid4().hex,
+                    user_id=user,
+                    started_at_ms=record.ts_ms,
+                    last_event_at_ms=record.ts_ms,
+                )
+                opened.append(session)
+                opened_ids.add(session.session_id)
+                current[user] = session
+            elif session.session_id in opened_ids:
+                session.last_event_at_ms = max(session.last_event_at_ms, record.ts_ms)
+            record.session_id = session.session_id
+        return opened
 
     def _check_time(self, ts: int, now: int, field_name: str) -> None:
         if ts < 0:

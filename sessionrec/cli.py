@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SessionrecError as exc:
         _stderr(f"sessionrec {args.command}: error: {exc}")
         return 2
-    except FileNotFoundError as exc:
+    except OSError as exc:  # missing file, port in use, ...
         _stderr(f"sessionrec {args.command}: error: {exc}")
         return 2
     except KeyboardInterrupt:

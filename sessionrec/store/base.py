@@ -84,7 +84,8 @@ class Store(abc.ABC):
 
         Idempotent on ``event_id``: an id already stored (or repeated in the
         batch) counts as a duplicate and changes nothing. Session counters and
-        last-activity times follow the newly stored events.
+        last-activity times follow the newly stored events; a session in
+        ``new_sessions`` is stored only if at least one of its events is.
         """
 
     @abc.abstractmethod
@@ -94,6 +95,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def session_item_events(self, session_id: str, limit: int) -> list[ItemEvent]:
         """The session's most recent events that name an item, newest first."""
+
+    @abc.abstractmethod
+    def user_items(self, user_id: str) -> set[str]:
+        """Every item the user has an event for."""
 
     @abc.abstractmethod
     def item_events(self) -> EventColumns:

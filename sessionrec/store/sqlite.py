@@ -347,12 +347,6 @@ class SQLiteStore(Store):
         # session_id -> [count, min ts, max ts, client dwell sum]
         touched: dict[str, list[int]] = {}
         with self._transaction() as c:
-            if new_sessions:
-                c.executemany(
-                    f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_session_params(s) for s in new_sessions],
-                )
             insert = (
                 "INSERT OR IGNORE INTO events (event_id, session_id, user_id, type, item_id,"
                 " screen, dwell_ms, value, ts_ms, properties, received_at_ms)"
@@ -387,6 +381,15 @@ class SQLiteStore(Store):
                     stat[1] = min(stat[1], e.ts_ms)
                     stat[2] = max(stat[2], e.ts_ms)
                     stat[3] += dwell
+            # A session opened by this batch is stored only if one of its events was
+            # (a batch of duplicates changes nothing).
+            stored_new = [s for s in new_sessions if s.session_id in touched]
+            if stored_new:
+                c.executemany(
+                    f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_session_params(s) for s in stored_new],
+                )
             if touched:
                 c.executemany(
                     """UPDATE sessions SET
@@ -399,7 +402,7 @@ class SQLiteStore(Store):
                     WHERE session_id = ?""",
                     [(s[0], s[3], s[1], s[2], sid) for sid, s in touched.items()],
                 )
-            closed_new = [s.session_id for s in new_sessions if not s.is_open]
+            closed_new = [s.session_id for s in stored_new if not s.is_open]
             if closed_new:
                 self._finalize(c, closed_new)
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
@@ -421,6 +424,14 @@ class SQLiteStore(Store):
                 (session_id, limit),
             ).fetchall()
         return [ItemEvent(*r) for r in rows]
+
+    def user_items(self, user_id: str) -> set[str]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT DISTINCT item_id FROM events WHERE user_id = ? AND item_id IS NOT NULL",
+                (user_id,),
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def item_events(self) -> EventColumns:
         with self._read() as c:

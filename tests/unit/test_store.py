@@ -333,11 +333,13 @@ def test_get_sessions_returns_the_found_ones(store: Store) -> None:
         SessionRecord(f"s{i:03d}", f"u{i % 7}", started_at_ms=i, last_event_at_ms=i)
         for i in range(620)  # more than one chunk of 500 ids
     ]
-    store.append_events([], sessions)
+    for session in sessions:
+        store.start_session(session)
     found = store.get_sessions(["s001", "missing", "s001", "s003"])
     assert set(found) == {"s001", "s003"}
     assert found["s003"].user_id == "u3"
     assert found["s003"].started_at_ms == 3
+    assert len(store.get_sessions(s.session_id for s in sessions)) == 620
     everything = store.get_sessions([s.session_id for s in sessions] + ["missing"])
     assert len(everything) == 620
     assert store.get_sessions([]) == {}
@@ -370,3 +372,25 @@ def test_open_store_with_a_missing_parent_directory_creates_it(tmp_path: Path) -
     with open_store("sqlite:///" + str(path)) as s:
         open_session(s)
     assert path.is_file()
+
+
+def test_a_session_opened_by_a_batch_of_duplicates_is_not_stored(store: Store) -> None:
+    first = SessionRecord("s-new-1", "u1", started_at_ms=10, last_event_at_ms=10)
+    store.append_events([EventRecord("dup-1", "s-new-1", "u1", 2, 10, item_id="i1")], [first])
+    again = SessionRecord("s-new-2", "u1", started_at_ms=20, last_event_at_ms=20)
+    result = store.append_events(
+        [EventRecord("dup-1", "s-new-2", "u1", 2, 20, item_id="i1")], [again]
+    )
+    assert (result.accepted, result.duplicates) == (0, 1)
+    assert store.get_session("s-new-2") is None
+    assert store.get_session("s-new-1").event_count == 1  # type: ignore[union-attr]
+
+
+def test_user_items_lists_every_item_of_the_user(store: Store) -> None:
+    store.start_session(SessionRecord("s", "u1", started_at_ms=0, last_event_at_ms=0))
+    store.append_events(
+        [EventRecord(f"e{i}", "s", "u1", 2, i, item_id=f"i{i % 5}") for i in range(20)]
+        + [EventRecord("screen", "s", "u1", 1, 30, screen="home")]
+    )
+    assert store.user_items("u1") == {f"i{i}" for i in range(5)}
+    assert store.user_items("nobody") == set()

@@ -1,0 +1,313 @@
+"""Shared fixtures: real sessionrec servers on 127.0.0.1, real SQLite files, real models.
+
+In the style of httpx's test suite: a factory fixture starts a real server
+(``create_server`` on port 0) and hands back stubs on an insecure channel; the
+server is stopped when the test ends. Nothing is mocked.
+
+* ``start_server(db_path=None, models_dir=None, **config)`` -> :class:`RunningServer`
+  (``make_config`` builds the same Config without starting anything)
+* ``client``: one server on a fresh store with no model
+* ``movielens`` (session): MovieLens 100K converted to CSV in a tmp dir, imported
+  with the real ``sessionrec import`` CLI and trained with ``sessionrec train``
+  (ALS, default parameters). Skipped when the dataset is absent.
+* ``synthetic`` (session): a small two-cluster catalogue imported with
+  ``training.importer`` and trained with ``training.pipeline.train`` (needs no
+  dataset); ``make_synthetic_rows`` is its generator.
+* ``movielens_copy`` / ``synthetic_copy``: a private copy (store and models) for
+  one test, so tests that write never see each other's events.
+* ``cli(*args)`` runs the real console script; ``sessionrec_bin`` is its path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from service.server import SessionrecServer, create_server
+from sessionrec.config import Config
+from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+#: The console script of the virtualenv that runs the tests.
+SESSIONREC = Path(sys.executable).parent / "sessionrec"
+CLI_TIMEOUT_S = 180
+
+
+# ---------------------------------------------------------------- servers
+@dataclass
+class RunningServer:
+    """A started server plus a channel and one stub per service."""
+
+    server: SessionrecServer
+    port: int
+    db_path: Path
+    models_dir: Path
+    channel: grpc.Channel
+    sessions: pb_grpc.SessionServiceStub
+    recs: pb_grpc.RecommendationServiceStub
+    admin: pb_grpc.AdminServiceStub
+    health: health_pb2_grpc.HealthStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def db_url(self) -> str:
+        return "sqlite:///" + str(self.db_path)
+
+
+def server_config(db_path: Path, models_dir: Path, **overrides: Any) -> Config:
+    """A test configuration: loopback, any free port, no model polling, and no
+    ``SESSIONREC_*`` variables from the environment."""
+    values: dict[str, Any] = {
+        "db_url": "sqlite:///" + str(db_path),
+        "models_dir": str(models_dir),
+        "port": 0,
+        "host": "127.0.0.1",
+        "model_poll_interval_s": 0,
+        "workers": 8,
+        "grace_s": 1.0,
+    }
+    values.update(overrides)
+    return Config.load(values, env={})
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., Config]:
+    """``make_config(db_path, models_dir, **overrides)``: the config start_server uses."""
+    return server_config
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: ``start_server(db_path=None, models_dir=None, **config_overrides)``."""
+    started: list[RunningServer] = []
+
+    def start(
+        db_path: Path | None = None, models_dir: Path | None = None, **overrides: Any
+    ) -> RunningServer:
+        n = len(started)
+        db = Path(db_path) if db_path else tmp_path / f"server{n}.db"
+        models = Path(models_dir) if models_dir else tmp_path / f"models{n}"
+        running, port = create_server(server_config(db, models, **overrides))
+        assert port > 0
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=10)
+        rs = RunningServer(
+            server=running,
+            port=port,
+            db_path=db,
+            models_dir=models,
+            channel=channel,
+            sessions=pb_grpc.SessionServiceStub(channel),
+            recs=pb_grpc.RecommendationServiceStub(channel),
+            admin=pb_grpc.AdminServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+        started.append(rs)
+        return rs
+
+    yield start
+    for rs in reversed(started):
+        rs.channel.close()
+        rs.server.stop(grace=0.5)
+
+
+@pytest.fixture
+def client(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """A server on an empty store with no model."""
+    return start_server()
+
+
+# -------------------------------------------------------------------- CLI
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, timeout: float = CLI_TIMEOUT_S) -> CliResult:
+    """Runs the real ``sessionrec`` console script of this virtualenv."""
+    proc = subprocess.run(
+        [str(SESSIONREC), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_clean_env(),
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SESSIONREC_")}
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., CliResult]:
+    """``cli("import", "--db", url, path)`` runs the real console script."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def sessionrec_bin() -> Path:
+    """Path of the ``sessionrec`` console script (for ``sessionrec serve`` processes)."""
+    assert SESSIONREC.exists(), f"{SESSIONREC} missing: pip install -e . into this venv"
+    return SESSIONREC
+
+
+# ------------------------------------------------------------- data sets
+@dataclass
+class TrainedStore:
+    """A store file and a models dir holding one current version."""
+
+    db_path: Path
+    models_dir: Path
+    version: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_url(self) -> str:
+        return "sqlite:///" + str(self.db_path)
+
+
+@dataclass
+class MovieLens(TrainedStore):
+    csv_path: Path = Path()
+    rows: int = 0
+    import_result: CliResult | None = None
+    train_result: CliResult | None = None
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite file (WAL included), via the backup API."""
+    source = sqlite3.connect(src)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+
+
+def copy_trained(store: TrainedStore, into: Path) -> TrainedStore:
+    into.mkdir(parents=True, exist_ok=True)
+    db = into / "store.db"
+    copy_sqlite(store.db_path, db)
+    models = into / "models"
+    shutil.copytree(store.models_dir, models)
+    return TrainedStore(db, models, store.version, dict(store.info))
+
+
+@pytest.fixture(scope="session")
+def movielens(tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
+    """MovieLens 100K: converted into tmp, imported and trained once per session
+    with the real CLI. Treat as read-only; use ``movielens_copy`` to write."""
+    from training.datasets import MOVIELENS_100K, movielens_to_csv
+
+    if not MOVIELENS_100K.exists():
+        pytest.skip(f"MovieLens 100K not found at {MOVIELENS_100K} (../shared/datasets)")
+    root = tmp_path_factory.mktemp("movielens")
+    csv_path = root / "ml100k.csv"
+    rows = movielens_to_csv(MOVIELENS_100K, csv_path)
+    db = root / "ml100k.db"
+    models = root / "models"
+    url = "sqlite:///" + str(db)
+    imported = run_cli("import", "--db", url, str(csv_path), "--quiet")
+    assert imported.returncode == 0, imported.stderr
+    trained = run_cli("train", "--db", url, "--models", str(models), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    info = trained.json()
+    return MovieLens(
+        db_path=db,
+        models_dir=models,
+        version=info["version"],
+        info=info,
+        csv_path=csv_path,
+        rows=rows,
+        import_result=imported,
+        train_result=trained,
+    )
+
+
+@pytest.fixture
+def movielens_copy(movielens: MovieLens, tmp_path: Path) -> TrainedStore:
+    return copy_trained(movielens, tmp_path / "ml")
+
+
+#: The synthetic catalogue: two clusters of items that users of one cluster view.
+CLUSTER_A = [f"a{i:02d}" for i in range(15)]
+CLUSTER_B = [f"b{i:02d}" for i in range(15)]
+SYNTHETIC_USERS = 60
+SYNTHETIC_PARAMS = {"factors": 8, "iterations": 10, "num_threads": 1}
+
+
+def synthetic_rows(seed: int = 7) -> list[tuple[str, str, str, int]]:
+    """(user, item, event type, epoch seconds): users u00..u29 view cluster A,
+    u30..u59 cluster B; popularity falls with the item number."""
+    rng = random.Random(seed)
+    start = int(time.time()) - 5 * 24 * 3600
+    rows = []
+    for u in range(SYNTHETIC_USERS):
+        items = CLUSTER_A if u < SYNTHETIC_USERS // 2 else CLUSTER_B
+        weights = [len(items) - i for i in range(len(items))]
+        chosen: set[str] = set()
+        while len(chosen) < 7:
+            chosen.add(rng.choices(items, weights)[0])
+        for k, item in enumerate(sorted(chosen)):
+            rows.append((f"u{u:02d}", item, "ITEM_VIEW", start + u * 600 + k * 30))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainedStore:
+    """A small two-cluster store, imported with training.importer and trained
+    (ALS, 8 factors) with training.pipeline.train. Read-only: copy to write."""
+    from sessionrec.store import open_store
+    from training.importer import import_csv
+    from training.pipeline import train
+
+    root = tmp_path_factory.mktemp("synthetic")
+    csv_path = root / "synthetic.csv"
+    rows = synthetic_rows()
+    with open(csv_path, "w") as fh:
+        fh.write("user_id,item_id,event_type,timestamp\n")
+        for user, item, etype, ts in rows:
+            fh.write(f"{user},{item},{etype},{ts}\n")
+    db = root / "synthetic.db"
+    models = root / "models"
+    with open_store("sqlite:///" + str(db)) as store:
+        report = import_csv(store, csv_path)
+        assert report.imported == len(rows) and not report.bad
+        artifact = train(store, str(models), "als", dict(SYNTHETIC_PARAMS))
+    return TrainedStore(db, models, artifact.version, {"rows": rows, "params": SYNTHETIC_PARAMS})
+
+
+@pytest.fixture(scope="session")
+def make_synthetic_rows() -> Callable[..., list[tuple[str, str, str, int]]]:
+    """The generator behind ``synthetic``, for tests that send the events themselves."""
+    return synthetic_rows
+
+
+@pytest.fixture
+def synthetic_copy(synthetic: TrainedStore, tmp_path: Path) -> TrainedStore:
+    return copy_trained(synthetic, tmp_path / "syn")
