@@ -166,7 +166,7 @@ class RecommendationEngine:
         live = (
             session is not None
             and session.is_open
-            and session.last_event_at_ms >= time.time_ns() // 1_000_000 - self.timeout_ms
+            and session.last_seen_ms >= time.time_ns() // 1_000_000 - self.timeout_ms
         )
         rec = loaded.artifact.recommend(
             history,

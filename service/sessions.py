@@ -124,6 +124,7 @@ class SessionManager:
                 user_id=user_id,
                 started_at_ms=started_at_ms,
                 last_event_at_ms=started_at_ms,
+                last_seen_ms=now,
                 platform=platform,
                 app_version=app_version,
             )
@@ -150,7 +151,7 @@ class SessionManager:
         return ended
 
     def _expire_if_idle(self, session: SessionRecord, now: int) -> SessionRecord:
-        if session.is_open and session.last_event_at_ms < now - self.timeout_ms:
+        if session.is_open and session.last_seen_ms < now - self.timeout_ms:
             ended = self.store.end_session(
                 session.session_id,
                 session.last_event_at_ms,
@@ -257,39 +258,58 @@ class SessionManager:
         )
 
     def _sessionize(self, records: list[EventRecord], now: int) -> list[SessionRecord]:
-        """Assigns session-less events, in time order per user, to the user's open
-        session or to new ones (a gap longer than the timeout starts a new session,
-        as in the importer). Returns the sessions opened here; those already
-        superseded within the batch are closed (TIMEOUT at their last event)."""
+        """Assigns session-less events to sessions, per user in time order: an event
+        joins the user's open session, or a session opened earlier in the batch,
+        when it lies within the timeout of that session's span; otherwise it opens
+        a new one (as the importer does). Returns the sessions opened here. All of
+        a user's sessions but the latest are closed at once (TIMEOUT at their last
+        event): a later session supersedes them."""
         opened: list[SessionRecord] = []
-        opened_ids: set[str] = set()
-        current: dict[str, SessionRecord | None] = {}
+        candidates: dict[str, list[SessionRecord]] = {}
+        gap = self.timeout_ms
         for record in sorted(records, key=lambda r: r.ts_ms):
             user = record.user_id
-            if user not in current:
+            if user not in candidates:
                 found = self.store.find_open_session(user)
-                current[user] = self._expire_if_idle(found, now) if found else None
-            session = current[user]
-            if session is None or not session.is_open:
-                session = None
-            elif record.ts_ms > session.last_event_at_ms + self.timeout_ms:
-                if session.session_id in opened_ids:
-                    session.ended_at_ms = session.last_event_at_ms
-                    session.end_reason = EndReason.TIMEOUT
-                session = None
+                found = self._expire_if_idle(found, now) if found else None
+                candidates[user] = [found] if found is not None and found.is_open else []
+            session = next(
+                (
+                    c
+                    for c in reversed(candidates[user])
+                    if c.started_at_ms - gap <= record.ts_ms <= c.last_event_at_ms + gap
+                ),
+                None,
+            )
             if session is None:
                 session = SessionRecord(
                     session_id=uuid.uuid4().hex,
                     user_id=user,
                     started_at_ms=record.ts_ms,
                     last_event_at_ms=record.ts_ms,
+                    last_seen_ms=now,
                 )
                 opened.append(session)
-                opened_ids.add(session.session_id)
-                current[user] = session
-            elif session.session_id in opened_ids:
+                candidates[user].append(session)
+            else:
                 session.last_event_at_ms = max(session.last_event_at_ms, record.ts_ms)
             record.session_id = session.session_id
+        opened_ids = {o.session_id for o in opened}
+        for sessions in candidates.values():
+            latest = max(sessions, key=lambda c: c.last_event_at_ms)
+            for session in sessions:
+                if session is latest:
+                    continue
+                if session.session_id in opened_ids:
+                    session.ended_at_ms = session.last_event_at_ms
+                    session.end_reason = EndReason.TIMEOUT
+                else:  # the user's stored open session, superseded by a later one
+                    self.store.end_session(
+                        session.session_id,
+                        session.last_event_at_ms,
+                        EndReason.TIMEOUT,
+                        derive_last_dwell=False,
+                    )
         return opened
 
     def _check_time(self, ts: int, now: int, field_name: str) -> None:

@@ -69,6 +69,14 @@ class SessionRecord:
     end_reason: EndReason = EndReason.OPEN
     event_count: int = 0
     total_dwell_ms: int = 0
+    #: Server time an event (or the start) of this session last *arrived*; the
+    #: inactivity timeout runs from here, so late uploads of old events do not
+    #: close a session that is still receiving them. 0: use last_event_at_ms.
+    last_seen_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.last_seen_ms:
+            self.last_seen_ms = self.last_event_at_ms
 
     @property
     def is_open(self) -> bool:

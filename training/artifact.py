@@ -131,8 +131,9 @@ class ModelArtifact:
             return []
         sources = row.indices
         sims = self.model.item_similarity(sources, recommended)  # len(rec) x len(sources)
-        # The history item that contributes most: similarity times its weight.
-        best = np.argmax(sims * row.data[None, :], axis=1)
+        # The most similar history item (weighting by confidence let one heavy
+        # purchase "explain" items of unrelated categories).
+        best = np.argmax(sims, axis=1)
         strongest: dict[int, int] = {}
         for num, typ in zip(numbers.tolist(), types.tolist(), strict=True):
             if num >= 0 and (num not in strongest or typ > strongest[num]):

@@ -73,19 +73,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def expire_sessions(self, idle_before_ms: int) -> list[str]:
-        """Closes (TIMEOUT, at their last event) open sessions idle since before the cut-off."""
+        """Closes open sessions that received nothing since ``idle_before_ms``
+        (by ``last_seen_ms``): TIMEOUT, ended at their last event."""
 
     # ---- events
     @abc.abstractmethod
     def append_events(
-        self, events: Sequence[EventRecord], new_sessions: Sequence[SessionRecord] = ()
+        self,
+        events: Sequence[EventRecord],
+        new_sessions: Sequence[SessionRecord] = (),
+        *,
+        received_ms: int | None = None,
     ) -> AppendResult:
         """Stores events (and sessions opened implicitly) in one transaction.
 
         Idempotent on ``event_id``: an id already stored (or repeated in the
         batch) counts as a duplicate and changes nothing. Session counters and
-        last-activity times follow the newly stored events; a session in
-        ``new_sessions`` is stored only if at least one of its events is.
+        last-activity times follow the newly stored events (``last_seen_ms``
+        becomes ``received_ms``, default now); a session in ``new_sessions`` is
+        stored only if at least one of its events is.
         """
 
     @abc.abstractmethod

@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
-    " ended_at_ms, end_reason, event_count, total_dwell_ms"
+    " ended_at_ms, end_reason, event_count, total_dwell_ms, last_seen_ms"
 )
 # Derives unknown dwell times of view events from the next event of the same
 # session. Needs the temp table ``_finalize(session_id)`` to be filled.
@@ -70,6 +70,7 @@ def _session_from_row(row: Sequence) -> SessionRecord:
         end_reason=EndReason(row[7]),
         event_count=row[8],
         total_dwell_ms=row[9],
+        last_seen_ms=row[10],
     )
 
 
@@ -177,9 +178,16 @@ class SQLiteStore(Store):
                     "end_reason": int,
                     "event_count": int,
                     "total_dwell_ms": int,
+                    "last_seen_ms": int,
                 },
                 pk="session_id",
-                not_null={"user_id", "started_at_ms", "last_event_at_ms", "end_reason"},
+                not_null={
+                    "user_id",
+                    "started_at_ms",
+                    "last_event_at_ms",
+                    "end_reason",
+                    "last_seen_ms",
+                },
                 defaults={
                     "platform": 0,
                     "app_version": "",
@@ -219,7 +227,7 @@ class SQLiteStore(Store):
                 CREATE INDEX IF NOT EXISTS events_user_items
                     ON events(user_id, ts_ms) WHERE item_id IS NOT NULL;
                 CREATE INDEX IF NOT EXISTS sessions_open
-                    ON sessions(last_event_at_ms) WHERE ended_at_ms IS NULL;
+                    ON sessions(last_seen_ms) WHERE ended_at_ms IS NULL;
                 """
             )
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -240,7 +248,7 @@ class SQLiteStore(Store):
         with self._transaction() as c:
             c.execute(
                 f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _session_params(session),
             )
             row = c.execute(
@@ -316,7 +324,7 @@ class SQLiteStore(Store):
                 r[0]
                 for r in c.execute(
                     "SELECT session_id FROM sessions "
-                    "WHERE ended_at_ms IS NULL AND last_event_at_ms < ?",
+                    "WHERE ended_at_ms IS NULL AND last_seen_ms < ?",
                     (idle_before_ms,),
                 )
             ]
@@ -340,9 +348,13 @@ class SQLiteStore(Store):
 
     # -------------------------------------------------------------- events
     def append_events(
-        self, events: Sequence[EventRecord], new_sessions: Sequence[SessionRecord] = ()
+        self,
+        events: Sequence[EventRecord],
+        new_sessions: Sequence[SessionRecord] = (),
+        *,
+        received_ms: int | None = None,
     ) -> AppendResult:
-        received = _now_ms()
+        received = _now_ms() if received_ms is None else received_ms
         accepted = 0
         # session_id -> [count, min ts, max ts, client dwell sum]
         touched: dict[str, list[int]] = {}
@@ -387,7 +399,7 @@ class SQLiteStore(Store):
             if stored_new:
                 c.executemany(
                     f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_session_params(s) for s in stored_new],
                 )
             if touched:
@@ -398,9 +410,11 @@ class SQLiteStore(Store):
                         started_at_ms = CASE WHEN ended_at_ms IS NULL
                             THEN MIN(started_at_ms, ?) ELSE started_at_ms END,
                         last_event_at_ms = CASE WHEN ended_at_ms IS NULL
-                            THEN MAX(last_event_at_ms, ?) ELSE last_event_at_ms END
+                            THEN MAX(last_event_at_ms, ?) ELSE last_event_at_ms END,
+                        last_seen_ms = CASE WHEN ended_at_ms IS NULL
+                            THEN MAX(last_seen_ms, ?) ELSE last_seen_ms END
                     WHERE session_id = ?""",
-                    [(s[0], s[3], s[1], s[2], sid) for sid, s in touched.items()],
+                    [(s[0], s[3], s[1], s[2], received, sid) for sid, s in touched.items()],
                 )
             closed_new = [s.session_id for s in stored_new if not s.is_open]
             if closed_new:
@@ -487,6 +501,7 @@ def _session_params(s: SessionRecord) -> tuple:
         int(s.end_reason),
         s.event_count,
         s.total_dwell_ms,
+        s.last_seen_ms,
     )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from service.sessions import IncomingEvent, SessionManager, now_ms
 from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
-from sessionrec.events import EndReason, EventRecord, EventType
+from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.store import Store
 
 HOUR_MS = 3_600_000
@@ -333,11 +334,18 @@ def test_events_without_session_open_one_new_session_per_user(
     assert s1_after is not None and s1_after.event_count == 3
 
 
+def idle_session(store: Store, user: str, at: int) -> SessionRecord:
+    """A session that started at ``at`` and has received nothing since (by arrival)."""
+    return store.start_session(
+        SessionRecord(uuid.uuid4().hex, user, started_at_ms=at, last_event_at_ms=at)
+    )
+
+
 def test_an_event_for_an_idle_session_closes_it_with_timeout_first_and_is_stored(
     manager: SessionManager, store: Store
 ) -> None:
-    old = now_ms() - 2 * HOUR_MS  # idle for longer than the 30 min timeout
-    s = manager.start("u1", started_at_ms=old)
+    old = now_ms() - 2 * HOUR_MS  # received nothing for longer than the 30 min timeout
+    s = idle_session(store, "u1", old)
     result = manager.track([view("late", session_id=s.session_id)])
     assert result.accepted == 1
     after = store.get_session(s.session_id)
@@ -353,7 +361,7 @@ def test_an_idle_open_session_is_not_joined_a_new_one_is_opened(
     manager: SessionManager, store: Store
 ) -> None:
     old = now_ms() - 2 * HOUR_MS
-    s = manager.start("u1", started_at_ms=old)
+    s = idle_session(store, "u1", old)
     manager.track([view("i1", user_id="u1")])
     before = store.get_session(s.session_id)
     assert before is not None
@@ -364,6 +372,36 @@ def test_an_idle_open_session_is_not_joined_a_new_one_is_opened(
     assert current is not None and current.session_id != s.session_id
     assert current.event_count == 1
     assert store.count_sessions() == 2
+
+
+def test_a_back_dated_session_uploaded_late_stays_open(
+    manager: SessionManager, store: Store
+) -> None:
+    """An app uploading yesterday's session: the timeout runs from arrival."""
+    old = now_ms() - 24 * HOUR_MS
+    s = manager.start("u1", started_at_ms=old)
+    manager.track(
+        [view(f"i{k}", session_id=s.session_id, ts_ms=old + k * 60_000) for k in range(1, 4)]
+    )
+    after = manager.get(s.session_id)
+    assert after.is_open and after.end_reason == EndReason.OPEN
+    assert after.event_count == 3
+    assert after.duration_ms == 3 * 60_000
+    ended = manager.end(s.session_id)
+    assert ended.end_reason == EndReason.CLOSED
+
+
+def test_old_session_less_events_do_not_join_todays_session(
+    manager: SessionManager, store: Store
+) -> None:
+    today = manager.track([view("now", user_id="u1")])
+    current = store.find_open_session("u1")
+    assert today.accepted == 1 and current is not None
+    yesterday = now_ms() - 24 * HOUR_MS
+    manager.track([view("old", user_id="u1", ts_ms=yesterday)])
+    assert store.count_sessions() == 2
+    assert store.find_open_session("u1").session_id == current.session_id  # type: ignore[union-attr]
+    assert [e.item_id for e in store.session_item_events(current.session_id, 10)] == ["now"]
 
 
 def test_a_tiny_timeout_closes_a_session_once_idle(store: Store) -> None:
@@ -379,9 +417,9 @@ def test_a_tiny_timeout_closes_a_session_once_idle(store: Store) -> None:
     assert after.event_count == 1
 
 
-def test_get_closes_an_idle_session(manager: SessionManager) -> None:
+def test_get_closes_an_idle_session(manager: SessionManager, store: Store) -> None:
     old = now_ms() - 2 * HOUR_MS
-    s = manager.start("u1", started_at_ms=old)
+    s = idle_session(store, "u1", old)
     got = manager.get(s.session_id)
     assert got.end_reason == EndReason.TIMEOUT
     assert got.ended_at_ms == old
@@ -391,9 +429,12 @@ def test_get_closes_an_idle_session(manager: SessionManager) -> None:
 
 def test_expire_idle_closes_only_idle_sessions(manager: SessionManager, store: Store) -> None:
     old = now_ms() - 2 * HOUR_MS
-    idle = manager.start("u1", started_at_ms=old)
-    # Stored directly: track() would already close the idle session before storing.
-    store.append_events([EventRecord("e1", idle.session_id, "u1", VIEW, old + 1000, item_id="i1")])
+    idle = idle_session(store, "u1", old)
+    # Stored directly (arriving long ago): track() would close the idle session first.
+    store.append_events(
+        [EventRecord("e1", idle.session_id, "u1", VIEW, old + 1000, item_id="i1")],
+        received_ms=old + 1000,
+    )
     fresh = manager.start("u2")
     assert manager.expire_idle() == 1
     idle_after = store.get_session(idle.session_id)

@@ -224,8 +224,11 @@ def test_expire_sessions_closes_idle_sessions_with_timeout_at_their_last_event(
 ) -> None:
     open_session(store, "old", at=1000)
     open_session(store, "fresh", user="u2", at=1000)
-    store.append_events([ev("o1", 1000, session="old"), ev("o2", 4000, session="old")])
-    store.append_events([ev("f1", 50_000, session="fresh", user="u2")])
+    # Idleness is measured by arrival (last_seen_ms), not by the events' own times.
+    store.append_events(
+        [ev("o1", 1000, session="old"), ev("o2", 4000, session="old")], received_ms=4000
+    )
+    store.append_events([ev("f1", 2000, session="fresh", user="u2")], received_ms=50_000)
     closed = store.expire_sessions(idle_before_ms=10_000)
     assert closed == ["old"]
     old = store.get_session("old")

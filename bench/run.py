@@ -1,0 +1,780 @@
+"""sessionrec benchmark suite: ``python -m bench.run [--quick] [--out bench/results.json]``.
+
+What it measures, in order, all on this machine and against 127.0.0.1 only:
+
+1. Import: MovieLens 100K (``training.datasets.MOVIELENS_100K``) converted to the
+   canonical CSV, then loaded into a fresh SQLite file by the real importer
+   (``training.importer.import_csv``). Without the dataset a synthetic 100k-event
+   log with latent user/item groups is generated instead (the output says so).
+2. Training: ``training.pipeline.train`` (load from the store + ALS fit + save),
+   and the bare ``implicit`` ALS fit on the same matrix for comparison.
+3. Serving: the real server (``service.server.create_server``, port 0) runs in a
+   separate process on the imported store and the trained model; this process is
+   the client.
+
+   * Recommend latency, one call at a time; every other call goes with a live
+     session that got 3-10 fresh ITEM_VIEWs just before (those set-up calls are
+     not timed). Repeated; the table shows the median over repeats.
+   * Recommend throughput with 64 requests in flight (gRPC futures, one client
+     thread, a bounded window), half of them with a live session.
+   * TrackEvents ingestion: 100 events per call, one call at a time and 4 in flight.
+
+Numbers are printed as a markdown table and written as JSON (``--out``). Nothing
+is asserted about timings; any RPC error (or a rejected event) ends the run with
+a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from sessionrec.v1 import sessionrec_pb2 as pb
+from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+RPC_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    #: Sequential Recommend: calls per repeat, and repeats.
+    seq_calls: int
+    seq_repeats: int
+    #: Concurrent Recommend: requests (after a warm-up), and requests in flight.
+    conc_requests: int
+    conc_window: int
+    conc_repeats: int
+    #: TrackEvents: calls per variant and events per call.
+    track_calls: int
+    track_batch: int
+    #: Training repeats (pipeline and bare fit each).
+    train_repeats: int
+
+
+PROFILES = {
+    "default": Profile("default", 2000, 3, 5000, 64, 1, 300, 100, 5),
+    "quick": Profile("quick", 400, 3, 1500, 64, 1, 100, 100, 3),
+}
+
+
+class BenchError(RuntimeError):
+    """A failed RPC or a rejected event: the benchmark is not valid."""
+
+
+# ------------------------------------------------------------------ helpers
+def machine_info() -> dict[str, Any]:
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cpu_model = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "grpcio": version("grpcio"),
+        "implicit": version("implicit"),
+        "numpy": version("numpy"),
+        "scipy": version("scipy"),
+        "protobuf": version("protobuf"),
+        "sessionrec": version("sessionrec"),
+    }
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        return {"n": 0}
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(p50), 3),
+        "p90_ms": round(float(p90), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+def median_of(runs: Sequence[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def rpc(call: Callable[..., Any], request: Any, what: str) -> Any:
+    try:
+        return call(request, timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise BenchError(f"{what}: {exc.code().name}: {exc.details()}") from exc
+
+
+def check_track(resp: pb.TrackEventsResponse, sent: int, what: str) -> None:
+    if resp.rejected:
+        first = resp.rejected[0]
+        raise BenchError(
+            f"{what}: {len(resp.rejected)} of {sent} events rejected "
+            f"(first: #{first.index}: {first.reason})"
+        )
+    if resp.accepted + resp.duplicates != sent:
+        raise BenchError(f"{what}: {resp.accepted} accepted of {sent}")
+
+
+# ------------------------------------------------------------------ dataset
+def synthetic_log(path: Path, *, events: int = 100_000, seed: int = 7) -> dict[str, Any]:
+    """A MovieLens-sized log (943 users, 1682 items) with 19 latent groups: each
+    user draws 80% of their items from one or two groups, skewed to popular items."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, n_groups = 943, 1682, 19
+    item_group = rng.permutation(np.arange(n_items) % n_groups)
+    popularity = rng.zipf(1.6, n_items).clip(max=500).astype(np.float64)
+    members = [np.flatnonzero(item_group == g) for g in range(n_groups)]
+    per_user = rng.lognormal(mean=0.0, sigma=0.9, size=n_users)
+    counts = np.maximum(rng.multinomial(events - 20 * n_users, per_user / per_user.sum()), 0) + 20
+    start = 874_724_710  # Sept 1997, like MovieLens
+    span = 215 * 24 * 3600
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["user_id", "item_id", "event_type", "timestamp"])
+        for user in range(n_users):
+            groups = rng.choice(n_groups, size=rng.integers(1, 3), replace=False)
+            pool = np.concatenate([members[g] for g in groups])
+            p_pool = popularity[pool] / popularity[pool].sum()
+            k = int(counts[user])
+            in_group = rng.random(k) < 0.8
+            picks = np.where(
+                in_group,
+                rng.choice(pool, size=k, p=p_pool),
+                rng.choice(n_items, size=k, p=popularity / popularity.sum()),
+            )
+            # Sessions of a few events, 20 s to 3 min apart, spread over the user's months.
+            stamps: list[int] = []
+            while len(stamps) < k:
+                clock = start + int(rng.integers(0, span))
+                for _ in range(min(k - len(stamps), 1 + int(rng.poisson(7)))):
+                    clock += int(rng.integers(20, 180))
+                    stamps.append(clock)
+            for item, ts in zip(picks.tolist(), stamps, strict=True):
+                writer.writerow([f"u{user + 1}", f"i{item + 1}", "ITEM_VIEW", ts])
+    return {
+        "rows": int(counts.sum()),
+        "latent_groups": n_groups,
+        "seed": seed,
+    }
+
+
+def prepare_dataset(tmp: Path, movielens: Path, force_synthetic: bool) -> tuple[Path, dict]:
+    from training.datasets import movielens_to_csv
+
+    out = tmp / "events.csv"
+    if not force_synthetic and movielens.is_file():
+        rows = movielens_to_csv(movielens, out)
+        return out, {"name": "MovieLens 100K", "source": str(movielens), "rows": rows}
+    info = synthetic_log(out)
+    reason = "--synthetic given" if force_synthetic else f"{movielens} not found"
+    info["name"] = f"synthetic 100k-event log with latent groups ({reason})"
+    return out, info
+
+
+# ------------------------------------------------------------- import/train
+def bench_import(db_url: str, csv_path: Path, synchronous: str) -> dict[str, Any]:
+    from sessionrec.store import open_store
+    from training.importer import import_csv
+
+    started = time.perf_counter()
+    with open_store(db_url, synchronous=synchronous) as store:
+        report = import_csv(store, csv_path)
+        events, sessions = store.count_events(), store.count_sessions()
+    wall = time.perf_counter() - started
+    if report.bad:
+        raise BenchError(f"import: {len(report.bad)} bad rows (first: {report.bad[0]})")
+    return {
+        "rows": report.rows,
+        "imported": report.imported,
+        "sessions": report.sessions,
+        "stored_events": events,
+        "stored_sessions": sessions,
+        "import_seconds": round(report.seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "rows_per_s": round(report.rows / report.seconds),
+    }
+
+
+def bench_train(db_url: str, models_dir: Path, repeats: int, synchronous: str) -> dict[str, Any]:
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from sessionrec.store import open_store
+    from training.data import build_interactions, load_item_events
+    from training.models import ALSRecommender
+    from training.pipeline import train
+    from training.weighting import EventWeights
+
+    pipeline_runs = []
+    artifact = None
+    with open_store(db_url, synchronous=synchronous) as store:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            artifact = train(store, str(models_dir), "als")
+            pipeline_runs.append(
+                {
+                    "wall_seconds": time.perf_counter() - started,
+                    "load_seconds": artifact.meta["load_seconds"],
+                    "fit_seconds": artifact.meta["fit_seconds"],
+                }
+            )
+        matrix = build_interactions(load_item_events(store), EventWeights()).matrix.tocsr()
+    assert artifact is not None
+    p = ALSRecommender.defaults
+    bare = []
+    for _ in range(repeats):
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=p["factors"],
+                regularization=p["regularization"],
+                alpha=p["alpha"],
+                iterations=p["iterations"],
+                random_state=p["random_state"],
+                num_threads=p["num_threads"],
+            )
+            started = time.perf_counter()
+            model.fit(matrix, show_progress=False)
+            bare.append(time.perf_counter() - started)
+    return {
+        "algorithm": "als",
+        "params": artifact.params,
+        "version": artifact.version,
+        "users": artifact.meta["users"],
+        "items": artifact.meta["items"],
+        "interactions": artifact.meta["interactions"],
+        "repeats": repeats,
+        "pipeline_wall_seconds": median_of(pipeline_runs, "wall_seconds"),
+        "pipeline_load_seconds": median_of(pipeline_runs, "load_seconds"),
+        "pipeline_fit_seconds": median_of(pipeline_runs, "fit_seconds"),
+        "bare_implicit_fit_seconds": round(statistics.median(bare), 3),
+        "runs": [{k: round(v, 3) for k, v in r.items()} for r in pipeline_runs],
+        "bare_runs": [round(b, 3) for b in bare],
+        "_users": artifact.users.ids.tolist(),
+        "_items": artifact.items.ids.tolist(),
+    }
+
+
+# ------------------------------------------------------------------- server
+def _server_main(overrides: dict[str, Any], conn: Any) -> None:
+    """Child process: run the real server until the parent says stop."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
+    from service.server import create_server
+    from sessionrec.config import Config
+
+    try:
+        running, port = create_server(Config.load(overrides, env={}))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    loaded = running.models.current
+    conn.send(("ready", port, loaded.artifact.version if loaded else "", os.getpid()))
+    with contextlib.suppress(EOFError):
+        conn.recv()
+    running.stop(grace=2.0)
+
+
+@contextlib.contextmanager
+def server_process(overrides: dict[str, Any]) -> Iterator[tuple[int, str, int]]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_server_main, args=(overrides, child), name="sessionrec-server")
+    proc.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not parent.poll(0.25):
+            if not proc.is_alive():
+                raise BenchError(f"server: process exited ({proc.exitcode}) before it was ready")
+            if time.monotonic() > deadline:
+                raise BenchError("server: did not start within 120 s")
+        message = parent.recv()
+        if message[0] != "ready":
+            raise BenchError(f"server: failed to start: {message[1]}")
+        yield message[1], message[2], message[3]
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        proc.join(15)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+
+
+@dataclass
+class Stubs:
+    sessions: pb_grpc.SessionServiceStub
+    recs: pb_grpc.RecommendationServiceStub
+    admin: pb_grpc.AdminServiceStub
+
+
+def start_live_session(
+    stubs: Stubs, user: str, items: Sequence[str], rng: random.Random, tag: str
+) -> str:
+    sid = rpc(
+        stubs.sessions.StartSession,
+        pb.StartSessionRequest(user_id=user, platform=pb.WEB, app_version="bench"),
+        "StartSession",
+    ).session_id
+    views = [
+        pb.Event(
+            event_id=f"{tag}-{j}",
+            session_id=sid,
+            type=pb.ITEM_VIEW,
+            item_id=rng.choice(items),
+            dwell_ms=rng.randint(2_000, 60_000),
+        )
+        for j in range(rng.randint(3, 10))
+    ]
+    resp = rpc(stubs.sessions.TrackEvents, pb.TrackEventsRequest(events=views), "TrackEvents")
+    check_track(resp, len(views), "TrackEvents (session set-up)")
+    return sid
+
+
+# ------------------------------------------------------------ recommend
+def bench_sequential(
+    stubs: Stubs, users: Sequence[str], items: Sequence[str], calls: int, seed: int
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    with_session: list[float] = []
+    without: list[float] = []
+    strategies: Counter[str] = Counter()
+    for i in range(calls):
+        user = rng.choice(users)
+        sid = ""
+        if i % 2 == 0:
+            sid = start_live_session(stubs, user, items, rng, f"seq{seed}-{i}")
+        request = pb.RecommendRequest(user_id=user, session_id=sid, n=10)
+        started = time.perf_counter()
+        resp = rpc(stubs.recs.Recommend, request, "Recommend")
+        elapsed = time.perf_counter() - started
+        (with_session if sid else without).append(elapsed)
+        strategies[resp.strategy] += 1
+        if len(resp.items) != 10:
+            raise BenchError(f"Recommend: {len(resp.items)} items for {user!r}, expected 10")
+        if sid:
+            rpc(stubs.sessions.EndSession, pb.EndSessionRequest(session_id=sid), "EndSession")
+    return {
+        **latency_summary(with_session + without),
+        "with_session": latency_summary(with_session),
+        "without_session": latency_summary(without),
+        "strategies": dict(strategies),
+    }
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_window(
+    call: Any, requests: Sequence[Any], window: int
+) -> tuple[float, list[float], list[BaseException]]:
+    """Sends ``requests`` through ``call`` (a unary-unary multi-callable, via its
+    ``future``) with at most ``window`` in flight, from this one thread."""
+    slots = threading.Semaphore(window)
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    def send(request: Any) -> None:
+        slots.acquire()
+        started = time.perf_counter()
+        future = call.future(request, timeout=RPC_TIMEOUT_S)
+
+        def done(f: Any, started: float = started) -> None:
+            try:
+                exc = f.exception()
+                if exc is None:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors.append(exc)
+            except BaseException as exc:  # cancelled
+                errors.append(exc)
+            finally:
+                slots.release()
+
+        future.add_done_callback(done)
+
+    started = time.perf_counter()
+    for request in requests:
+        send(request)
+        if errors:
+            break
+    for _ in range(window):
+        slots.acquire()
+    return time.perf_counter() - started, latencies, errors
+
+
+def bench_concurrent(
+    stubs: Stubs,
+    users: Sequence[str],
+    items: Sequence[str],
+    requests: int,
+    window: int,
+    seed: int,
+    server_pid: int,
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    # A pool of open live sessions (each with 3-10 fresh views) for half the requests.
+    pool = []
+    for k in range(128):
+        user = rng.choice(users)
+        pool.append((user, start_live_session(stubs, user, items, rng, f"conc{seed}-{k}")))
+
+    def make(count: int) -> list[pb.RecommendRequest]:
+        out = []
+        for i in range(count):
+            if i % 2 == 0:
+                user, sid = rng.choice(pool)
+                out.append(pb.RecommendRequest(user_id=user, session_id=sid, n=10))
+            else:
+                out.append(pb.RecommendRequest(user_id=rng.choice(users), n=10))
+        return out
+
+    run_window(stubs.recs.Recommend, make(min(300, requests)), window)  # warm-up
+    batch = make(requests)
+    server_before = process_cpu_seconds(server_pid)
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    elapsed, latencies, errors = run_window(stubs.recs.Recommend, batch, window)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    server_after = process_cpu_seconds(server_pid)
+    client_cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+        cpu_after.ru_stime - cpu_before.ru_stime
+    )
+    if errors:
+        first = errors[0]
+        detail = (
+            f"{first.code().name}: {first.details()}" if isinstance(first, grpc.RpcError) else first
+        )
+        raise BenchError(f"Recommend (concurrent): {len(errors)} failed calls; first: {detail}")
+    for _, sid in pool:
+        rpc(stubs.sessions.EndSession, pb.EndSessionRequest(session_id=sid), "EndSession")
+    return {
+        "requests": len(latencies),
+        "in_flight": window,
+        "client_threads": 1,
+        # CPU the client process used per wall second (1.0 = one full core): well
+        # below 1 means the server, not the load generator, set the pace.
+        "client_cpu_cores": round(client_cpu / elapsed, 2),
+        "server_cpu_cores": (
+            round((server_after - server_before) / elapsed, 2)
+            if server_before is not None and server_after is not None
+            else None
+        ),
+        "seconds": round(elapsed, 3),
+        "qps": round(len(latencies) / elapsed, 1),
+        **latency_summary(latencies),
+    }
+
+
+# ------------------------------------------------------------------ ingest
+def bench_track(
+    stubs: Stubs, items: Sequence[str], calls: int, batch: int, window: int, seed: int
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    tag = f"ingest{seed}w{window}"
+    sessions = []
+    for k in range(20):
+        user = f"{tag}-user{k}"
+        sid = rpc(
+            stubs.sessions.StartSession,
+            pb.StartSessionRequest(user_id=user, platform=pb.ANDROID, app_version="bench"),
+            "StartSession",
+        ).session_id
+        sessions.append(sid)
+    requests = []
+    for c in range(calls):
+        events = []
+        for j in range(batch):
+            sid = sessions[((c * batch + j) // 10) % len(sessions)]  # 10 events per session
+            roll = rng.random()
+            if roll < 0.2:
+                event = pb.Event(session_id=sid, type=pb.SCREEN_VIEW, screen="product")
+            elif roll < 0.9:
+                event = pb.Event(
+                    session_id=sid,
+                    type=pb.ITEM_VIEW,
+                    item_id=rng.choice(items),
+                    dwell_ms=rng.randint(1_000, 90_000),
+                )
+            else:
+                event = pb.Event(
+                    session_id=sid, type=pb.ADD_TO_CART, item_id=rng.choice(items), value=19.99
+                )
+            event.event_id = f"{tag}-{c}-{j}"
+            events.append(event)
+        requests.append(pb.TrackEventsRequest(events=events))
+
+    if window == 1:
+        latencies = []
+        started = time.perf_counter()
+        for request in requests:
+            t0 = time.perf_counter()
+            resp = rpc(stubs.sessions.TrackEvents, request, "TrackEvents")
+            latencies.append(time.perf_counter() - t0)
+            check_track(resp, batch, "TrackEvents")
+        elapsed = time.perf_counter() - started
+    else:
+        elapsed, latencies, errors = run_window(stubs.sessions.TrackEvents, requests, window)
+        if errors:
+            raise BenchError(f"TrackEvents (concurrent): {len(errors)} failed calls: {errors[0]}")
+    for sid in sessions:
+        ended = rpc(stubs.sessions.EndSession, pb.EndSessionRequest(session_id=sid), "EndSession")
+        if ended.event_count == 0:
+            raise BenchError(f"EndSession: session {sid} has no events")
+    events_sent = calls * batch
+    return {
+        "calls": calls,
+        "events_per_call": batch,
+        "in_flight": window,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(events_sent / elapsed),
+        "calls_per_s": round(calls / elapsed, 1),
+        **latency_summary(latencies),
+    }
+
+
+# ------------------------------------------------------------------ report
+def fmt_lat(d: dict[str, Any], keys: Sequence[str] = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")):
+    return " / ".join(f"{d[k]:.2f}" for k in keys) + " ms"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    ds = results["dataset"]
+    imp = results["import"]
+    tr = results["train"]
+    seq = results["recommend_sequential"]
+    conc = results["recommend_concurrent"]
+    server = results["server"]
+    lines = [
+        f"## sessionrec benchmark ({results['profile']})",
+        "",
+        f"- machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}",
+        f"- versions: Python {m['python']}, grpcio {m['grpcio']}, implicit {m['implicit']}, "
+        f"numpy {m['numpy']}, scipy {m['scipy']}",
+        f"- dataset: {ds['name']}: {imp['rows']:,} events, {tr['users']:,} users, "
+        f"{tr['items']:,} items",
+        f"- server: real gRPC server in a separate process on 127.0.0.1 "
+        f"({server['workers']} workers, SQLite synchronous={server['sqlite_synchronous']}, "
+        f"model {server['model_version']}); client: this process",
+        "",
+        "| Benchmark | Measure | Result |",
+        "|---|---|---|",
+        f"| Import CSV -> fresh SQLite | {imp['rows']:,} rows, {imp['sessions']:,} sessions "
+        f"| {imp['import_seconds']:.2f} s ({imp['rows_per_s']:,} rows/s) |",
+        f"| Train ALS (`training.pipeline.train`) | load + fit + save, median of "
+        f"{tr['repeats']} | {tr['pipeline_wall_seconds']:.2f} s (load "
+        f"{tr['pipeline_load_seconds']:.2f} s, fit {tr['pipeline_fit_seconds']:.2f} s) |",
+        f"| Bare `implicit` ALS fit, same matrix | fit, median of {tr['repeats']} "
+        f"| {tr['bare_implicit_fit_seconds']:.2f} s |",
+        f"| Recommend n=10, sequential | p50 / p90 / p99 / mean, median of "
+        f"{seq['repeats']} x {seq['runs'][0]['n']:,} calls | {fmt_lat(seq['median'])} |",
+        f"| ... with a live session (3-10 fresh views) | p50 / p90 / p99 / mean "
+        f"| {fmt_lat(seq['median_with_session'])} |",
+        f"| ... without a session | p50 / p90 / p99 / mean "
+        f"| {fmt_lat(seq['median_without_session'])} |",
+        f"| Recommend n=10, {conc['in_flight']} in flight | QPS over {conc['requests']:,} "
+        f"requests | {conc['qps']:,.0f} req/s |",
+        f"| ... | p50 / p99 | {fmt_lat(conc, ('p50_ms', 'p99_ms'))} |",
+        f"| ... | CPU cores busy: client / server | {conc['client_cpu_cores']} / "
+        f"{conc['server_cpu_cores'] if conc['server_cpu_cores'] is not None else 'n/a'} |",
+    ]
+    for t in results["track_events"]:
+        label = "sequential" if t["in_flight"] == 1 else f"{t['in_flight']} in flight"
+        lines.append(
+            f"| TrackEvents, {t['events_per_call']} events/call, {label} | events/s over "
+            f"{t['calls']} calls (call p50 / p99) | {t['events_per_s']:,} events/s "
+            f"({fmt_lat(t, ('p50_ms', 'p99_ms'))}) |"
+        )
+    lines += ["", f"total benchmark time: {results['total_seconds']:.1f} s"]
+    return "\n".join(lines)
+
+
+def median_latency(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    keys = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")
+    return {k: median_of(runs, k) for k in keys}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sessionrec.config import Config
+
+    profile = PROFILES["quick" if args.quick else "default"]
+    started = time.perf_counter()
+    results: dict[str, Any] = {"profile": profile.name, "machine": machine_info()}
+    phases: dict[str, float] = {}
+    results["phase_seconds"] = phases
+
+    @contextlib.contextmanager
+    def phase(name: str) -> Iterator[None]:
+        say(f"[bench] {name} ...")
+        t0 = time.perf_counter()
+        yield
+        phases[name] = round(time.perf_counter() - t0, 2)
+
+    with tempfile.TemporaryDirectory(prefix="sessionrec-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        db_url = f"sqlite:///{tmp / 'bench.db'}"
+        models_dir = tmp / "models"
+        config = Config.load(
+            {
+                "db_url": db_url,
+                "models_dir": str(models_dir),
+                "host": "127.0.0.1",
+                "port": 0,
+                "model_poll_interval_s": 0.0,
+            }
+        )
+        say(f"[bench] profile {profile.name}; scratch {tmp}")
+        csv_path, results["dataset"] = prepare_dataset(tmp, Path(args.movielens), args.synthetic)
+        say(f"[bench] dataset: {results['dataset']['name']} ({results['dataset']['rows']} rows)")
+
+        with phase("import"):
+            results["import"] = bench_import(db_url, csv_path, config.sqlite_synchronous)
+        with phase("train"):
+            train = bench_train(
+                db_url, models_dir, profile.train_repeats, config.sqlite_synchronous
+            )
+        users, items = train.pop("_users"), train.pop("_items")
+        results["train"] = train
+
+        say("[bench] starting the server (separate process) ...")
+        with server_process(dataclasses.asdict(config)) as (port, version, server_pid):
+            if version != train["version"]:
+                raise BenchError(f"server: serving {version!r}, expected {train['version']!r}")
+            results["server"] = {
+                "address": f"127.0.0.1:{port}",
+                "process": "separate (multiprocessing spawn)",
+                "workers": config.workers,
+                "sqlite_synchronous": config.sqlite_synchronous,
+                "history_limit": config.history_limit,
+                "model_version": version,
+            }
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stubs = Stubs(
+                pb_grpc.SessionServiceStub(channel),
+                pb_grpc.RecommendationServiceStub(channel),
+                pb_grpc.AdminServiceStub(channel),
+            )
+            info = rpc(stubs.admin.GetModelInfo, pb.GetModelInfoRequest(), "GetModelInfo")
+            if info.version != version:
+                raise BenchError(f"GetModelInfo: {info.version!r}, expected {version!r}")
+
+            with phase("recommend sequential"):
+                # Warm-up (connection, code paths, SQLite page cache): not measured.
+                bench_sequential(stubs, users, items, 100, seed=args.seed + 999)
+                runs = []
+                for r in range(profile.seq_repeats):
+                    say(f"[bench]   repeat {r + 1}/{profile.seq_repeats}")
+                    runs.append(
+                        bench_sequential(stubs, users, items, profile.seq_calls, args.seed + r)
+                    )
+            results["recommend_sequential"] = {
+                "repeats": profile.seq_repeats,
+                "median": median_latency(runs),
+                "median_with_session": median_latency([r["with_session"] for r in runs]),
+                "median_without_session": median_latency([r["without_session"] for r in runs]),
+                "runs": runs,
+            }
+            with phase("recommend concurrent"):
+                results["recommend_concurrent"] = bench_concurrent(
+                    stubs,
+                    users,
+                    items,
+                    profile.conc_requests,
+                    profile.conc_window,
+                    args.seed + 100,
+                    server_pid,
+                )
+            results["track_events"] = []
+            for window in (1, 4):
+                with phase(f"track events, {window} in flight"):
+                    results["track_events"].append(
+                        bench_track(
+                            stubs,
+                            items,
+                            profile.track_calls,
+                            profile.track_batch,
+                            window,
+                            args.seed + 200 + window,
+                        )
+                    )
+            channel.close()
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from training.datasets import MOVIELENS_100K
+
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller run (under a minute)")
+    parser.add_argument("--out", default="bench/results.json", help="JSON results file")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--movielens", default=str(MOVIELENS_100K), help="MovieLens 100K u.data file"
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="use the synthetic log even if MovieLens exists"
+    )
+    args = parser.parse_args(argv)
+    try:
+        results = run(args)
+    except BenchError as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(markdown(results))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    say(f"[bench] results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
