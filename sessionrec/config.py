@@ -39,7 +39,7 @@ class Config:
     #: Largest TrackEvents batch.
     max_events_per_call: int = 1000
     #: gRPC worker threads.
-    workers: int = 16
+    workers: int = 8
     #: Seconds in-flight calls get to finish on SIGTERM.
     grace_s: float = 5.0
     #: How many of a user's most recent item events feed the live fold-in.

@@ -93,10 +93,9 @@ def build_interactions(
 def user_row(item_numbers: np.ndarray, item_weights: np.ndarray, n_items: int) -> sp.csr_matrix:
     """One user's weighted row from item numbers (unknown = -1, dropped) and weights."""
     keep = (item_numbers >= 0) & (item_weights > 0)
-    cols = item_numbers[keep]
-    data = item_weights[keep].astype(np.float32)
-    row = sp.csr_matrix(
-        (data, (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, n_items), dtype=np.float32
+    cols, where = np.unique(item_numbers[keep], return_inverse=True)
+    data = np.bincount(where, weights=item_weights[keep], minlength=len(cols))
+    return sp.csr_matrix(
+        (data.astype(np.float32), cols.astype(np.int32), np.array([0, len(cols)], np.int32)),
+        shape=(1, n_items),
     )
-    row.sum_duplicates()
-    return row

@@ -80,12 +80,15 @@ def top_k(
     return order.astype(np.int64), scores[order]
 
 
-def _cosine(factors: np.ndarray, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+def _normalized(factors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(factors, axis=1)
     norms[norms == 0] = 1.0
-    a = factors[items] / norms[items, None]
-    b = factors[others] / norms[others, None]
-    return b @ a.T
+    return np.ascontiguousarray(factors / norms[:, None], dtype=np.float32)
+
+
+def _cosine(unit: np.ndarray, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Cosine similarities from row-normalised factors (``len(others) x len(items)``)."""
+    return unit[others] @ unit[items].T
 
 
 def _least_squares_fold_in(
@@ -126,6 +129,7 @@ class ALSRecommender(Recommender):
     def __init__(self, **params: Any):
         super().__init__(**params)
         self._model: Any = None
+        self._unit: np.ndarray | None = None
 
     def _implicit(self) -> Any:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -158,7 +162,9 @@ class ALSRecommender(Recommender):
         return np.asarray(users @ self.item_factors.T)
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
-        return _cosine(self.item_factors, items, others)
+        if self._unit is None or len(self._unit) != len(self.item_factors):
+            self._unit = _normalized(self.item_factors)
+        return _cosine(self._unit, items, others)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"item_factors": np.ascontiguousarray(self.item_factors, dtype=np.float32)}
@@ -167,6 +173,9 @@ class ALSRecommender(Recommender):
     def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> ALSRecommender:
         model = cls(**params)
         inner = model._implicit()
+        # Loaded models serve one user per call from many request threads: no
+        # OpenMP team per call (it only adds contention).
+        inner.num_threads = 1
         inner.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
         inner.user_factors = np.zeros((0, inner.item_factors.shape[1]), dtype=np.float32)
         model._model = inner
@@ -196,6 +205,7 @@ class BPRRecommender(Recommender):
         super().__init__(**params)
         self.factors_ = np.zeros((0, 0), dtype=np.float32)  # item factors incl. bias column
         self._yty = np.zeros((0, 0))
+        self._unit = np.zeros((0, 0), dtype=np.float32)
 
     def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
@@ -216,6 +226,7 @@ class BPRRecommender(Recommender):
         self.factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
         y = self.factors_[:, :-1].astype(np.float64)
         self._yty = y.T @ y
+        self._unit = _normalized(self.factors_[:, :-1])
         self.n_items = self.factors_.shape[0]
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
@@ -231,7 +242,7 @@ class BPRRecommender(Recommender):
         return np.asarray(x @ self.factors_[:, :-1].T + self.factors_[:, -1])
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
-        return _cosine(self.factors_[:, :-1], items, others)
+        return _cosine(self._unit, items, others)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.factors_}

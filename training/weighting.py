@@ -57,17 +57,17 @@ class EventWeights:
 
     def weigh(self, types: np.ndarray, dwell_ms: np.ndarray) -> np.ndarray:
         """Vectorised weights; ``dwell_ms`` < 0 means unknown."""
+        base_table, view_table = _tables(self)
         types = np.asarray(types, dtype=np.int64)
-        dwell = np.asarray(dwell_ms, dtype=np.float64)
-        valid = (types >= 0) & (types <= max(EventType))
-        base = np.where(valid, self.table()[np.clip(types, 0, max(EventType))], 0.0)
-        is_view = np.isin(types, [int(t) for t in VIEW_TYPES])
-        bonus = np.where(
-            is_view & (dwell > 0) & (base > 0),
-            self.dwell_bonus * np.minimum(dwell / self.dwell_saturation_ms, 1.0),
-            0.0,
+        dwell = np.asarray(dwell_ms, dtype=np.float32)
+        known = np.clip(types, 0, len(base_table) - 1)
+        valid = known == types
+        base = np.where(valid, base_table[known], np.float32(0))
+        bonus_ok = valid & view_table[known] & (dwell > 0) & (base > 0)
+        bonus = np.minimum(dwell / np.float32(self.dwell_saturation_ms), np.float32(1))
+        return np.where(bonus_ok, base + np.float32(self.dwell_bonus) * bonus, base).astype(
+            np.float32, copy=False
         )
-        return (base + bonus).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,3 +81,19 @@ class EventWeights:
             dwell_bonus=float(data.get("dwell_bonus", 1.0)),
             dwell_saturation_ms=int(data.get("dwell_saturation_ms", 60_000)),
         )
+
+
+_TABLES: dict[int, tuple[EventWeights, np.ndarray, np.ndarray]] = {}
+
+
+def _tables(weights: EventWeights) -> tuple[np.ndarray, np.ndarray]:
+    """Per-type weight and is-a-view lookup tables, built once per weights object."""
+    cached = _TABLES.get(id(weights))
+    if cached is None or cached[0] is not weights:
+        views = np.zeros(max(EventType) + 1, dtype=bool)
+        views[[int(t) for t in VIEW_TYPES]] = True
+        cached = (weights, weights.table(), views)
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[id(weights)] = cached
+    return cached[1], cached[2]

@@ -32,7 +32,7 @@ from sessionrec.events import (
 )
 from sessionrec.store.base import EventColumns, Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
@@ -154,6 +154,8 @@ class SQLiteStore(Store):
                 raise
 
     def _migrate(self) -> None:
+        """Brings the file to SCHEMA_VERSION, one numbered step at a time, each in
+        its own transaction (a crash mid-way leaves the previous version)."""
         with self._write_lock:
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -161,76 +163,18 @@ class SQLiteStore(Store):
                     f"store: {self.path} has schema version {version}, newer than this "
                     f"sessionrec ({SCHEMA_VERSION}); upgrade sessionrec"
                 )
-            if version == SCHEMA_VERSION:
-                return
-            db = sqlite_utils.Database(self._writer)
-            sessions = db.table("sessions")
-            events = db.table("events")
-            sessions.create(
-                {
-                    "session_id": str,
-                    "user_id": str,
-                    "platform": int,
-                    "app_version": str,
-                    "started_at_ms": int,
-                    "last_event_at_ms": int,
-                    "ended_at_ms": int,
-                    "end_reason": int,
-                    "event_count": int,
-                    "total_dwell_ms": int,
-                    "last_seen_ms": int,
-                },
-                pk="session_id",
-                not_null={
-                    "user_id",
-                    "started_at_ms",
-                    "last_event_at_ms",
-                    "end_reason",
-                    "last_seen_ms",
-                },
-                defaults={
-                    "platform": 0,
-                    "app_version": "",
-                    "end_reason": 0,
-                    "event_count": 0,
-                    "total_dwell_ms": 0,
-                },
-                if_not_exists=True,
-            )
-            events.create(
-                {
-                    "seq": int,
-                    "event_id": str,
-                    "session_id": str,
-                    "user_id": str,
-                    "type": int,
-                    "item_id": str,
-                    "screen": str,
-                    "dwell_ms": int,
-                    "dwell_derived": int,
-                    "value": float,
-                    "ts_ms": int,
-                    "properties": str,
-                    "received_at_ms": int,
-                },
-                pk="seq",
-                not_null={"event_id", "session_id", "user_id", "type", "ts_ms", "received_at_ms"},
-                defaults={"dwell_derived": 0},
-                if_not_exists=True,
-            )
-            events.create_index(["event_id"], unique=True, if_not_exists=True)
-            events.create_index(["session_id", "ts_ms"], if_not_exists=True)
-            sessions.create_index(["user_id", "started_at_ms"], if_not_exists=True)
-            # Partial indexes (sqlite-utils has no WHERE clause for indexes).
-            self._writer.executescript(
-                """
-                CREATE INDEX IF NOT EXISTS events_user_items
-                    ON events(user_id, ts_ms) WHERE item_id IS NOT NULL;
-                CREATE INDEX IF NOT EXISTS sessions_open
-                    ON sessions(last_seen_ms) WHERE ended_at_ms IS NULL;
-                """
-            )
-            self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for target, step in enumerate(_MIGRATIONS, start=1):
+                if version >= target:
+                    continue
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    step(self._writer)
+                    self._writer.execute(f"PRAGMA user_version = {target}")
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                version = target
 
     def close(self) -> None:
         if self._closed:
@@ -422,13 +366,18 @@ class SQLiteStore(Store):
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
 
     def user_item_events(self, user_id: str, limit: int) -> list[ItemEvent]:
+        # One JSON row instead of one row per event: Python's sqlite3 releases and
+        # re-takes the GIL around every row it steps, which under many concurrent
+        # requests turns into a GIL convoy (measured: ~2x throughput at 64 in flight).
         with self._read() as c:
-            rows = c.execute(
-                "SELECT item_id, type, dwell_ms, ts_ms FROM events "
-                "WHERE user_id = ? AND item_id IS NOT NULL ORDER BY ts_ms DESC, seq DESC LIMIT ?",
+            (packed,) = c.execute(
+                "SELECT json_group_array(json_array(item_id, type, dwell_ms, ts_ms)) FROM ("
+                " SELECT item_id, type, dwell_ms, ts_ms FROM events"
+                " WHERE user_id = ? AND item_id IS NOT NULL"
+                " ORDER BY ts_ms DESC, seq DESC LIMIT ?)",
                 (user_id, limit),
-            ).fetchall()
-        return [ItemEvent(*r) for r in rows]
+            ).fetchone()
+        return [ItemEvent(*r) for r in json.loads(packed)]
 
     def session_item_events(self, session_id: str, limit: int) -> list[ItemEvent]:
         with self._read() as c:
@@ -487,6 +436,79 @@ class SQLiteStore(Store):
     def count_sessions(self) -> int:
         with self._read() as c:
             return int(c.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    """Events and sessions."""
+    db = sqlite_utils.Database(conn)
+    sessions = db.table("sessions")
+    events = db.table("events")
+    sessions.create(
+        {
+            "session_id": str,
+            "user_id": str,
+            "platform": int,
+            "app_version": str,
+            "started_at_ms": int,
+            "last_event_at_ms": int,
+            "ended_at_ms": int,
+            "end_reason": int,
+            "event_count": int,
+            "total_dwell_ms": int,
+        },
+        pk="session_id",
+        not_null={"user_id", "started_at_ms", "last_event_at_ms", "end_reason"},
+        defaults={
+            "platform": 0,
+            "app_version": "",
+            "end_reason": 0,
+            "event_count": 0,
+            "total_dwell_ms": 0,
+        },
+        if_not_exists=True,
+    )
+    events.create(
+        {
+            "seq": int,
+            "event_id": str,
+            "session_id": str,
+            "user_id": str,
+            "type": int,
+            "item_id": str,
+            "screen": str,
+            "dwell_ms": int,
+            "dwell_derived": int,
+            "value": float,
+            "ts_ms": int,
+            "properties": str,
+            "received_at_ms": int,
+        },
+        pk="seq",
+        not_null={"event_id", "session_id", "user_id", "type", "ts_ms", "received_at_ms"},
+        defaults={"dwell_derived": 0},
+        if_not_exists=True,
+    )
+    events.create_index(["event_id"], unique=True, if_not_exists=True)
+    events.create_index(["session_id", "ts_ms"], if_not_exists=True)
+    sessions.create_index(["user_id", "started_at_ms"], if_not_exists=True)
+    # A partial index (sqlite-utils has no WHERE clause for indexes).
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS events_user_items "
+        "ON events(user_id, ts_ms) WHERE item_id IS NOT NULL"
+    )
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """The inactivity timeout runs from arrival: sessions.last_seen_ms."""
+    sqlite_utils.Database(conn).table("sessions").add_column(
+        "last_seen_ms", int, not_null_default=0
+    )
+    conn.execute("UPDATE sessions SET last_seen_ms = last_event_at_ms")
+    conn.execute("DROP INDEX IF EXISTS sessions_open")
+    conn.execute("CREATE INDEX sessions_open ON sessions(last_seen_ms) WHERE ended_at_ms IS NULL")
+
+
+_MIGRATIONS = (_migration_1, _migration_2)
 
 
 def _session_params(s: SessionRecord) -> tuple:

@@ -397,3 +397,28 @@ def test_user_items_lists_every_item_of_the_user(store: Store) -> None:
     )
     assert store.user_items("u1") == {f"i{i}" for i in range(5)}
     assert store.user_items("nobody") == set()
+
+
+def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> None:
+    from sessionrec.store.sqlite import _migration_1
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    _migration_1(conn)
+    conn.execute(
+        "INSERT INTO sessions (session_id, user_id, started_at_ms, last_event_at_ms) "
+        "VALUES ('s1', 'u1', 1000, 5000)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        session = store.get_session("s1")
+        assert session is not None and session.last_seen_ms == 5000
+        assert store.expire_sessions(idle_before_ms=6000) == ["s1"]
+    finally:
+        store.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    check.close()
