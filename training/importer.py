@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +68,7 @@ class ImportReport:
         }
 
 
+_CONTROL = re.compile("[\x00-\x1f]")
 #: Latest accepted time: 9999-12-31 (keeps values inside SQLite's INTEGER range).
 MAX_TS_MS = 253_402_300_799_000
 MAX_DWELL_MS = 365 * 24 * 3600 * 1000
@@ -97,7 +100,7 @@ def parse_timestamp_ms(text: str) -> int:
 
 def _text(row: dict[str, str], name: str) -> str:
     value = (row.get(name) or "").strip()
-    if any(ord(ch) < 32 for ch in value):
+    if _CONTROL.search(value):
         raise ValueError(f"{name}: contains control characters")
     if len(value) > 256:
         raise ValueError(f"{name}: longer than 256 characters")
@@ -117,14 +120,19 @@ def _number(row: dict[str, str], name: str) -> float | None:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _event_type(text: str) -> EventType:
+    try:
+        return EventType.parse(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"event_type: unknown {text!r}") from None
+
+
 def _row_event(row: dict[str, str]) -> EventRecord:
     user = _text(row, "user_id")
     if not user:
         raise ValueError("user_id: empty")
-    try:
-        etype = EventType.parse(row.get("event_type") or "")
-    except (KeyError, ValueError):
-        raise ValueError(f"event_type: unknown {row.get('event_type')!r}") from None
+    etype = _event_type(row.get("event_type") or "")
     item = _text(row, "item_id") or None
     if etype in ITEM_REQUIRED and not item:
         raise ValueError(f"item_id: required for {etype.name}")

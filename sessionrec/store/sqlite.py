@@ -299,18 +299,22 @@ class SQLiteStore(Store):
         received_ms: int | None = None,
     ) -> AppendResult:
         received = _now_ms() if received_ms is None else received_ms
-        accepted = 0
         # session_id -> [count, min ts, max ts, client dwell sum]
         touched: dict[str, list[int]] = {}
         with self._transaction() as c:
-            insert = (
-                "INSERT OR IGNORE INTO events (event_id, session_id, user_id, type, item_id,"
-                " screen, dwell_ms, value, ts_ms, properties, received_at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            )
+            # Inside the write transaction nothing else can insert, so "which ids
+            # are new" is decided once, and the rows go in with one executemany.
+            seen = self._stored_event_ids(c, [e.event_id for e in events])
+            fresh: list[EventRecord] = []
             for e in events:
-                cur = c.execute(
-                    insert,
+                if e.event_id not in seen:
+                    seen.add(e.event_id)
+                    fresh.append(e)
+            c.executemany(
+                "INSERT INTO events (event_id, session_id, user_id, type, item_id,"
+                " screen, dwell_ms, value, ts_ms, properties, received_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         e.event_id,
                         e.session_id,
@@ -323,11 +327,12 @@ class SQLiteStore(Store):
                         e.ts_ms,
                         json.dumps(e.properties, sort_keys=True) if e.properties else None,
                         received,
-                    ),
-                )
-                if cur.rowcount != 1:
-                    continue
-                accepted += 1
+                    )
+                    for e in fresh
+                ],
+            )
+            accepted = len(fresh)
+            for e in fresh:
                 stat = touched.get(e.session_id)
                 dwell = e.dwell_ms if (e.dwell_ms and e.type in VIEW_TYPES) else 0
                 if stat is None:
@@ -364,6 +369,21 @@ class SQLiteStore(Store):
             if closed_new:
                 self._finalize(c, closed_new)
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
+
+    @staticmethod
+    def _stored_event_ids(c: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in c.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                )
+            )
+        return found
 
     def user_item_events(self, user_id: str, limit: int) -> list[ItemEvent]:
         # One JSON row instead of one row per event: Python's sqlite3 releases and
