@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.interceptors import status_for
 from service.recommender import ModelHolder, RecommendationEngine, Scored
 from service.sessions import IncomingEvent, SessionManager
+from sessionrec.errors import InvalidArgument
 from sessionrec.events import SessionRecord
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
@@ -43,7 +44,24 @@ def session_message(s: SessionRecord) -> pb.Session:
     return msg
 
 
+def milliseconds(ts: Timestamp) -> int:
+    """Timestamp -> epoch ms; ValueError when seconds or nanos are out of range."""
+    if not 0 <= ts.nanos <= 999_999_999:
+        raise ValueError(f"nanos must be 0..999999999, got {ts.nanos}")
+    try:
+        return int(ts.ToMilliseconds())
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"out of range ({exc})") from None
+
+
 def incoming_event(e: pb.Event) -> IncomingEvent:
+    ts_ms: int | None = None
+    error = ""
+    if e.HasField("timestamp"):
+        try:
+            ts_ms = milliseconds(e.timestamp)
+        except ValueError as exc:
+            error = str(exc)
     return IncomingEvent(
         event_id=e.event_id,
         session_id=e.session_id,
@@ -53,7 +71,8 @@ def incoming_event(e: pb.Event) -> IncomingEvent:
         screen=e.screen,
         dwell_ms=e.dwell_ms,
         value=e.value,
-        ts_ms=e.timestamp.ToMilliseconds() if e.HasField("timestamp") else None,
+        ts_ms=ts_ms,
+        timestamp_error=error,
         properties=dict(e.properties),
     )
 
@@ -74,14 +93,18 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         self.sessions = sessions
 
     def StartSession(self, request, context):
+        started_at_ms = None
+        if request.HasField("started_at"):
+            try:
+                started_at_ms = milliseconds(request.started_at)
+            except ValueError as exc:
+                raise InvalidArgument(f"started_at: {exc}") from None
         session = self.sessions.start(
             request.user_id,
             platform=int(request.platform),
             app_version=request.app_version,
             session_id=request.session_id,
-            started_at_ms=(
-                request.started_at.ToMilliseconds() if request.HasField("started_at") else None
-            ),
+            started_at_ms=started_at_ms,
         )
         return pb.StartSessionResponse(
             session_id=session.session_id, started_at=timestamp(session.started_at_ms)

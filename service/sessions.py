@@ -19,6 +19,7 @@ Rules (also in the README):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -31,6 +32,8 @@ from service.validation import check_id, require_id
 from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
 from sessionrec.events import (
     ITEM_REQUIRED,
+    MAX_DWELL_MS,
+    MAX_TS_MS,
     AppendResult,
     EndReason,
     EventRecord,
@@ -65,6 +68,8 @@ class IncomingEvent:
     value: float = 0.0
     #: None: not sent (the server's receive time is used)
     ts_ms: int | None = None
+    #: Why the timestamp could not be read (out-of-range seconds or nanos), if so.
+    timestamp_error: str = ""
     properties: dict[str, str] = field(default_factory=dict)
 
 
@@ -97,7 +102,7 @@ class SessionManager:
         self.max_events = max_events_per_call
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
-        self._sessionize_lock = threading.Lock()
+        self._user_locks = [threading.Lock() for _ in range(64)]
 
     # ------------------------------------------------------------ sessions
     def start(
@@ -171,12 +176,16 @@ class SessionManager:
             raise InvalidArgument("events: must not be empty")
         if len(events) > self.max_events:
             raise InvalidArgument(f"events: at most {self.max_events} per call, got {len(events)}")
-        if all(e.session_id for e in events):
-            return self._track(events)
-        # Finding the user's open session and storing the session opened for it
-        # must not interleave with another batch for the same user, or two
-        # batches would open two sessions.
-        with self._sessionize_lock:
+        # Finding a user's open session and storing the session opened for them
+        # must not interleave with another batch for the same user, or the two
+        # batches would open two sessions: session-less events lock their users'
+        # stripes (in a fixed order, so batches cannot deadlock).
+        stripes = sorted(
+            {hash(e.user_id) % len(self._user_locks) for e in events if not e.session_id}
+        )
+        with contextlib.ExitStack() as held:
+            for stripe in stripes:
+                held.enter_context(self._user_locks[stripe])
             return self._track(events)
 
     def _track(self, events: Sequence[IncomingEvent]) -> TrackResult:
@@ -196,8 +205,8 @@ class SessionManager:
         valid = [r for r in records if r is not None]
         if not valid:
             raise rejected[0].error
-        opened = self._sessionize([r for r in valid if not r.session_id], now)
-        result: AppendResult = self.store.append_events(valid, opened)
+        opened, superseded = self._sessionize([r for r in valid if not r.session_id], now)
+        result: AppendResult = self.store.append_events(valid, opened, close_sessions=superseded)
         event_ids = [r.event_id if r is not None else "" for r in records]
         return TrackResult(result.accepted, result.duplicates, rejected, event_ids)
 
@@ -223,11 +232,15 @@ class SessionManager:
             check_id(e.screen, f"{where}.screen")
         elif etype is EventType.SCREEN_VIEW:
             raise InvalidArgument(f"{where}.screen: required for SCREEN_VIEW")
-        if e.dwell_ms < 0:
-            raise InvalidArgument(f"{where}.dwell_ms: must be >= 0, got {e.dwell_ms}")
+        if not 0 <= e.dwell_ms <= MAX_DWELL_MS:
+            raise InvalidArgument(
+                f"{where}.dwell_ms: must be between 0 and {MAX_DWELL_MS} (a year), got {e.dwell_ms}"
+            )
         if not math.isfinite(e.value):
             raise InvalidArgument(f"{where}.value: must be a finite number")
         self._check_properties(e.properties, where)
+        if e.timestamp_error:
+            raise InvalidArgument(f"{where}.timestamp: {e.timestamp_error}")
         ts = now if e.ts_ms is None else e.ts_ms
         self._check_time(ts, now, f"{where}.timestamp")
         if e.session_id:
@@ -257,13 +270,15 @@ class SessionManager:
             properties=dict(e.properties),
         )
 
-    def _sessionize(self, records: list[EventRecord], now: int) -> list[SessionRecord]:
+    def _sessionize(
+        self, records: list[EventRecord], now: int
+    ) -> tuple[list[SessionRecord], list[str]]:
         """Assigns session-less events to sessions, per user in time order: an event
         joins the user's open session, or a session opened earlier in the batch,
         when it lies within the timeout of that session's span; otherwise it opens
-        a new one (as the importer does). Returns the sessions opened here. All of
-        a user's sessions but the latest are closed at once (TIMEOUT at their last
-        event): a later session supersedes them."""
+        a new one (as the importer does). Returns the sessions opened here, and the
+        ids of those to close with the batch (TIMEOUT at their last event): all of
+        a user's sessions but the latest, which supersedes them."""
         opened: list[SessionRecord] = []
         candidates: dict[str, list[SessionRecord]] = {}
         gap = self.timeout_ms
@@ -294,27 +309,17 @@ class SessionManager:
             else:
                 session.last_event_at_ms = max(session.last_event_at_ms, record.ts_ms)
             record.session_id = session.session_id
-        opened_ids = {o.session_id for o in opened}
+        superseded: list[str] = []
         for sessions in candidates.values():
             latest = max(sessions, key=lambda c: c.last_event_at_ms)
-            for session in sessions:
-                if session is latest:
-                    continue
-                if session.session_id in opened_ids:
-                    session.ended_at_ms = session.last_event_at_ms
-                    session.end_reason = EndReason.TIMEOUT
-                else:  # the user's stored open session, superseded by a later one
-                    self.store.end_session(
-                        session.session_id,
-                        session.last_event_at_ms,
-                        EndReason.TIMEOUT,
-                        derive_last_dwell=False,
-                    )
-        return opened
+            superseded += [c.session_id for c in sessions if c is not latest]
+        return opened, superseded
 
     def _check_time(self, ts: int, now: int, field_name: str) -> None:
         if ts < 0:
             raise InvalidArgument(f"{field_name}: before 1970-01-01")
+        if ts > MAX_TS_MS:
+            raise InvalidArgument(f"{field_name}: after 9999-12-31")
         if ts > now + self.max_skew_ms:
             raise InvalidArgument(
                 f"{field_name}: {(ts - now) / 1000:.0f}s in the future "

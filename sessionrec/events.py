@@ -28,6 +28,11 @@ class EventType(enum.IntEnum):
         return cls[key]
 
 
+#: Longest accepted dwell time (a year): keeps sums far inside SQLite's INTEGER range.
+MAX_DWELL_MS = 365 * 24 * 3600 * 1000
+#: Latest accepted event time (9999-12-31).
+MAX_TS_MS = 253_402_300_799_000
+
 #: Event types that must name an item.
 ITEM_REQUIRED = frozenset({EventType.ITEM_VIEW, EventType.ADD_TO_CART, EventType.PURCHASE})
 #: Event types whose dwell time is meaningful (derived server-side when missing).

@@ -29,7 +29,15 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from sessionrec.events import ITEM_REQUIRED, EndReason, EventRecord, EventType, SessionRecord
+from sessionrec.events import (
+    ITEM_REQUIRED,
+    MAX_DWELL_MS,
+    MAX_TS_MS,
+    EndReason,
+    EventRecord,
+    EventType,
+    SessionRecord,
+)
 from sessionrec.store import Store
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
@@ -69,9 +77,6 @@ class ImportReport:
 
 
 _CONTROL = re.compile("[\x00-\x1f]")
-#: Latest accepted time: 9999-12-31 (keeps values inside SQLite's INTEGER range).
-MAX_TS_MS = 253_402_300_799_000
-MAX_DWELL_MS = 365 * 24 * 3600 * 1000
 
 
 def parse_timestamp_ms(text: str) -> int:

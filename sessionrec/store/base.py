@@ -84,6 +84,7 @@ class Store(abc.ABC):
         new_sessions: Sequence[SessionRecord] = (),
         *,
         received_ms: int | None = None,
+        close_sessions: Sequence[str] = (),
     ) -> AppendResult:
         """Stores events (and sessions opened implicitly) in one transaction.
 
@@ -91,7 +92,9 @@ class Store(abc.ABC):
         batch) counts as a duplicate and changes nothing. Session counters and
         last-activity times follow the newly stored events (``last_seen_ms``
         becomes ``received_ms``, default now); a session in ``new_sessions`` is
-        stored only if at least one of its events is.
+        stored only if at least one of its events is. ``close_sessions`` are
+        then closed (TIMEOUT at their last event, dwell derived) in the same
+        transaction: sessions a later one superseded.
         """
 
     @abc.abstractmethod

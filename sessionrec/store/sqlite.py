@@ -297,6 +297,7 @@ class SQLiteStore(Store):
         new_sessions: Sequence[SessionRecord] = (),
         *,
         received_ms: int | None = None,
+        close_sessions: Sequence[str] = (),
     ) -> AppendResult:
         received = _now_ms() if received_ms is None else received_ms
         # session_id -> [count, min ts, max ts, client dwell sum]
@@ -365,9 +366,16 @@ class SQLiteStore(Store):
                     WHERE session_id = ?""",
                     [(s[0], s[3], s[1], s[2], received, sid) for sid, s in touched.items()],
                 )
-            closed_new = [s.session_id for s in stored_new if not s.is_open]
-            if closed_new:
-                self._finalize(c, closed_new)
+            if close_sessions:
+                c.executemany(
+                    "UPDATE sessions SET ended_at_ms = last_event_at_ms, end_reason = ? "
+                    "WHERE session_id = ? AND ended_at_ms IS NULL",
+                    [(int(EndReason.TIMEOUT), sid) for sid in close_sessions],
+                )
+            to_finalize = [s.session_id for s in stored_new if not s.is_open]
+            to_finalize += close_sessions
+            if to_finalize:
+                self._finalize(c, to_finalize)
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
 
     @staticmethod

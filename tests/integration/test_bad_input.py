@@ -119,6 +119,19 @@ def test_track_unknown_session(srv):
             "events[0].properties",
         ),
         (lambda sid: view("a01", session_id=sid, timestamp_ms=-1000), "events[0].timestamp"),
+        (lambda sid: view("a01", session_id=sid, dwell_ms=2**63 - 1), "events[0].dwell_ms"),
+        (
+            lambda sid: pb.Event(
+                session_id=sid, type=pb.ITEM_VIEW, item_id="a01", timestamp={"nanos": -5}
+            ),
+            "events[0].timestamp",
+        ),
+        (
+            lambda sid: pb.Event(
+                session_id=sid, type=pb.ITEM_VIEW, item_id="a01", timestamp={"seconds": 2**62}
+            ),
+            "events[0].timestamp",
+        ),
     ],
     ids=[
         "type-99",
@@ -137,6 +150,9 @@ def test_track_unknown_session(srv):
         "empty-property-key",
         "property-value-too-long",
         "before-1970",
+        "dwell-overflowing-sqlite",
+        "negative-nanos",
+        "seconds-out-of-range",
     ],
 )
 def test_track_rejects_single_event(srv, session, make_event, field):
@@ -324,3 +340,30 @@ def test_server_survives_a_barrage_of_bad_requests(srv, session, synthetic_copy)
     )
     assert more.accepted == 1
     assert count_events(srv) == stored_before + 1
+
+
+def test_start_session_with_an_unreadable_started_at(srv):
+    assert_status(
+        srv.sessions.StartSession,
+        pb.StartSessionRequest(user_id="alice", started_at={"nanos": 2_000_000_000}),
+        INVALID,
+        "started_at",
+    )
+
+
+def test_a_huge_dwell_cannot_break_a_session_or_the_reaper(srv, session):
+    """Two maximal dwell values would overflow SQLite's sum: they are refused,
+    and the session still reads and ends."""
+    err = assert_status(
+        srv.sessions.TrackEvents,
+        pb.TrackEventsRequest(
+            events=[view(f"a0{k}", session_id=session, dwell_ms=2**63 - 1) for k in (3, 4)]
+        ),
+        INVALID,
+        "events[0].dwell_ms",
+    )
+    assert "a year" in err.details()
+    got = srv.sessions.GetSession(pb.GetSessionRequest(session_id=session), timeout=10)
+    assert got.event_count == 2
+    ended = srv.sessions.EndSession(pb.EndSessionRequest(session_id=session), timeout=10)
+    assert ended.end_reason == pb.CLOSED

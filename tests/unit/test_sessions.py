@@ -444,3 +444,46 @@ def test_expire_idle_closes_only_idle_sessions(manager: SessionManager, store: S
     assert idle_after.ended_at_ms == old + 1000
     assert fresh_after.is_open
     assert manager.expire_idle() == 0
+
+
+def test_a_superseded_open_session_closes_at_its_last_event_with_the_batch(
+    manager: SessionManager, store: Store
+) -> None:
+    """One event joins the user's open session, a later one (past the timeout
+    gap) opens a new session: the old one closes at *its* last event, in the
+    same transaction, with the joined event counted and its dwell derived."""
+    base = now_ms() - 2 * HOUR_MS
+    s = manager.start("u1", started_at_ms=base)
+    manager.track(
+        [
+            view("i1", user_id="u1", ts_ms=base + 60_000),
+            view("i2", user_id="u1", ts_ms=base + 120_000),
+            view("i3", user_id="u1", ts_ms=base + HOUR_MS),
+        ]
+    )
+    old = store.get_session(s.session_id)
+    assert old is not None
+    assert old.end_reason == EndReason.TIMEOUT
+    assert old.ended_at_ms == old.last_event_at_ms == base + 120_000
+    assert old.event_count == 2
+    assert old.total_dwell_ms == 60_000  # i1's dwell runs until i2
+    current = store.find_open_session("u1")
+    assert current is not None and current.session_id != s.session_id
+    assert current.event_count == 1 and current.started_at_ms == base + HOUR_MS
+
+
+def test_oversized_dwell_and_unreadable_timestamps_are_rejected(manager: SessionManager) -> None:
+    sid = manager.start("u1").session_id
+    result = manager.track(
+        [
+            view("ok", session_id=sid),
+            view("big", session_id=sid, dwell_ms=400 * 24 * HOUR_MS),
+            IncomingEvent(
+                session_id=sid, type=int(EventType.ITEM_VIEW), item_id="x", timestamp_error="bad"
+            ),
+        ]
+    )
+    assert result.accepted == 1
+    reasons = {r.index: str(r.error) for r in result.rejected}
+    assert reasons[1].startswith("events[1].dwell_ms:")
+    assert reasons[2] == "events[2].timestamp: bad"
