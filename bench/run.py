@@ -240,7 +240,7 @@ def bench_train(db_url: str, models_dir: Path, repeats: int, synchronous: str) -
     from threadpoolctl import threadpool_limits
 
     from sessionrec.store import open_store
-    from training.data import build_interactions, load_item_events
+    from training.data import build_interactions
     from training.models import ALSRecommender
     from training.pipeline import train
     from training.weighting import EventWeights
@@ -258,7 +258,7 @@ def bench_train(db_url: str, models_dir: Path, repeats: int, synchronous: str) -
                     "fit_seconds": artifact.meta["fit_seconds"],
                 }
             )
-        matrix = build_interactions(load_item_events(store), EventWeights()).matrix.tocsr()
+        matrix = build_interactions(store.item_events(), EventWeights()).matrix.tocsr()
     assert artifact is not None
     p = ALSRecommender.defaults
     bare = []

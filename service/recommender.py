@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from service.validation import check_id, check_n, require_id
 from sessionrec.errors import ArtifactError, FailedPrecondition, InvalidArgument, NotFound
+from sessionrec.events import SessionRecord
 from sessionrec.store import Store
 from training.artifact import ModelArtifact, current_version, load_artifact
 
@@ -52,6 +53,9 @@ class ModelHolder:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._refused: str | None = None
+        #: A version asked for by name (a rollback): the poller leaves it alone
+        #: until ``reload()`` without a version follows CURRENT again.
+        self.pinned: str | None = None
         self.last_error: str | None = None
 
     @property
@@ -83,6 +87,7 @@ class ModelHolder:
                 raise
             loaded = LoadedModel(artifact, dt.datetime.now(dt.UTC))
             self._loaded = loaded
+            self.pinned = version or None
             self._refused = None
             self.last_error = None
             log.info(
@@ -105,6 +110,8 @@ class ModelHolder:
     def _poll(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
             try:
+                if self.pinned:
+                    continue
                 latest = current_version(self.models_dir)
                 loaded = self._loaded.artifact.version if self._loaded else None
                 if latest and latest != loaded and latest != self._refused:
@@ -144,6 +151,7 @@ class RecommendationEngine:
     ) -> Scored:
         require_id(user_id, "user_id")
         check_n(n)
+        session: SessionRecord | None = None
         if session_id:
             check_id(session_id, "session_id")
             session = self.store.get_session(session_id)
@@ -151,18 +159,17 @@ class RecommendationEngine:
                 raise NotFound(f"session_id: unknown session {session_id!r}")
             if session.user_id != user_id:
                 raise InvalidArgument(f"session_id: {session_id!r} belongs to another user")
-        else:
-            session = self.store.find_open_session(user_id)
         # The user's history holds every stored event, the live session included.
         history = self.store.user_item_events(user_id, self.history_limit)
-        seen: set[str] = set()
-        if not include_seen:
-            # The fold-in reads the most recent events only; exclusion covers them all.
-            truncated = len(history) >= self.history_limit
-            seen = self.store.user_items(user_id) if truncated else {e.item_id for e in history}
+        # The fold-in reads the most recent events only; exclusion covers them all.
+        truncated = len(history) >= self.history_limit
+        older_items = self.store.user_items(user_id) if truncated and not include_seen else set()
         loaded = self.models.current
         if loaded is None:
+            seen = set() if include_seen else older_items | {e.item_id for e in history}
             return self._store_popular(n, seen)
+        if session is None:
+            session = self.store.find_open_session(user_id)
         live = (
             session is not None
             and session.is_open
@@ -172,8 +179,8 @@ class RecommendationEngine:
             history,
             n,
             include_seen=include_seen,
-            exclude=sorted(seen),
-            live_since_ms=session.started_at_ms if live and session else None,
+            exclude=sorted(older_items),
+            live_since_ms=session.started_at_ms if live and session is not None else None,
             live_boost=self.live_session_boost,
         )
         return Scored(rec.item_ids, rec.scores, rec.reasons, rec.strategy, loaded.artifact.version)

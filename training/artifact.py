@@ -33,14 +33,13 @@ import numpy as np
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.data import Interactions, Vocabulary, user_row
-from training.models import ALGORITHMS, Recommender, top_k
+from training.models import ALGORITHMS, Recommender, break_ties_by_popularity, top_k
 from training.weighting import EventWeights
 
 FORMAT = "sessionrec-model"
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
-_RESERVED = ("users", "items", "popularity")
 _VERBS = {
     EventType.ITEM_VIEW: "viewed",
     EventType.CLICK: "clicked",
@@ -114,10 +113,7 @@ class ModelArtifact:
             idx, scores = top_k(self.popularity, n, np.asarray(excluded, dtype=np.int64))
             reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "popular")
-        scores_all = self.model.score(row)[0]
-        # Break ties (e.g. items no neighbour reaches) by popularity.
-        top = float(self.popularity.max()) if len(self.popularity) else 1.0
-        scores_all = scores_all + 1e-6 * self.popularity / max(top, 1.0)
+        scores_all = break_ties_by_popularity(self.model.score(row)[0], self.popularity)
         idx, scores = top_k(scores_all, n, np.asarray(excluded, dtype=np.int64))
         reasons = self._explain(row, numbers, types, idx)
         return Recommendation(
@@ -304,21 +300,34 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
         model_arrays = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
         model = ALGORITHMS[algorithm].from_arrays(meta.get("params", {}), model_arrays)
         weights = EventWeights.from_dict(meta.get("weights", {}))
-    except (KeyError, ValueError, TypeError, SessionrecError) as exc:
+        popularity = np.asarray(arrays["popularity"], dtype=np.float32)
+        if model.n_items != len(items) or popularity.shape != (len(items),):
+            raise ValueError(f"model has {model.n_items} items, vocabulary {len(items)}")
+        artifact = ModelArtifact(
+            version=version,
+            algorithm=algorithm,
+            model=model,
+            users=users,
+            items=items,
+            popularity=popularity,
+            weights=weights,
+            meta=meta,
+        )
+        _smoke_test(artifact)
+    except (KeyError, ValueError, TypeError, IndexError, SessionrecError) as exc:
         raise ArtifactError(f"{version}: inconsistent artifact ({exc})") from exc
-    popularity = np.asarray(arrays["popularity"], dtype=np.float32)
-    if model.n_items != len(items) or len(popularity) != len(items):
-        raise ArtifactError(f"{version}: model has {model.n_items} items, vocabulary {len(items)}")
-    return ModelArtifact(
-        version=version,
-        algorithm=algorithm,
-        model=model,
-        users=users,
-        items=items,
-        popularity=popularity,
-        weights=weights,
-        meta=meta,
-    )
+    return artifact
+
+
+def _smoke_test(artifact: ModelArtifact) -> None:
+    """One real recommendation before a model may serve: arrays that load but
+    do not fit together fail here, not in a client's request."""
+    if not len(artifact.items):
+        raise ValueError("no items")
+    probe = [ItemEvent(artifact.items.id(0), int(EventType.ITEM_VIEW), None, 0)]
+    rec = artifact.recommend(probe, min(10, len(artifact.items)), include_seen=True)
+    if not all(np.isfinite(rec.scores)):
+        raise ValueError("a probe recommendation scored NaN or infinity")
 
 
 # ----------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from sessionrec.store import EventColumns, Store
+from sessionrec.store import EventColumns
 from training.weighting import EventWeights
 
 
@@ -61,11 +61,6 @@ class Interactions:
     @property
     def shape(self) -> tuple[int, int]:
         return self.matrix.shape  # type: ignore[return-value]
-
-
-def load_item_events(store: Store) -> EventColumns:
-    """Every stored event that names an item, ordered by time."""
-    return store.item_events()
 
 
 def build_interactions(

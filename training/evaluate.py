@@ -18,10 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
 from training.data import Interactions, build_interactions
 from training.metrics import mean_metrics
-from training.models import Recommender, create_model, item_popularity, top_k
+from training.models import (
+    Recommender,
+    break_ties_by_popularity,
+    create_model,
+    item_popularity,
+    top_k,
+)
 from training.weighting import EventWeights
 
 
@@ -114,16 +121,21 @@ def rank_users(
     *,
     batch: int = 512,
 ) -> list[list[int]]:
-    """Top-k item numbers per test user, seen items excluded; popularity for cold users."""
+    """Top-k item numbers per test user, seen items excluded, ranked as the server
+    ranks: popularity for users without a weighted training row, model scores
+    with popularity breaking ties for the others."""
     out: list[list[int]] = [[] for _ in range(len(rows))]
-    known = np.flatnonzero(rows >= 0)
-    for pos in np.flatnonzero(rows < 0).tolist():
-        out[pos] = top_k(popularity, k)[0].tolist()
     matrix = train.matrix
+    row_nnz = np.diff(matrix.indptr)
+    has_row = np.zeros(len(rows), dtype=bool)
+    has_row[rows >= 0] = row_nnz[rows[rows >= 0]] > 0
+    for pos in np.flatnonzero(~has_row).tolist():
+        out[pos] = top_k(popularity, k)[0].tolist()
+    known = np.flatnonzero(has_row)
     for start in range(0, len(known), batch):
         chunk = known[start : start + batch]
         user_rows = matrix[rows[chunk]]
-        scores = model.score(user_rows)
+        scores = break_ties_by_popularity(model.score(user_rows), popularity)
         scores[user_rows.nonzero()] = -np.inf
         for pos, s in zip(chunk.tolist(), scores, strict=True):
             out[pos] = top_k(s, k)[0].tolist()
@@ -142,6 +154,10 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
 ) -> list[EvaluationResult]:
     """Evaluates ``algorithm`` (and popularity, when ``baseline``) on a per-user temporal split."""
+    if k < 1:
+        raise InvalidArgument(f"k: must be >= 1, got {k}")
+    if not 0 < test_fraction < 1:
+        raise InvalidArgument(f"test_fraction: must be between 0 and 1, got {test_fraction}")
     weights = weights or EventWeights()
     say = progress or (lambda _msg: None)
     train_events, test_events = split_temporal_fraction(events, test_fraction)

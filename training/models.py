@@ -80,6 +80,14 @@ def top_k(
     return order.astype(np.int64), scores[order]
 
 
+def break_ties_by_popularity(scores: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """Adds a popularity term far below any real score difference, so items a
+    model scores equally (e.g. that no neighbour reaches) rank by popularity.
+    Serving and evaluation both rank through this."""
+    top = float(popularity.max()) if len(popularity) else 1.0
+    return scores + np.float32(1e-6) * popularity / max(top, 1.0)
+
+
 def _normalized(factors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(factors, axis=1)
     norms[norms == 0] = 1.0
@@ -172,11 +180,12 @@ class ALSRecommender(Recommender):
     @classmethod
     def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> ALSRecommender:
         model = cls(**params)
+        factors = _matrix(arrays, "item_factors", columns=int(model.params["factors"]))
         inner = model._implicit()
         # Loaded models serve one user per call from many request threads: no
         # OpenMP team per call (it only adds contention).
         inner.num_threads = 1
-        inner.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        inner.item_factors = np.ascontiguousarray(factors, dtype=np.float32)
         inner.user_factors = np.zeros((0, inner.item_factors.shape[1]), dtype=np.float32)
         model._model = inner
         model.n_items = inner.item_factors.shape[0]
@@ -250,7 +259,8 @@ class BPRRecommender(Recommender):
     @classmethod
     def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BPRRecommender:
         model = cls(**params)
-        model._set(arrays["item_factors"])
+        # implicit's BPR adds the item-bias column to the factors.
+        model._set(_matrix(arrays, "item_factors", columns=int(model.params["factors"]) + 1))
         return model
 
 
@@ -289,8 +299,10 @@ class ItemKNNRecommender(Recommender):
         return np.asarray((rows.tocsr() @ self.similarity).toarray())
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
-        sub = self.similarity[others][:, items]
-        return np.asarray(sub.toarray())
+        # score(user) = row @ S, so item i reaches item o through S[i, o]; implicit's
+        # K-pruned S is not symmetric.
+        sub = self.similarity[items][:, others]
+        return np.asarray(sub.toarray()).T
 
     def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         row = self.similarity.getrow(item)
@@ -313,10 +325,13 @@ class ItemKNNRecommender(Recommender):
         cls, params: dict[str, Any], arrays: dict[str, np.ndarray]
     ) -> ItemKNNRecommender:
         model = cls(**params)
-        shape = tuple(int(x) for x in arrays["sim_shape"])
+        shape = tuple(int(x) for x in np.asarray(arrays["sim_shape"]).ravel())
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"sim_shape: an item x item matrix is square, got {shape}")
         model.similarity = sp.csr_matrix(
             (arrays["sim_data"], arrays["sim_indices"], arrays["sim_indptr"]), shape=shape
         )
+        model.similarity.check_format(full_check=True)
         model.n_items = shape[1]
         return model
 
@@ -353,8 +368,21 @@ class PopularityRecommender(Recommender):
     ) -> PopularityRecommender:
         model = cls(**params)
         model.popularity = np.asarray(arrays["popularity"], dtype=np.float32)
+        if model.popularity.ndim != 1:
+            raise ValueError("popularity: expected one value per item")
         model.n_items = len(model.popularity)
         return model
+
+
+def _matrix(arrays: dict[str, np.ndarray], name: str, *, columns: int) -> np.ndarray:
+    """A stored 2-D float array with the expected number of columns."""
+    value = np.asarray(arrays[name])
+    if value.ndim != 2 or value.shape[1] != columns or value.dtype.kind != "f":
+        raise ValueError(
+            f"{name}: expected a float array with {columns} columns, "
+            f"got {value.dtype} of shape {value.shape}"
+        )
+    return value
 
 
 def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sessionrec.store import Store
 from training.artifact import ModelArtifact, save_artifact
-from training.data import build_interactions, load_item_events
+from training.data import build_interactions
 from training.models import create_model
 from training.weighting import EventWeights
 
@@ -37,7 +37,7 @@ def train(
     weights = weights or EventWeights()
     model = create_model(algorithm, **(params or {}))
     started = time.perf_counter()
-    events = load_item_events(store)
+    events = store.item_events()
     interactions = build_interactions(events, weights)
     load_seconds = time.perf_counter() - started
     say(

@@ -11,6 +11,7 @@ The weights of a user's events on one item add up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ DEFAULT_TYPE_WEIGHTS: dict[str, float] = {
 
 @dataclass(frozen=True)
 class EventWeights:
+    #: Per event type name; treat as read-only (the lookup tables are built at creation).
     type_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
     dwell_bonus: float = 1.0
     dwell_saturation_ms: int = 60_000
@@ -41,12 +43,17 @@ class EventWeights:
         for name, value in self.type_weights.items():
             if name not in EventType.__members__:
                 raise ValueError(f"type_weights: unknown event type {name!r}")
-            if value < 0:
-                raise ValueError(f"type_weights[{name}]: must be >= 0, got {value}")
-        if self.dwell_bonus < 0:
-            raise ValueError("dwell_bonus: must be >= 0")
-        if self.dwell_saturation_ms <= 0:
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"type_weights[{name}]: must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.dwell_bonus) and self.dwell_bonus >= 0):
+            raise ValueError("dwell_bonus: must be a finite number >= 0")
+        if not self.dwell_saturation_ms > 0:
             raise ValueError("dwell_saturation_ms: must be > 0")
+        # Frozen: the lookup tables can be built once, here.
+        views = np.zeros(max(EventType) + 1, dtype=bool)
+        views[[int(t) for t in VIEW_TYPES]] = True
+        object.__setattr__(self, "_type_table", self.table())
+        object.__setattr__(self, "_view_table", views)
 
     def table(self) -> np.ndarray:
         """Weight per event type number (index = EventType value)."""
@@ -57,7 +64,8 @@ class EventWeights:
 
     def weigh(self, types: np.ndarray, dwell_ms: np.ndarray) -> np.ndarray:
         """Vectorised weights; ``dwell_ms`` < 0 means unknown."""
-        base_table, view_table = _tables(self)
+        base_table: np.ndarray = self._type_table  # type: ignore[attr-defined]
+        view_table: np.ndarray = self._view_table  # type: ignore[attr-defined]
         types = np.asarray(types, dtype=np.int64)
         dwell = np.asarray(dwell_ms, dtype=np.float32)
         known = np.clip(types, 0, len(base_table) - 1)
@@ -81,19 +89,3 @@ class EventWeights:
             dwell_bonus=float(data.get("dwell_bonus", 1.0)),
             dwell_saturation_ms=int(data.get("dwell_saturation_ms", 60_000)),
         )
-
-
-_TABLES: dict[int, tuple[EventWeights, np.ndarray, np.ndarray]] = {}
-
-
-def _tables(weights: EventWeights) -> tuple[np.ndarray, np.ndarray]:
-    """Per-type weight and is-a-view lookup tables, built once per weights object."""
-    cached = _TABLES.get(id(weights))
-    if cached is None or cached[0] is not weights:
-        views = np.zeros(max(EventType) + 1, dtype=bool)
-        views[[int(t) for t in VIEW_TYPES]] = True
-        cached = (weights, weights.table(), views)
-        if len(_TABLES) > 64:
-            _TABLES.clear()
-        _TABLES[id(weights)] = cached
-    return cached[1], cached[2]

@@ -171,3 +171,22 @@ def test_poller_picks_up_a_new_version_and_skips_a_corrupted_one(synthetic_copy,
     assert picked
     rec = srv.recs.Recommend(pb.RecommendRequest(user_id="u03", n=5), timeout=10)
     assert rec.model_version == v3
+
+
+def test_a_rollback_to_a_named_version_is_not_undone_by_the_poller(synthetic_copy, start_server):
+    import time
+
+    srv = start_server(synthetic_copy.db_path, synthetic_copy.models_dir, model_poll_interval_s=0.1)
+    v1 = synthetic_copy.version
+    v2 = train_version(srv)  # becomes CURRENT; the poller follows it
+    from .support import wait_for
+
+    assert wait_for(
+        lambda: srv.admin.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).version == v2,
+        timeout_s=20,
+    )
+    assert srv.admin.ReloadModel(pb.ReloadModelRequest(version=v1), timeout=30).version == v1
+    time.sleep(1.0)  # ten poll intervals
+    assert srv.admin.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).version == v1
+    # A reload without a version follows CURRENT again.
+    assert srv.admin.ReloadModel(pb.ReloadModelRequest(), timeout=30).version == v2

@@ -366,3 +366,40 @@ def test_similar_items(knn: ModelArtifact) -> None:
     assert scores == sorted(scores, reverse=True)
     with pytest.raises(NotFound, match=r"^item_id: "):
         knn.similar_items("nope", 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "breakage"),
+    [
+        ("als", "narrow-factors"),
+        ("als", "one-dimensional-factors"),
+        ("bpr", "narrow-factors"),
+        ("itemknn", "non-square-similarity"),
+    ],
+)
+def test_arrays_that_do_not_fit_together_are_refused(
+    models_dir: Path, interactions: Interactions, name: str, breakage: str
+) -> None:
+    """Arrays with a valid checksum but inconsistent shapes never reach serving."""
+    artifact = save(models_dir, interactions, name)
+    arrays = stored_arrays(models_dir, artifact.version)
+    if breakage == "narrow-factors":
+        arrays["model.item_factors"] = arrays["model.item_factors"][:, :-1].copy()
+    elif breakage == "one-dimensional-factors":
+        arrays["model.item_factors"] = arrays["model.item_factors"].ravel().copy()
+    else:
+        arrays["model.sim_shape"] = np.asarray(
+            [len(interactions.items) - 1, len(interactions.items)]
+        )
+    rewrite_npz(models_dir, artifact.version, arrays)
+    with pytest.raises(ArtifactError, match="inconsistent"):
+        load_artifact(models_dir, artifact.version)
+
+
+def test_non_finite_event_weights_in_meta_are_refused(
+    models_dir: Path, interactions: Interactions
+) -> None:
+    artifact = save(models_dir, interactions, "popular")
+    edit_meta(models_dir, artifact.version, weights={"type_weights": {"ITEM_VIEW": float("nan")}})
+    with pytest.raises(ArtifactError):
+        load_artifact(models_dir, artifact.version)
