@@ -11,12 +11,14 @@ The service reaches ``training`` only through ``training.artifact``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
+from service.periodic import PeriodicTask
 from service.validation import check_id, check_n, require_id
 from sessionrec.errors import ArtifactError, FailedPrecondition, InvalidArgument, NotFound
 from sessionrec.events import SessionRecord
@@ -50,8 +52,7 @@ class ModelHolder:
         self.models_dir = models_dir
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()  # serialises loads, not reads
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._poller: PeriodicTask | None = None
         self._refused: str | None = None
         #: A version asked for by name (a rollback): the poller leaves it alone
         #: until ``reload()`` without a version follows CURRENT again.
@@ -102,29 +103,23 @@ class ModelHolder:
     def start_polling(self, interval_s: float) -> None:
         if interval_s <= 0 or self._poller is not None:
             return
-        self._poller = threading.Thread(
-            target=self._poll, args=(interval_s,), name="model-poller", daemon=True
-        )
+        self._poller = PeriodicTask("model-poller", interval_s, self.poll_once)
         self._poller.start()
 
-    def _poll(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                if self.pinned:
-                    continue
-                latest = current_version(self.models_dir)
-                loaded = self._loaded.artifact.version if self._loaded else None
-                if latest and latest != loaded and latest != self._refused:
-                    self.reload(latest)
-            except (ArtifactError, FailedPrecondition, NotFound):
-                pass  # already logged; keep serving the last good model
-            except Exception:
-                log.exception("model poll failed")
+    def poll_once(self) -> None:
+        """Loads CURRENT if it names a new version (unless a rollback pinned one)."""
+        if self.pinned:
+            return
+        latest = current_version(self.models_dir)
+        loaded = self._loaded.artifact.version if self._loaded else None
+        if latest and latest != loaded and latest != self._refused:
+            # A refused artifact is logged by reload(); the last good model keeps serving.
+            with contextlib.suppress(ArtifactError, FailedPrecondition, NotFound):
+                self.reload(latest)
 
     def stop(self) -> None:
-        self._stop.set()
         if self._poller is not None:
-            self._poller.join(timeout=5)
+            self._poller.stop()
             self._poller = None
 
 

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from service.periodic import PeriodicTask
 from service.validation import check_id, require_id
 from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
 from sessionrec.events import (
@@ -100,8 +101,7 @@ class SessionManager:
         self.timeout_ms = int(timeout_s * 1000)
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.max_events = max_events_per_call
-        self._stop = threading.Event()
-        self._reaper: threading.Thread | None = None
+        self._reaper: PeriodicTask | None = None
         self._user_locks = [threading.Lock() for _ in range(64)]
 
     # ------------------------------------------------------------ sessions
@@ -344,22 +344,15 @@ class SessionManager:
     def start_reaper(self, interval_s: float) -> None:
         if self._reaper is not None:
             return
-        self._reaper = threading.Thread(
-            target=self._reap, args=(interval_s,), name="session-reaper", daemon=True
-        )
+        self._reaper = PeriodicTask("session-reaper", interval_s, self._reap_once)
         self._reaper.start()
 
-    def _reap(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                closed = self.expire_idle()
-                if closed:
-                    log.info("closed %d idle sessions (TIMEOUT)", closed)
-            except Exception:
-                log.exception("session reaper failed; retrying in %.0fs", interval_s)
+    def _reap_once(self) -> None:
+        closed = self.expire_idle()
+        if closed:
+            log.info("closed %d idle sessions (TIMEOUT)", closed)
 
     def stop(self) -> None:
-        self._stop.set()
         if self._reaper is not None:
-            self._reaper.join(timeout=5)
+            self._reaper.stop()
             self._reaper = None
