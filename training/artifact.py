@@ -102,9 +102,13 @@ class ModelArtifact:
             dtype=np.int64,
             count=len(history),
         )
-        weights = self.weights.weigh(types, dwell)
+        ts = np.fromiter((e.ts_ms for e in history), dtype=np.int64, count=len(history))
+        later = None
+        if self.weights.recency_half_life > 0:  # as in training: events after each one
+            later = np.empty(len(history), dtype=np.int64)
+            later[np.argsort(-ts, kind="stable")] = np.arange(len(history))
+        weights = self.weights.weigh(types, dwell, later)
         if live_since_ms is not None and live_boost != 1.0:
-            ts = np.fromiter((e.ts_ms for e in history), dtype=np.int64, count=len(history))
             weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
         row = user_row(numbers, weights, len(self.items))
         excluded = [] if include_seen else numbers[numbers >= 0].tolist()

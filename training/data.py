@@ -73,8 +73,9 @@ def build_interactions(
     or item is outside the given vocabularies, are left out."""
     users = Vocabulary.from_values(events.user_id) if users is None else users
     items = Vocabulary.from_values(events.item_id) if items is None else items
-    w = weights.weigh(events.type, events.dwell_ms)
     rows = users.numbers(events.user_id)
+    later = events_after(rows) if weights.recency_half_life > 0 else None
+    w = weights.weigh(events.type, events.dwell_ms, later)
     cols = items.numbers(events.item_id)
     keep = (w > 0) & (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix(
@@ -83,6 +84,23 @@ def build_interactions(
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
     return Interactions(users=users, items=items, matrix=matrix, events=int(keep.sum()))
+
+
+def events_after(user_rows: np.ndarray) -> np.ndarray:
+    """For time-ordered events, how many events of the same user follow each one
+    (rows < 0, unknown users, get 0)."""
+    rows = np.where(user_rows >= 0, user_rows, -1)
+    order = np.argsort(rows, kind="stable")  # keeps time order within a user
+    counts = np.bincount(rows[rows >= 0], minlength=1)
+    sorted_rows = rows[order]
+    known = sorted_rows >= 0
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.zeros(len(rows), dtype=np.int64)
+    first_known = int(np.argmax(known)) if known.any() else len(rows)
+    position = np.arange(len(rows)) - first_known
+    r = sorted_rows[known]
+    out[order[known]] = counts[r] - 1 - (position[known] - starts[r])
+    return out
 
 
 def user_row(item_numbers: np.ndarray, item_weights: np.ndarray, n_items: int) -> sp.csr_matrix:

@@ -11,6 +11,7 @@ fallback, as in serving. Popularity is always reported alongside.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ def relevant_items(
     """Test users (rows of the training matrix, -1 when unknown there) and their
     relevant items: positively weighted test items not already seen in training.
     Items that training never saw count as relevant (and can never be hit)."""
-    w = weights.weigh(test.type, test.dwell_ms)
+    # Relevance is "a positively weighted event"; recency only scales weights.
+    w = dataclasses.replace(weights, recency_half_life=0.0).weigh(test.type, test.dwell_ms)
     keep = w > 0
     by_user: dict[str, set[str]] = {}
     for user, item in zip(test.user_id[keep].tolist(), test.item_id[keep].tolist(), strict=True):

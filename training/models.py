@@ -336,6 +336,66 @@ class ItemKNNRecommender(Recommender):
         return model
 
 
+class EASERecommender(Recommender):
+    """EASE (Steck, 2019): a closed-form item-item linear model.
+
+    B = I - P / diag(P) with P = (X^T X + regularization * I)^-1 and diag(B) = 0;
+    a user's scores are their weighted row times B. Dense in items, so it is
+    meant for catalogs up to ``max_items`` (~20k: 1.6 GB of float32).
+    """
+
+    algorithm = "ease"
+    defaults = {"regularization": 300.0, "binarize": False, "max_items": 20_000}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.weights_ = np.zeros((0, 0), dtype=np.float32)
+
+    def _prepare(self, rows: sp.csr_matrix) -> sp.csr_matrix:
+        rows = rows.tocsr().astype(np.float32)
+        if self.params["binarize"]:
+            rows.data = np.ones_like(rows.data)
+        return rows
+
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        n = matrix.shape[1]
+        if n > int(self.params["max_items"]):
+            raise InvalidArgument(
+                f"max_items: EASE is dense in items; {n} items exceed {self.params['max_items']}"
+            )
+        import scipy.linalg
+
+        x = self._prepare(matrix).astype(np.float64)
+        gram = np.asarray((x.T @ x).todense())
+        gram[np.diag_indices(n)] += float(self.params["regularization"])
+        with threadpool_limits(2, "blas"):
+            inverse = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+        weights = -inverse / np.diag(inverse)
+        weights[np.diag_indices(n)] = 0.0
+        self.weights_ = weights.astype(np.float32)
+        self.n_items = n
+
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(self._prepare(rows) @ self.weights_)
+
+    def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        # score = row @ B: item i reaches item o through B[i, o].
+        return self.weights_[np.ix_(items, others)].T
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights_}
+
+    @classmethod
+    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> EASERecommender:
+        model = cls(**params)
+        weights = np.asarray(arrays["weights"])
+        if weights.ndim != 2 or weights.shape[0] != weights.shape[1] or weights.dtype.kind != "f":
+            raise ValueError(f"weights: expected a square float matrix, got {weights.shape}")
+        model.weights_ = np.ascontiguousarray(weights, dtype=np.float32)
+        model.n_items = weights.shape[0]
+        return model
+
+
 class PopularityRecommender(Recommender):
     """Most popular items (distinct users per item); the baseline and the fallback."""
 
@@ -392,7 +452,13 @@ def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:
 
 ALGORITHMS: dict[str, type[Recommender]] = {
     cls.algorithm: cls
-    for cls in (ALSRecommender, BPRRecommender, ItemKNNRecommender, PopularityRecommender)
+    for cls in (
+        ALSRecommender,
+        BPRRecommender,
+        ItemKNNRecommender,
+        EASERecommender,
+        PopularityRecommender,
+    )
 }
 
 

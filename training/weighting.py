@@ -1,6 +1,12 @@
 """Confidence weights: how much an event says about a user's interest in an item.
 
-weight(event) = type_weight[type] + dwell_bonus * min(dwell_ms / dwell_saturation_ms, 1)
+weight(event) = (type_weight[type] + dwell_bonus * min(dwell_ms / dwell_saturation_ms, 1))
+                * (1 + recency_boost * 0.5 ** (later / recency_half_life))
+
+where ``later`` is the number of the user's item events after this one (0 for
+the newest). The recency factor is off by default (``recency_half_life`` 0); it
+favours what a user did recently over what they did long ago, counted in events
+rather than days so that heavy and occasional users are treated alike.
 
 Defaults (documented in the README): ITEM_VIEW 1, CLICK 1, ADD_TO_CART 3,
 PURCHASE 5, OFFER_REDEEMED 2; SCREEN_VIEW, SEARCH, OFFER_IMPRESSION and CUSTOM 0
@@ -38,6 +44,10 @@ class EventWeights:
     type_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS))
     dwell_bonus: float = 1.0
     dwell_saturation_ms: int = 60_000
+    #: Half-life of the recency factor, in events (0: off).
+    recency_half_life: float = 0.0
+    #: Extra weight of the newest event (it weighs 1 + recency_boost times more).
+    recency_boost: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value in self.type_weights.items():
@@ -49,6 +59,10 @@ class EventWeights:
             raise ValueError("dwell_bonus: must be a finite number >= 0")
         if not self.dwell_saturation_ms > 0:
             raise ValueError("dwell_saturation_ms: must be > 0")
+        for name in ("recency_half_life", "recency_boost"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
         # Frozen: the lookup tables can be built once, here.
         views = np.zeros(max(EventType) + 1, dtype=bool)
         views[[int(t) for t in VIEW_TYPES]] = True
@@ -62,8 +76,11 @@ class EventWeights:
             out[EventType[name]] = value
         return out
 
-    def weigh(self, types: np.ndarray, dwell_ms: np.ndarray) -> np.ndarray:
-        """Vectorised weights; ``dwell_ms`` < 0 means unknown."""
+    def weigh(
+        self, types: np.ndarray, dwell_ms: np.ndarray, later: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Vectorised weights; ``dwell_ms`` < 0 means unknown; ``later``: how many of
+        the user's item events follow each one (needed when recency is on)."""
         base_table: np.ndarray = self._type_table  # type: ignore[attr-defined]
         view_table: np.ndarray = self._view_table  # type: ignore[attr-defined]
         types = np.asarray(types, dtype=np.int64)
@@ -73,9 +90,13 @@ class EventWeights:
         base = np.where(valid, base_table[known], np.float32(0))
         bonus_ok = valid & view_table[known] & (dwell > 0) & (base > 0)
         bonus = np.minimum(dwell / np.float32(self.dwell_saturation_ms), np.float32(1))
-        return np.where(bonus_ok, base + np.float32(self.dwell_bonus) * bonus, base).astype(
-            np.float32, copy=False
-        )
+        weights = np.where(bonus_ok, base + np.float32(self.dwell_bonus) * bonus, base)
+        if self.recency_half_life > 0:
+            if later is None:
+                raise ValueError("later: required when recency_half_life is set")
+            decay = np.exp2(-np.asarray(later, dtype=np.float32) / self.recency_half_life)
+            weights = weights * (1 + np.float32(self.recency_boost) * decay)
+        return weights.astype(np.float32, copy=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,4 +109,6 @@ class EventWeights:
             type_weights=weights,
             dwell_bonus=float(data.get("dwell_bonus", 1.0)),
             dwell_saturation_ms=int(data.get("dwell_saturation_ms", 60_000)),
+            recency_half_life=float(data.get("recency_half_life", 0.0)),
+            recency_boost=float(data.get("recency_boost", 1.0)),
         )

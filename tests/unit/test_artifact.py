@@ -34,6 +34,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "als": {"factors": 4, "iterations": 5, "random_state": 0, "num_threads": 1},
     "bpr": {"factors": 4, "iterations": 20, "random_state": 0, "num_threads": 1},
     "itemknn": {"K": 20, "num_threads": 1},
+    "ease": {"regularization": 10.0},
     "popular": {},
 }
 VIEW = int(EventType.ITEM_VIEW)

@@ -25,9 +25,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "als": {"factors": 4, "iterations": 10, "random_state": 0, "num_threads": 1},
     "bpr": {"factors": 4, "iterations": 100, "random_state": 0, "num_threads": 1},
     "itemknn": {"K": 20, "num_threads": 1},
+    "ease": {"regularization": 10.0},
     "popular": {},
 }
-PERSONALIZED = ["als", "bpr", "itemknn"]
+PERSONALIZED = ["als", "bpr", "itemknn", "ease"]
 
 # implicit's nearest-neighbour models convert a matrix internally and warn about it.
 pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
@@ -45,7 +46,7 @@ def row(items: list[int], n_items: int = 20, weight: float = 1.0) -> sp.csr_matr
 
 
 def test_every_algorithm_is_covered() -> None:
-    assert set(ALGORITHMS) == set(PARAMS) == {"als", "bpr", "itemknn", "popular"}
+    assert set(ALGORITHMS) == set(PARAMS) == {"als", "bpr", "itemknn", "ease", "popular"}
     for name, cls in ALGORITHMS.items():
         assert cls.algorithm == name
 
@@ -70,11 +71,14 @@ def test_fold_in_of_a_new_user_prefers_the_users_group(
     other: np.ndarray,
 ) -> None:
     """A user never seen in training, with only items of one group, is scored
-    from that row alone: every item of the group beats every item of the other."""
+    from that row alone: every item of the group beats every item of the other
+    (the history items themselves aside: they are never recommended, and EASE
+    gives an item no weight towards itself)."""
     model = fitted(name, group_matrix)
     scores = model.score(row(history))
     assert scores.shape == (1, 20)
     s = scores[0]
+    liked = np.setdiff1d(liked, history)
     assert np.isfinite(s).all()
     assert s[liked].min() > s[other].max(), (
         f"{name}: lowest liked-group score {s[liked].min():.4f} <= "
@@ -245,3 +249,22 @@ def test_top_k_of_nothing_is_empty() -> None:
     assert top_k(np.array([1.0, 2.0]), 0)[0].tolist() == []
     assert top_k(np.array([], dtype=np.float32), 5)[0].tolist() == []
     assert top_k(np.array([1.0]), 3, exclude=np.array([0]))[0].tolist() == []
+
+
+def test_ease_weights_follow_the_closed_form() -> None:
+    """B = I - P / diag(P), P = (X^T X + lambda I)^-1, diag(B) = 0 — checked on a
+    3-item matrix against numpy directly."""
+    x = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float32))
+    model = create_model("ease", regularization=2.0)
+    model.fit(x)
+    p = np.linalg.inv(x.T.toarray() @ x.toarray() + 2.0 * np.eye(3))
+    expected = np.eye(3) - p / np.diag(p)
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights_, expected, atol=1e-5)
+    assert np.allclose(model.score(x[:1]), x[:1].toarray() @ expected, atol=1e-5)
+
+
+def test_ease_refuses_a_catalog_above_max_items() -> None:
+    model = create_model("ease", max_items=5)
+    with pytest.raises(InvalidArgument, match="max_items"):
+        model.fit(sp.csr_matrix((2, 6), dtype=np.float32))

@@ -107,3 +107,20 @@ def test_from_empty_dict_is_the_default() -> None:
 def test_invalid_configuration_raises_naming_the_field(data: dict, field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field}"):
         EventWeights.from_dict(data)
+
+
+def test_recency_factor_halves_per_half_life_of_later_events() -> None:
+    w = EventWeights(recency_half_life=2.0, recency_boost=1.0, dwell_bonus=0.0)
+    types = np.full(3, int(EventType.ITEM_VIEW))
+    out = w.weigh(types, np.full(3, -1), later=np.array([0, 2, 4]))
+    assert np.allclose(out, [1 + 1.0, 1 + 0.5, 1 + 0.25])
+    with pytest.raises(ValueError, match="later"):
+        w.weigh(types, np.full(3, -1))
+    assert EventWeights.from_dict(w.to_dict()) == w
+
+
+def test_events_after_counts_each_users_later_events() -> None:
+    from training.data import events_after
+
+    rows = np.array([2, 0, 2, -1, 0, 2, 1])
+    assert events_after(rows).tolist() == [2, 1, 1, 0, 0, 0, 0]
