@@ -20,6 +20,7 @@ class EventColumns:
     """Item events as parallel numpy arrays (the training input).
 
     ``dwell_ms`` is -1 where unknown. Rows are ordered by (ts_ms, seq).
+    ``session_id`` may be None when the source has no sessions.
     """
 
     user_id: np.ndarray  # object (str)
@@ -27,6 +28,7 @@ class EventColumns:
     type: np.ndarray  # int8
     dwell_ms: np.ndarray  # int64
     ts_ms: np.ndarray  # int64
+    session_id: np.ndarray | None = None  # object (str)
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -38,6 +40,7 @@ class EventColumns:
             self.type[mask_or_index],
             self.dwell_ms[mask_or_index],
             self.ts_ms[mask_or_index],
+            None if self.session_id is None else self.session_id[mask_or_index],
         )
 
 

@@ -427,16 +427,18 @@ class SQLiteStore(Store):
     def item_events(self) -> EventColumns:
         with self._read() as c:
             rows = c.execute(
-                "SELECT user_id, item_id, type, COALESCE(dwell_ms, -1), ts_ms FROM events "
-                "WHERE item_id IS NOT NULL ORDER BY seq"
+                "SELECT user_id, item_id, type, COALESCE(dwell_ms, -1), ts_ms, session_id "
+                "FROM events WHERE item_id IS NOT NULL ORDER BY seq"
             ).fetchall()
         n = len(rows)
         users = np.empty(n, dtype=object)
         items = np.empty(n, dtype=object)
+        sessions = np.empty(n, dtype=object)
         if n:
             cols = list(zip(*rows, strict=True))
             users[:] = cols[0]
             items[:] = cols[1]
+            sessions[:] = cols[5]
             types = np.asarray(cols[2], dtype=np.int8)
             dwell = np.asarray(cols[3], dtype=np.int64)
             ts = np.asarray(cols[4], dtype=np.int64)
@@ -445,7 +447,9 @@ class SQLiteStore(Store):
             dwell = np.empty(0, np.int64)
             ts = np.empty(0, np.int64)
         order = np.argsort(ts, kind="stable")
-        return EventColumns(users[order], items[order], types[order], dwell[order], ts[order])
+        return EventColumns(
+            users[order], items[order], types[order], dwell[order], ts[order], sessions[order]
+        )
 
     def item_popularity(self, since_ms: int, limit: int) -> list[tuple[str, float]]:
         with self._read() as c:
