@@ -205,6 +205,7 @@ def save_artifact(
             "items": len(interactions.items),
             "interactions": int(interactions.matrix.nnz),
             "events": interactions.events,
+            "data_fingerprint": data_fingerprint(interactions),
             "sha256": {"model.npz": _sha256(tmp / "model.npz")},
             "arrays": sorted(arrays),
             "library_versions": _library_versions(),
@@ -335,6 +336,33 @@ def _smoke_test(artifact: ModelArtifact) -> None:
 
 
 # ----------------------------------------------------------------- helpers
+def data_fingerprint(interactions: Interactions) -> str:
+    """sha256 of the training matrix and its vocabularies: same data, same print."""
+    digest = hashlib.sha256()
+    m = interactions.matrix.tocsr()
+    for array in (
+        m.indptr.astype(np.int64),
+        m.indices.astype(np.int64),
+        m.data.astype(np.float32),
+    ):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for vocabulary in (interactions.users, interactions.items):
+        digest.update("\x1f".join(vocabulary.ids.tolist()).encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+def read_meta(models_dir: str | os.PathLike[str], version: str) -> dict[str, Any]:
+    """A version's meta.json (no array loading, no verification)."""
+    path = Path(models_dir) / VERSIONS_DIR / version / "meta.json"
+    if "/" in version or version.startswith(".") or not path.is_file():
+        raise NotFound(f"version: {version!r} not found in {models_dir}")
+    try:
+        return dict(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise ArtifactError(f"{version}: unreadable meta.json ({exc})") from exc
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -29,13 +29,24 @@ def train(
     *,
     weights: EventWeights | None = None,
     make_current: bool = True,
+    evaluate_k: int | None = None,
+    seed: int | None = None,
     show_progress: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ModelArtifact:
-    """Trains ``algorithm`` on every stored item event and writes a new artifact version."""
+    """Trains ``algorithm`` on every stored item event and writes a new artifact version.
+
+    ``evaluate_k``: first measure the same configuration on the per-user
+    temporal 80/20 split (test metrics at k go into the artifact's metadata,
+    which ``models promote`` compares). ``make_current``: promote the new
+    version unconditionally (use ``training.registry.promote`` for a guarded
+    promotion)."""
     say = progress or (lambda _msg: None)
     weights = weights or EventWeights()
-    model = create_model(algorithm, **(params or {}))
+    params = dict(params or {})
+    model = create_model(algorithm, **params)
+    if seed is not None and "random_state" in model.defaults:
+        model.params["random_state"] = seed
     started = time.perf_counter()
     events = store.item_events()
     interactions = build_interactions(events, weights)
@@ -49,6 +60,27 @@ def train(
         from sessionrec.errors import FailedPrecondition
 
         raise FailedPrecondition("store: no weighted item events to train on")
+    extra: dict[str, Any] = {}
+    if evaluate_k is not None:
+        from training.splits import split
+        from training.tune import Configuration, score
+
+        train_part, test_part = split(events, "temporal-fraction", 0.2)
+        metrics, _, _ = score(
+            Configuration(algorithm, dict(model.params), weights),
+            train_part,
+            test_part,
+            evaluate_k,
+            seed=int(model.params.get("random_state", 42)),
+            threads=int(model.params.get("num_threads", 2)),
+        )
+        extra["metrics"] = {k: round(float(v), 6) for k, v in metrics.items()}
+        extra["metrics_protocol"] = {
+            "split": "temporal-fraction",
+            "test_fraction": 0.2,
+            "k": evaluate_k,
+        }
+        say(f"holdout NDCG@{evaluate_k}: {metrics['ndcg']:.4f}")
     fit_started = time.perf_counter()
     model.fit(interactions.matrix, show_progress=show_progress)
     fit_seconds = time.perf_counter() - fit_started
@@ -58,12 +90,17 @@ def train(
         model,
         interactions,
         weights,
-        make_current=make_current,
+        make_current=False,
         extra_meta={
             "load_seconds": round(load_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
             "store": store.url,
+            **extra,
         },
     )
+    if make_current:
+        from training.registry import promote
+
+        promote(models_dir, artifact.version, force=True)
     say(f"saved {artifact.version} to {models_dir}" + (" (current)" if make_current else ""))
     return artifact
