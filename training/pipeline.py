@@ -10,6 +10,8 @@ print(artifact.version, artifact.meta["fit_seconds"])
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -104,3 +106,50 @@ def train(
         promote(models_dir, artifact.version, force=True)
     say(f"saved {artifact.version} to {models_dir}" + (" (current)" if make_current else ""))
     return artifact
+
+
+def retrain_periodically(
+    store_url: str,
+    models_dir: str,
+    algorithm: str,
+    params: dict[str, Any] | None = None,
+    *,
+    every_s: float,
+    weights: EventWeights | None = None,
+    evaluate_k: int = 10,
+    max_runs: int | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[tuple[str, bool]]:
+    """Retrains every ``every_s`` seconds (as Gorse and Amazon Personalize do) and
+    promotes a new version only when its holdout NDCG is not worse than the
+    current one's. Returns (version, promoted) per run; ``stop`` ends the wait."""
+    from sessionrec.errors import FailedPrecondition
+    from sessionrec.store import open_store
+    from training.registry import promote
+
+    say = progress or (lambda _msg: None)
+    stop = stop or threading.Event()
+    outcomes: list[tuple[str, bool]] = []
+    for run in itertools.count(1):
+        with open_store(store_url) as store:
+            artifact = train(
+                store,
+                models_dir,
+                algorithm,
+                params,
+                weights=weights,
+                make_current=False,
+                evaluate_k=evaluate_k,
+                progress=say,
+            )
+        try:
+            promote(models_dir, artifact.version)
+            outcomes.append((artifact.version, True))
+            say(f"run {run}: promoted {artifact.version}")
+        except FailedPrecondition as exc:
+            outcomes.append((artifact.version, False))
+            say(f"run {run}: kept the current model: {exc}")
+        if (max_runs is not None and run >= max_runs) or stop.wait(every_s):
+            break
+    return outcomes

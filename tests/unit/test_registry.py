@@ -82,3 +82,29 @@ def test_diff_names_what_changed(versions: tuple[str, str, str]) -> None:
 def test_rollback_without_history_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="rollback"):
         registry.rollback(tmp_path)
+
+
+def test_scheduled_retraining_promotes_only_a_model_that_is_not_worse(
+    store: Store, tmp_path: Path
+) -> None:
+    from training.pipeline import retrain_periodically
+
+    fill(store)
+    models = str(tmp_path / "models")
+    good = train(store, models, "itemknn", {"K": 20, "num_threads": 1}, evaluate_k=5)
+    worse_runs = retrain_periodically(
+        store.url, models, "popular", every_s=0.01, evaluate_k=5, max_runs=2
+    )
+    assert [promoted for _, promoted in worse_runs] == [False, False]
+    assert current_version(models) == good.version
+    same_runs = retrain_periodically(
+        store.url,
+        models,
+        "itemknn",
+        {"K": 20, "num_threads": 1},
+        every_s=0.01,
+        evaluate_k=5,
+        max_runs=1,
+    )
+    assert same_runs[0][1] is True  # as good as the current one: promoted
+    assert current_version(models) == same_runs[0][0]
