@@ -104,21 +104,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mapping(items: Sequence[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in items:
+        field, sep, column = item.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise SessionrecError(f"--map: expected FIELD=COLUMN, got {item!r}")
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+def _delimiter(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(text, text)
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from sessionrec.store import open_store
-    from training.importer import import_csv
+    from training.formats import plan_import
+    from training.importer import ImportFormatError, import_file
 
     config = _config(args, session_timeout_s=args.session_timeout)
-    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
-        report = import_csv(
-            store,
+    try:
+        # Format and options are checked before the store is opened (or created).
+        plan = plan_import(
             args.file,
-            session_timeout_s=config.session_timeout_s,
-            show_progress=not args.quiet,
-            on_bad_row=lambda bad: _stderr(f"{args.file}:{bad.line}: {bad.reason}"),
+            args.format,
+            min_rating=args.min_rating,
+            event_type=args.event_type,
+            mapping=_mapping(args.map),
+            delimiter=_delimiter(args.delimiter),
+            timestamp_unit=args.timestamp_unit,
         )
+        with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+            report = import_file(
+                store,
+                args.file,
+                plan.reader,
+                session_timeout_s=config.session_timeout_s,
+                show_progress=not args.quiet,
+                on_bad_row=lambda bad: _stderr(f"{args.file}:{bad.line}: {bad.reason}"),
+                encoding=plan.encoding,
+            )
+    except ImportFormatError as exc:
+        raise SessionrecError(f"{args.file}: {exc}") from exc
+    if not args.quiet and args.format is None:
+        _stderr(f"{args.file}: read as {plan.format}")
     print(json.dumps(report.to_dict(max_bad=20), indent=2))
-    if report.rows and not report.imported and not report.duplicates:
+    if report.rows > report.skipped and not report.imported and not report.duplicates:
         return 2
     return 0
 
@@ -160,11 +194,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ks(text: str) -> tuple[int, ...]:
+    """``--ks 5,10,20``: list lengths, each >= 1."""
+    try:
+        ks = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 5,10,20, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1 like 5,10,20, got {text!r}")
+    return ks
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sessionrec.store import open_store
     from training.evaluate import evaluate
+    from training.models import ALGORITHMS
 
     config = _config(args)
+    seed = 0 if args.seed is None else args.seed
+    # One --seed for the whole run: the bootstrap and, unless --random-state says
+    # otherwise, the model (when it takes a seed).
+    if (
+        args.seed is not None
+        and args.random_state is None
+        and "random_state" in ALGORITHMS[args.algorithm].defaults
+    ):
+        args.random_state = args.seed
     params = _model_params(args)
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
         events = store.item_events()
@@ -177,11 +239,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         k=args.k,
         test_fraction=args.test_fraction,
         progress=None if args.quiet else _stderr,
+        ks=args.ks,
+        bootstrap=args.bootstrap,
+        seed=seed,
     )
+    run = results[0].run
     out: dict[str, Any] = {
         "protocol": "per-user temporal fraction",
         "test_fraction": args.test_fraction,
         "k": args.k,
+        "ks": run["ks"],
+        "bootstrap": args.bootstrap,
+        "confidence": run["confidence"],
+        "seed": seed,
+        "split": {
+            key: run[key]
+            for key in (
+                "train_events",
+                "test_events",
+                "train_users",
+                "items",
+                "test_users",
+                "evaluated_users",
+            )
+        },
         "results": [r.to_dict() for r in results],
     }
     by_name = {r.algorithm: r.metrics for r in results}
@@ -189,6 +270,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out["ndcg_ratio_vs_popular"] = round(
             by_name[args.algorithm]["ndcg"] / by_name["popular"]["ndcg"], 4
         )
+    if args.html:
+        from training.report import write_html_report
+
+        write_html_report(args.html, results, run={**run, "db": config.db_url})
+        out["html"] = str(args.html)
+        if not args.quiet:
+            _stderr(f"report: {args.html}")
     print(json.dumps(out, indent=2))
     return 0
 
@@ -210,9 +298,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("import", help="import a CSV of historical events")
+    p = sub.add_parser("import", help="import historical events (CSV or a public dataset format)")
     _add_db(p)
     p.add_argument("file")
+    p.add_argument(
+        "--format",
+        default=None,
+        choices=["csv", "movielens", "movielens-csv", "diginetica", "yoochoose", "mapped"],
+        help="file format (default: mapped with --map, else detected from the header and name)",
+    )
+    p.add_argument(
+        "--min-rating",
+        type=float,
+        default=None,
+        help="movielens formats: skip ratings below this",
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="mapped format: the file's column for a canonical field, repeatable",
+    )
+    p.add_argument(
+        "--event-type",
+        default=None,
+        help="event type of every row (mapped: of rows without one; others: default ITEM_VIEW)",
+    )
+    p.add_argument(
+        "--delimiter",
+        default=None,
+        help="mapped format: field separator ('\\t' or tab for TSV; default by extension)",
+    )
+    p.add_argument(
+        "--timestamp-unit",
+        choices=["s", "ms"],
+        default="s",
+        help="mapped format: unit of numeric timestamps (default s)",
+    )
     p.add_argument(
         "--session-timeout",
         type=float,
@@ -232,11 +355,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="offline evaluation on a per-user temporal split")
+    p = sub.add_parser(
+        "evaluate",
+        help="offline evaluation on a per-user temporal split",
+        conflict_handler="resolve",  # --seed: the run's seed here, not only the model's
+    )
     _add_db(p)
     _add_model_args(p)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="the main list length (default 10)")
     p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--ks",
+        type=_ks,
+        default=(5, 10, 20),
+        metavar="K,K,...",
+        help="also report every metric at these k (default 5,10,20; --k is always included)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_non_negative,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of users for confidence intervals (default 1000; 0: none)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the bootstrap, and of the model unless --random-state is given (default 0)",
+    )
+    p.add_argument("--html", default=None, metavar="PATH", help="also write an HTML report")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     return parser

@@ -7,14 +7,17 @@ folding in their *training* row, exactly as the server does live, every item
 they interacted with in training is excluded, and the top k is compared with
 the items of their test events. Users unknown to training get the popularity
 fallback, as in serving. Popularity is always reported alongside.
+
+Every metric is also reported at several k, per user, and with percentile-bootstrap
+confidence intervals over users (``EvaluationResult.at``, see training/metrics.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +25,7 @@ import numpy as np
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
 from training.data import Interactions, build_interactions
-from training.metrics import mean_metrics
+from training.metrics import DEFAULT_KS, MetricsAtK, metrics_at
 from training.models import (
     Recommender,
     break_ties_by_popularity,
@@ -65,15 +68,30 @@ class EvaluationResult:
     k: int
     metrics: dict[str, float]
     fit_seconds: float
+    #: every metric at every k, per-user values and confidence intervals (see metrics_at)
+    at: MetricsAtK | None = None
+    #: the run: protocol, split sizes, seed, ... (the same for every result of one run)
+    run: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "algorithm": self.algorithm,
             "params": self.params,
             "k": self.k,
             "fit_seconds": round(self.fit_seconds, 3),
             **{name: round(value, 6) for name, value in self.metrics.items()},
         }
+        if self.at is not None:
+            out["at"] = {
+                str(k): {name: round(v, 6) for name, v in means.items()}
+                for k, means in self.at.means.items()
+            }
+            if self.at.ci:
+                out["ci"] = {
+                    str(k): {name: [round(lo, 6), round(hi, 6)] for name, (lo, hi) in ci.items()}
+                    for k, ci in self.at.ci.items()
+                }
+        return out
 
 
 def relevant_items(
@@ -154,10 +172,19 @@ def evaluate(
     test_fraction: float = 0.2,
     baseline: bool = True,
     progress: Callable[[str], None] | None = None,
+    ks: Iterable[int] = DEFAULT_KS,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
 ) -> list[EvaluationResult]:
-    """Evaluates ``algorithm`` (and popularity, when ``baseline``) on a per-user temporal split."""
+    """Evaluates ``algorithm`` (and popularity, when ``baseline``) on a per-user temporal split.
+
+    ``metrics`` of each result are at ``k``; ``at`` has every metric at every k of
+    ``ks`` (``k`` included) with ``bootstrap``-resample confidence intervals over
+    users (seeded by ``seed``; 0 resamples: none)."""
     if k < 1:
         raise InvalidArgument(f"k: must be >= 1, got {k}")
+    all_ks = _check_ks(ks, k, bootstrap, confidence)
     if not 0 < test_fraction < 1:
         raise InvalidArgument(f"test_fraction: must be between 0 and 1, got {test_fraction}")
     weights = weights or EventWeights()
@@ -178,7 +205,55 @@ def evaluate(
         model.fit(train.matrix)
         fit_seconds = time.perf_counter() - started
         say(f"{name}: trained in {fit_seconds:.2f}s, ranking {len(rows)} users")
-        ranked = rank_users(model, train, rows, k, popularity)
-        metrics = mean_metrics(ranked, relevant, k, len(train.items))
-        results.append(EvaluationResult(name, model.params, k, metrics, fit_seconds))
+        ranked = rank_users(model, train, rows, all_ks[-1], popularity)
+        at = metrics_at(
+            ranked,
+            relevant,
+            all_ks,
+            n_items=len(train.items),
+            popularity=popularity,
+            bootstrap=bootstrap,
+            seed=seed,
+            confidence=confidence,
+        )
+        metrics = {**at.means[k], "users": float(at.users)}
+        run = _run_info(train_events, test_events, train, rows, at, test_fraction)
+        results.append(EvaluationResult(name, model.params, k, metrics, fit_seconds, at, run))
     return results
+
+
+def _check_ks(ks: Iterable[int], k: int, bootstrap: int, confidence: float) -> tuple[int, ...]:
+    """``ks`` and ``k``, sorted, after checking them and the bootstrap settings."""
+    all_ks = tuple(sorted({*ks, k}))
+    if all_ks[0] < 1:
+        raise InvalidArgument(f"ks: must be >= 1, got {all_ks[0]}")
+    if bootstrap < 0:
+        raise InvalidArgument(f"bootstrap: must be >= 0, got {bootstrap}")
+    if not 0 < confidence < 1:
+        raise InvalidArgument(f"confidence: must be between 0 and 1, got {confidence}")
+    return all_ks
+
+
+def _run_info(
+    train_events: EventColumns,
+    test_events: EventColumns,
+    train: Interactions,
+    rows: np.ndarray,
+    at: MetricsAtK,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """The run's protocol and sizes, as the report shows them."""
+    return {
+        "protocol": "per-user temporal fraction",
+        "test_fraction": test_fraction,
+        "ks": list(at.ks),
+        "bootstrap": at.n_resamples,
+        "confidence": at.confidence,
+        "seed": at.seed,
+        "train_events": len(train_events),
+        "test_events": len(test_events),
+        "train_users": len(train.users),
+        "items": len(train.items),
+        "test_users": len(rows),
+        "evaluated_users": at.users,
+    }

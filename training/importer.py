@@ -11,6 +11,10 @@ Header required: ``user_id,item_id,event_type,timestamp``; optional
   their last event) and get their dwell times derived like live ones.
 * Rows without ``event_id`` get a deterministic one (a hash of the row's
   content), so importing the same file twice stores nothing twice.
+
+Other formats (MovieLens, DIGINETICA, YooChoose, a mapped CSV: ``training.formats``)
+only supply a row reader yielding ``(line, EventRecord)``; ``import_rows`` does the
+rest (session ownership checks, sessionizing, batched idempotent storing) for all.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -61,6 +65,8 @@ class ImportReport:
     imported: int = 0
     duplicates: int = 0
     sessions: int = 0
+    #: Rows read but deliberately not imported (e.g. below ``--min-rating``).
+    skipped: int = 0
     seconds: float = 0.0
     bad: list[BadRow] = field(default_factory=list)
 
@@ -71,6 +77,7 @@ class ImportReport:
             "duplicates": self.duplicates,
             "bad_rows": len(self.bad),
             "sessions": self.sessions,
+            "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
             "bad": [{"line": b.line, "reason": b.reason} for b in self.bad[:max_bad]],
         }
@@ -103,7 +110,7 @@ def parse_timestamp_ms(text: str) -> int:
     return ts_ms
 
 
-def _text(row: dict[str, str], name: str) -> str:
+def _text(row: Mapping[str, str], name: str) -> str:
     value = (row.get(name) or "").strip()
     if _CONTROL.search(value):
         raise ValueError(f"{name}: contains control characters")
@@ -112,7 +119,7 @@ def _text(row: dict[str, str], name: str) -> str:
     return value
 
 
-def _number(row: dict[str, str], name: str) -> float | None:
+def _number(row: Mapping[str, str], name: str) -> float | None:
     text = (row.get(name) or "").strip()
     if not text:
         return None
@@ -133,7 +140,23 @@ def _event_type(text: str) -> EventType:
         raise ValueError(f"event_type: unknown {text!r}") from None
 
 
-def _row_event(row: dict[str, str]) -> EventRecord:
+def event_id(parts: Sequence[str]) -> str:
+    """The deterministic id of an imported event without one: a hash of ``parts``."""
+    return "imp-" + hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def row_event(
+    row: Mapping[str, str],
+    *,
+    ts_ms: int | None = None,
+    id_parts: Sequence[str] | None = None,
+    properties: dict[str, str] | None = None,
+) -> EventRecord:
+    """One canonical row (column name -> text) as an event; ``ValueError`` names
+    the bad field. ``ts_ms`` replaces the ``timestamp`` column when the reader
+    computed the time itself; ``id_parts`` (hashed into the id of a row without
+    ``event_id``) replace the canonical identity of user, item, type, time,
+    session and screen."""
     user = _text(row, "user_id")
     if not user:
         raise ValueError("user_id: empty")
@@ -141,7 +164,8 @@ def _row_event(row: dict[str, str]) -> EventRecord:
     item = _text(row, "item_id") or None
     if etype in ITEM_REQUIRED and not item:
         raise ValueError(f"item_id: required for {etype.name}")
-    ts_ms = parse_timestamp_ms(row.get("timestamp") or "")
+    if ts_ms is None:
+        ts_ms = parse_timestamp_ms(row.get("timestamp") or "")
     dwell_value = _number(row, "dwell_ms")
     dwell = None
     if dwell_value is not None:
@@ -151,12 +175,13 @@ def _row_event(row: dict[str, str]) -> EventRecord:
     value = _number(row, "value")
     session = _text(row, "session_id")
     screen = _text(row, "screen") or None
-    event_id = _text(row, "event_id")
-    if not event_id:
-        key = "\x1f".join([user, item or "", str(int(etype)), str(ts_ms), session, screen or ""])
-        event_id = "imp-" + hashlib.sha1(key.encode()).hexdigest()[:24]
+    eid = _text(row, "event_id")
+    if not eid:
+        if id_parts is None:
+            id_parts = [user, item or "", str(int(etype)), str(ts_ms), session, screen or ""]
+        eid = event_id(id_parts)
     return EventRecord(
-        event_id=event_id,
+        event_id=eid,
         session_id=session,
         user_id=user,
         type=int(etype),
@@ -165,6 +190,7 @@ def _row_event(row: dict[str, str]) -> EventRecord:
         screen=screen,
         dwell_ms=dwell,
         value=value,
+        properties=properties or {},
     )
 
 
@@ -183,7 +209,7 @@ def read_events(fh: TextIO, report: ImportReport) -> Iterator[tuple[int, EventRe
             report.bad.append(BadRow(line, "row: more fields than the header"))
             continue
         try:
-            yield line, _row_event(row)
+            yield line, row_event(row)
         except ValueError as exc:
             report.bad.append(BadRow(line, str(exc)))
 
@@ -217,19 +243,24 @@ def sessionize(events: list[EventRecord], timeout_ms: int) -> list[SessionRecord
     return list(sessions.values())
 
 
-def import_csv(
+#: A format's row reader: valid rows as (line number, event); it counts every data
+#: row in ``report.rows`` and appends bad ones to ``report.bad``.
+RowReader = Callable[[TextIO, ImportReport], Iterable[tuple[int, EventRecord]]]
+
+
+def import_rows(
     store: Store,
-    path: str | Path,
+    rows: Iterable[tuple[int, EventRecord]],
+    report: ImportReport,
     *,
     session_timeout_s: float = 1800.0,
     show_progress: bool = False,
-    on_bad_row: Callable[[BadRow], None] | None = None,
 ) -> ImportReport:
-    report = ImportReport()
-    started = time.perf_counter()
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = tqdm(read_events(fh, report), desc="read", unit=" rows", disable=not show_progress)
-        parsed = list(rows)
+    """Stores the rows a reader yields: a session id belongs to one user (in the
+    rows and in the store; other users' rows are bad rows), rows without one are
+    sessionized by the inactivity timeout, and events go to the store in batches
+    (idempotent on event id). Fills in ``report`` and returns it."""
+    parsed = list(tqdm(rows, desc="read", unit=" rows", disable=not show_progress))
     # A session id must belong to one user, in the file and in the store.
     given = {e.session_id for _, e in parsed if e.session_id}
     owners = {sid: s.user_id for sid, s in store.get_sessions(given).items()} if given else {}
@@ -258,8 +289,51 @@ def import_csv(
         report.duplicates += result.duplicates
         bar.update(len(chunk))
     bar.close()
+    return report
+
+
+def import_file(
+    store: Store,
+    path: str | Path,
+    reader: RowReader,
+    *,
+    session_timeout_s: float = 1800.0,
+    show_progress: bool = False,
+    on_bad_row: Callable[[BadRow], None] | None = None,
+    encoding: str = "utf-8",
+) -> ImportReport:
+    """Imports ``path`` read by ``reader`` (see ``import_rows``)."""
+    report = ImportReport()
+    started = time.perf_counter()
+    with open(path, newline="", encoding=encoding) as fh:
+        import_rows(
+            store,
+            reader(fh, report),
+            report,
+            session_timeout_s=session_timeout_s,
+            show_progress=show_progress,
+        )
     if on_bad_row:
         for bad in report.bad:
             on_bad_row(bad)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def import_csv(
+    store: Store,
+    path: str | Path,
+    *,
+    session_timeout_s: float = 1800.0,
+    show_progress: bool = False,
+    on_bad_row: Callable[[BadRow], None] | None = None,
+) -> ImportReport:
+    """Imports a canonical CSV (see the module docstring)."""
+    return import_file(
+        store,
+        path,
+        read_events,
+        session_timeout_s=session_timeout_s,
+        show_progress=show_progress,
+        on_bad_row=on_bad_row,
+    )

@@ -77,12 +77,16 @@ def compare(
     old = metrics_of(read_meta(models_dir, current)) if current else {}
     names = sorted(set(new) | set(old), key=lambda n: (n != KEY_METRIC, n))
     rows = [(n, old.get(n), new.get(n)) for n in names if n != "users"]
+    same_protocol = current is None or (
+        read_meta(models_dir, candidate).get("metrics_protocol")
+        == read_meta(models_dir, current).get("metrics_protocol")
+    )
     if current is None:
         better: bool | None = True
-    elif KEY_METRIC in new and KEY_METRIC in old:
+    elif KEY_METRIC in new and KEY_METRIC in old and same_protocol:
         better = new[KEY_METRIC] >= old[KEY_METRIC]
     else:
-        better = None
+        better = None  # no metrics on one side, or measured differently
     return Comparison(candidate, current, rows, better)
 
 

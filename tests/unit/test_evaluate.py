@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from sessionrec.events import EventType
-from sessionrec.store import EventColumns
+from sessionrec.cli import main
+from sessionrec.errors import InvalidArgument
+from sessionrec.events import EventRecord, EventType, SessionRecord
+from sessionrec.store import EventColumns, Store
 from training.evaluate import evaluate, split_temporal_fraction
+from training.metrics import POPULARITY, RANKING_METRICS
 
 pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
 
@@ -109,3 +115,122 @@ def test_evaluate_ranks_a_personalized_model_above_popularity() -> None:
     assert knn["hit_rate"] == pytest.approx(1.0)
     assert pop["hit_rate"] < knn["hit_rate"]
     assert by_name["itemknn"].to_dict()["k"] == 3
+
+
+def two_groups() -> list[tuple[str, str, int]]:
+    """The rows of the test above: group A (6 users) and B (4 users), items rotated
+    per user so that each user's held-out item is one the others saw in training."""
+    rows = []
+    t = 0
+    for prefix, n_users, item in (("a", 6, "A"), ("b", 4, "B")):
+        for u in range(n_users):
+            for i in range(5):
+                rows.append((f"{prefix}{u}", f"{item}{(u + i) % 5}", t))
+                t += 1
+    return rows
+
+
+def test_evaluate_reports_every_metric_at_every_k_with_intervals() -> None:
+    events = columns(two_groups())
+    params = {"K": 10, "num_threads": 1}
+    results = evaluate(events, "itemknn", params, k=3, ks=(1, 5), bootstrap=200, seed=1)
+    for result in results:
+        at = result.at
+        assert at is not None
+        assert at.ks == (1, 3, 5)  # the main k is always included
+        assert at.users == 10 and at.n_resamples == 200 and at.seed == 1
+        # the main-k metrics are the k=3 column, old keys and new
+        assert result.metrics == {**at.means[3], "users": 10.0}
+        for k in at.ks:
+            assert set(at.means[k]) == {*RANKING_METRICS, POPULARITY, "coverage"}
+            assert all(len(v) == 10 for v in at.per_user[k].values())
+            for name, (lo, hi) in at.ci[k].items():
+                assert lo <= at.means[k][name] <= hi
+        assert result.run["protocol"] == "per-user temporal fraction"
+        assert result.run["test_users"] == result.run["evaluated_users"] == 10
+        assert result.run["train_events"] + result.run["test_events"] == len(events)
+        out = json.loads(json.dumps(result.to_dict()))
+        assert out["k"] == 3 and out["ndcg"] == pytest.approx(at.means[3]["ndcg"], abs=1e-6)
+        assert set(out["at"]) == set(out["ci"]) == {"1", "3", "5"}
+        assert out["ci"]["3"]["ndcg"][0] <= out["at"]["3"]["ndcg"] <= out["ci"]["3"]["ndcg"][1]
+    knn, pop = (r.at for r in results)
+    assert knn is not None and pop is not None
+    assert knn.means[1]["hit_rate"] == pytest.approx(1.0)
+    # popularity recommends the most popular items: its bias is the higher
+    assert pop.means[3][POPULARITY] > knn.means[3][POPULARITY]
+    again = evaluate(events, "itemknn", params, k=3, ks=(1, 5), bootstrap=200, seed=1)
+    assert [r.at.ci for r in again if r.at] == [r.at.ci for r in results if r.at]
+
+
+def test_evaluate_without_bootstrap_has_no_intervals() -> None:
+    (result,) = evaluate(columns(two_groups()), "popular", k=2, ks=(2,), bootstrap=0)
+    assert result.at is not None and result.at.ci == {}
+    assert "ci" not in result.to_dict() and set(result.to_dict()["at"]) == {"2"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"ks": (0, 5)}, "ks"), ({"bootstrap": -1}, "bootstrap"), ({"confidence": 1.0}, "confidence")],
+)
+def test_evaluate_checks_the_new_arguments(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidArgument, match=field):
+        evaluate(columns(two_groups()), "popular", **kwargs)
+
+
+def fill(store: Store) -> None:
+    events, sessions = [], []
+    for user, item, t in two_groups():
+        if not any(s.session_id == "s-" + user for s in sessions):
+            sessions.append(SessionRecord("s-" + user, user, t, t))
+        ts = 1_000_000 + 1000 * t
+        view = int(EventType.ITEM_VIEW)
+        events.append(EventRecord(f"{user}-{item}", "s-" + user, user, view, ts, item))
+    store.append_events(events, sessions)
+
+
+def test_cli_evaluate_reports_several_k_intervals_and_html(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(store)
+    report = tmp_path / "report.html"
+    argv = ["evaluate", "--db", store.url, "--algorithm", "itemknn", "--K", "10"]
+    argv += ["--num-threads", "1", "--k", "3", "--ks", "1,5", "--bootstrap", "100"]
+    argv += ["--seed", "4", "--html", str(report), "--quiet"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["k"] == 3 and out["ks"] == [1, 3, 5]
+    assert (out["bootstrap"], out["seed"], out["html"]) == (100, 4, str(report))
+    assert out["split"]["evaluated_users"] == 10
+    by_name = {r["algorithm"]: r for r in out["results"]}
+    assert set(by_name) == {"itemknn", "popular"}
+    knn = by_name["itemknn"]
+    assert knn["ndcg"] == knn["at"]["3"]["ndcg"] and "map" in knn["at"]["5"]
+    assert knn["ci"]["1"]["hit_rate"] == [1.0, 1.0]
+    assert out["ndcg_ratio_vs_popular"] == pytest.approx(
+        knn["ndcg"] / by_name["popular"]["ndcg"], abs=1e-3
+    )
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "itemknn" in page
+
+
+def test_cli_evaluate_rejects_bad_ks(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--db", store.url, "--ks", "5,zero"])
+    assert exc.value.code == 2
+    assert "--ks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "model_seed"), [([], 4), (["--random-state", "9"], 9)])
+def test_cli_evaluate_seed_also_seeds_the_model_unless_random_state_does(
+    store: Store, capsys: pytest.CaptureFixture[str], extra: list[str], model_seed: int
+) -> None:
+    fill(store)
+    argv = ["evaluate", "--db", store.url, "--algorithm", "als", "--factors", "2"]
+    argv += ["--iterations", "1", "--num-threads", "1", "--k", "3", "--ks", "3"]
+    argv += ["--bootstrap", "0", "--seed", "4", "--quiet", *extra]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seed"] == 4 and out["bootstrap"] == 0
+    by_name = {r["algorithm"]: r for r in out["results"]}
+    assert by_name["als"]["params"]["random_state"] == model_seed
+    assert "ci" not in by_name["als"]
