@@ -1,4 +1,4 @@
-"""``sessionrec`` command line: serve, import, train, evaluate.
+"""``sessionrec`` command line: serve, import, train, evaluate, tune, models.
 
 A thin layer over ``service.server`` and the ``training`` package; progress
 goes to stderr, results (JSON) to stdout.
@@ -11,10 +11,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sessionrec.config import DEFAULT_DB_URL, Config
 from sessionrec.errors import SessionrecError
+
+if TYPE_CHECKING:
+    from training.weighting import EventWeights
 
 #: Hyper-parameter flags shared by train and evaluate (None = the model's default).
 PARAM_FLAGS: dict[str, type] = {
@@ -47,7 +50,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     for name, kind in PARAM_FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
     p.add_argument(
-        "--seed", dest="random_state", type=int, default=None, help="alias of --random-state"
+        "--seed",
+        type=int,
+        default=None,
+        help="the run's seed: the model's random state (unless --random-state is given) and "
+        "any sampling of the run",
     )
     p.add_argument(
         "--param",
@@ -56,6 +63,73 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any other model parameter (JSON value), repeatable",
     )
+    _add_weight_args(p)
+
+
+def _add_weight_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dwell-bonus",
+        type=float,
+        default=None,
+        help="extra weight of a view with a long dwell (default 1.0)",
+    )
+    p.add_argument(
+        "--recency-half-life",
+        type=float,
+        default=None,
+        help="favour each user's recent events; half-life in events (0: off)",
+    )
+    p.add_argument(
+        "--recency-boost",
+        type=float,
+        default=None,
+        help="how much more the newest event weighs (default 1.0)",
+    )
+    p.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="TYPE=W",
+        help="weight of an event type, e.g. PURCHASE=8 (repeatable)",
+    )
+
+
+def _weights(args: argparse.Namespace) -> EventWeights:
+    from training.weighting import DEFAULT_TYPE_WEIGHTS, EventWeights
+
+    type_weights = dict(DEFAULT_TYPE_WEIGHTS)
+    for item in args.weight:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise SessionrecError(f"--weight: expected TYPE=W, got {item!r}")
+        try:
+            type_weights[name.strip().upper()] = float(raw)
+        except ValueError:
+            raise SessionrecError(f"--weight: {raw!r} is not a number") from None
+    extra = {
+        name: getattr(args, name)
+        for name in ("dwell_bonus", "recency_half_life", "recency_boost")
+        if getattr(args, name) is not None
+    }
+    try:
+        return EventWeights(type_weights=type_weights, **extra)
+    except ValueError as exc:
+        raise SessionrecError(f"weights: {exc}") from None
+
+
+def _duration_s(text: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``2d`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m or 1h, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,6 +137,8 @@ def _model_params(args: argparse.Namespace) -> dict[str, Any]:
 
     accepted = ALGORITHMS[args.algorithm].defaults
     params = {k: getattr(args, k) for k in PARAM_FLAGS if getattr(args, k) is not None}
+    if args.seed is not None and "random_state" in accepted:
+        params.setdefault("random_state", args.seed)
     for item in args.param:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -159,38 +235,134 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sessionrec.store import open_store
-    from training.pipeline import train
+    from training.pipeline import retrain_periodically, train
 
     config = _config(args, models_dir=args.models)
     params = _model_params(args)
+    weights = _weights(args)
+    if args.every is not None:
+        outcomes = retrain_periodically(
+            config.db_url,
+            config.models_dir,
+            args.algorithm,
+            params,
+            every_s=args.every,
+            weights=weights,
+            evaluate_k=args.evaluate or 10,
+            max_runs=args.max_runs,
+            progress=None if args.quiet else _stderr,
+        )
+        print(json.dumps([{"version": v, "promoted": p} for v, p in outcomes], indent=2))
+        return 0
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
         artifact = train(
             store,
             config.models_dir,
             args.algorithm,
             params,
+            weights=weights,
             make_current=not args.no_promote,
+            evaluate_k=args.evaluate,
             show_progress=not args.quiet,
             progress=None if args.quiet else _stderr,
         )
     meta = artifact.meta
-    print(
-        json.dumps(
-            {
-                "version": artifact.version,
-                "algorithm": artifact.algorithm,
-                "params": artifact.params,
-                "users": meta["users"],
-                "items": meta["items"],
-                "interactions": meta["interactions"],
-                "load_seconds": meta["load_seconds"],
-                "fit_seconds": meta["fit_seconds"],
-                "current": not args.no_promote,
-                "models_dir": config.models_dir,
-            },
-            indent=2,
-        )
+    out = {
+        "version": artifact.version,
+        "algorithm": artifact.algorithm,
+        "params": artifact.params,
+        "users": meta["users"],
+        "items": meta["items"],
+        "interactions": meta["interactions"],
+        "load_seconds": meta["load_seconds"],
+        "fit_seconds": meta["fit_seconds"],
+        "current": not args.no_promote,
+        "models_dir": config.models_dir,
+    }
+    if "metrics" in meta:
+        out["metrics"] = meta["metrics"]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from sessionrec.errors import FailedPrecondition
+    from sessionrec.store import open_store
+    from training.artifact import save_artifact
+    from training.registry import compare, promote
+    from training.tune import tune
+
+    config = _config(args, models_dir=args.models)
+    if args.budget_minutes is not None and args.budget_minutes <= 0:
+        raise SessionrecError("--budget-minutes: must be > 0")
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        events = store.item_events()
+    if not len(events):
+        raise SessionrecError("store: no item events to tune on (import some first)")
+    result = tune(
+        events,
+        budget_s=None if args.budget_minutes is None else args.budget_minutes * 60,
+        trials=args.trials,
+        k=args.k,
+        split_method=args.split,
+        test_fraction=args.test_fraction,
+        algorithms=tuple(a.strip() for a in args.algorithms.split(",") if a.strip()),
+        seed=args.seed,
+        progress=None if args.quiet else _stderr,
     )
+    out = result.to_dict()
+    if result.model is not None and result.interactions is not None and not args.no_save:
+        artifact = save_artifact(
+            config.models_dir,
+            result.model,
+            result.interactions,
+            result.best.weights,
+            make_current=False,
+            extra_meta={
+                "metrics": {k: round(v, 6) for k, v in result.test.items()},
+                "metrics_protocol": {
+                    "split": args.split,
+                    "test_fraction": args.test_fraction,
+                    "k": args.k,
+                },
+                "tuning": {
+                    "trials": result.trials,
+                    "validation_ndcg": result.validation_ndcg,
+                    "search_seconds": round(result.search_seconds, 1),
+                    "seed": args.seed,
+                },
+            },
+        )
+        out["version"] = artifact.version
+        out["models_dir"] = config.models_dir
+        if not args.no_promote:
+            try:
+                promote(config.models_dir, artifact.version, force=args.force)
+                out["promoted"] = True
+            except FailedPrecondition:
+                out["promoted"] = False
+                out["comparison"] = compare(config.models_dir, artifact.version).table()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from training import registry
+    from training.artifact import read_meta
+
+    models_dir = Config.load({"models_dir": args.models}).models_dir
+    if args.action == "list":
+        print(json.dumps(registry.list_models(models_dir), indent=2))
+    elif args.action == "show":
+        print(json.dumps(read_meta(models_dir, args.version), indent=2))
+    elif args.action == "promote":
+        comparison = registry.promote(models_dir, args.version, force=args.force)
+        print(comparison.table())
+        print(f"current: {args.version}")
+    elif args.action == "rollback":
+        print(f"current: {registry.rollback(models_dir)}")
+    else:
+        print(json.dumps(registry.diff(models_dir, args.a, args.b), indent=2))
     return 0
 
 
@@ -215,18 +387,9 @@ def _non_negative(text: str) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sessionrec.store import open_store
     from training.evaluate import evaluate
-    from training.models import ALGORITHMS
 
     config = _config(args)
     seed = 0 if args.seed is None else args.seed
-    # One --seed for the whole run: the bootstrap and, unless --random-state says
-    # otherwise, the model (when it takes a seed).
-    if (
-        args.seed is not None
-        and args.random_state is None
-        and "random_state" in ALGORITHMS[args.algorithm].defaults
-    ):
-        args.random_state = args.seed
     params = _model_params(args)
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
         events = store.item_events()
@@ -236,6 +399,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         events,
         args.algorithm,
         params,
+        weights=_weights(args),
         k=args.k,
         test_fraction=args.test_fraction,
         progress=None if args.quiet else _stderr,
@@ -352,14 +516,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-promote", action="store_true", help="write the version without making it current"
     )
+    p.add_argument(
+        "--evaluate",
+        type=int,
+        default=None,
+        metavar="K",
+        help="first measure the configuration on the temporal 80/20 split; metrics at K go "
+        "into the version (what `models promote` compares)",
+    )
+    p.add_argument(
+        "--every",
+        type=_duration_s,
+        default=None,
+        metavar="DURATION",
+        help="retrain every 30m, 1h, ... and promote only a model that is not worse",
+    )
+    p.add_argument("--max-runs", type=int, default=None, help="with --every: stop after N runs")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "evaluate",
-        help="offline evaluation on a per-user temporal split",
-        conflict_handler="resolve",  # --seed: the run's seed here, not only the model's
-    )
+    p = sub.add_parser("evaluate", help="offline evaluation on a per-user temporal split")
     _add_db(p)
     _add_model_args(p)
     p.add_argument("--k", type=int, default=10, help="the main list length (default 10)")
@@ -378,15 +554,49 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="bootstrap resamples of users for confidence intervals (default 1000; 0: none)",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the bootstrap, and of the model unless --random-state is given (default 0)",
-    )
     p.add_argument("--html", default=None, metavar="PATH", help="also write an HTML report")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    from training.splits import SPLITS
+    from training.tune import DEFAULT_ALGORITHMS
+
+    p = sub.add_parser(
+        "tune",
+        help="search algorithm, parameters and weighting on a validation split; "
+        "report test metrics once; save (and promote) the winner",
+    )
+    _add_db(p)
+    p.add_argument("--models", default=None, help="models directory (default models)")
+    p.add_argument("--budget-minutes", type=float, default=10.0, help="search time (default 10)")
+    p.add_argument(
+        "--trials", type=int, default=None, help="stop after N trials (reproducible runs)"
+    )
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--split", choices=sorted(SPLITS), default="temporal-fraction")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-save", action="store_true", help="report only, write no model")
+    p.add_argument("--no-promote", action="store_true", help="save without making it current")
+    p.add_argument("--force", action="store_true", help="promote even if it is worse")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("models", help="the model registry: list, show, promote, rollback, diff")
+    p.add_argument("--models", default=None, help="models directory (default models)")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every version with its metrics")
+    q = actions.add_parser("show", help="one version's metadata")
+    q.add_argument("version")
+    q = actions.add_parser("promote", help="make a version current (refused if worse)")
+    q.add_argument("version")
+    q.add_argument("--force", action="store_true")
+    actions.add_parser("rollback", help="back to the previously promoted version")
+    q = actions.add_parser("diff", help="what differs between two versions")
+    q.add_argument("a")
+    q.add_argument("b")
+    p.set_defaults(func=cmd_models)
     return parser
 
 
