@@ -296,7 +296,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         raise SessionrecError("--budget-minutes: must be > 0")
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
-        events = store.item_events()
+        events = store.item_events(with_sessions=args.split == "last-session")
     if not len(events):
         raise SessionrecError("store: no item events to tune on (import some first)")
     result = tune(

@@ -27,7 +27,22 @@ class Vocabulary:
     @classmethod
     def from_values(cls, values: np.ndarray) -> Vocabulary:
         """Distinct values, in sorted order (deterministic)."""
-        return cls(np.unique(np.asarray(values, dtype=str)).tolist())
+        return cls.factorize(values)[0]
+
+    @classmethod
+    def factorize(cls, values: Sequence[str] | np.ndarray) -> tuple[Vocabulary, np.ndarray]:
+        """The sorted vocabulary of ``values`` and every value's row number, in one
+        hash pass (far faster than sorting a million strings)."""
+        index: dict[str, int] = {}
+        first_seen = np.fromiter(
+            (index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values)
+        )
+        ids = list(index)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids))
+        vocabulary = cls([ids[i] for i in order])
+        return vocabulary, rank[first_seen] if len(ids) else first_seen
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,12 +86,16 @@ def build_interactions(
 ) -> Interactions:
     """Sums event weights per (user, item). Events with weight 0, or whose user
     or item is outside the given vocabularies, are left out."""
-    users = Vocabulary.from_values(events.user_id) if users is None else users
-    items = Vocabulary.from_values(events.item_id) if items is None else items
-    rows = users.numbers(events.user_id)
+    if users is None:
+        users, rows = Vocabulary.factorize(events.user_id)
+    else:
+        rows = users.numbers(events.user_id)
+    if items is None:
+        items, cols = Vocabulary.factorize(events.item_id)
+    else:
+        cols = items.numbers(events.item_id)
     later = events_after(rows) if weights.recency_half_life > 0 else None
     w = weights.weigh(events.type, events.dwell_ms, later)
-    cols = items.numbers(events.item_id)
     keep = (w > 0) & (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix(
         (w[keep], (rows[keep], cols[keep])), shape=(len(users), len(items)), dtype=np.float32

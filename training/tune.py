@@ -95,7 +95,7 @@ def suggest(trial: Any, algorithms: Sequence[str]) -> Configuration:
         }
     elif algorithm == "ease":
         params = {
-            "regularization": trial.suggest_float("ease_regularization", 10.0, 3000.0, log=True),
+            "regularization": trial.suggest_float("ease_regularization", 10.0, 20000.0, log=True),
             "binarize": trial.suggest_categorical("ease_binarize", [False, True]),
         }
     elif algorithm == "itemknn":

@@ -113,8 +113,9 @@ class Store(abc.ABC):
         """Every item the user has an event for."""
 
     @abc.abstractmethod
-    def item_events(self) -> EventColumns:
-        """Every event that names an item, ordered by time (for training)."""
+    def item_events(self, *, with_sessions: bool = False) -> EventColumns:
+        """Every event that names an item, ordered by time (for training);
+        ``with_sessions`` adds their session ids (for the last-session split)."""
 
     @abc.abstractmethod
     def item_popularity(self, since_ms: int, limit: int) -> list[tuple[str, float]]:

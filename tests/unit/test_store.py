@@ -422,3 +422,20 @@ def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> No
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     check.close()
+
+
+def test_item_events_carry_sessions_only_when_asked(store: Store) -> None:
+    store.start_session(SessionRecord("s", "u1", started_at_ms=0, last_event_at_ms=0))
+    store.append_events(
+        [
+            EventRecord("late", "s", "u1", 2, 300, item_id="b", dwell_ms=7),
+            EventRecord("early", "s", "u1", 3, 100, item_id="a"),
+            EventRecord("screen", "s", "u1", 1, 200, screen="home"),
+        ]
+    )
+    plain = store.item_events()
+    assert plain.session_id is None
+    assert plain.item_id.tolist() == ["a", "b"]  # by time, screens left out
+    assert plain.type.tolist() == [3, 2] and plain.dwell_ms.tolist() == [-1, 7]
+    full = store.item_events(with_sessions=True)
+    assert full.session_id is not None and full.session_id.tolist() == ["s", "s"]
