@@ -392,7 +392,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = 0 if args.seed is None else args.seed
     params = _model_params(args)
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
-        events = store.item_events()
+        events = store.item_events(with_sessions=args.split == "last-session")
     if not len(events):
         raise SessionrecError("store: no item events to evaluate on (import some first)")
     results = evaluate(
@@ -402,6 +402,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         weights=_weights(args),
         k=args.k,
         test_fraction=args.test_fraction,
+        split_method=args.split,
         progress=None if args.quiet else _stderr,
         ks=args.ks,
         bootstrap=args.bootstrap,
@@ -409,7 +410,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     run = results[0].run
     out: dict[str, Any] = {
-        "protocol": "per-user temporal fraction",
+        "protocol": args.split,
         "test_fraction": args.test_fraction,
         "k": args.k,
         "ks": run["ks"],
@@ -535,9 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="offline evaluation on a per-user temporal split")
+    from training.splits import SPLITS
+
+    p = sub.add_parser("evaluate", help="offline evaluation on a split by time")
     _add_db(p)
     _add_model_args(p)
+    p.add_argument(
+        "--split",
+        choices=sorted(SPLITS),
+        default="temporal-fraction",
+        help="per-user last fraction (default), one global time cut, or each user's last session",
+    )
     p.add_argument("--k", type=int, default=10, help="the main list length (default 10)")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument(
@@ -558,7 +567,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    from training.splits import SPLITS
     from training.tune import DEFAULT_ALGORITHMS
 
     p = sub.add_parser(

@@ -12,7 +12,7 @@ class SessionrecError(Exception):
     """Base class of every error a client may be told about."""
 
 
-class InvalidArgument(SessionrecError):
+class InvalidArgument(SessionrecError, ValueError):
     """The request is malformed; the message names the field."""
 
 

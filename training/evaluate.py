@@ -33,32 +33,16 @@ from training.models import (
     item_popularity,
     top_k,
 )
+from training.splits import split, split_temporal_fraction
 from training.weighting import EventWeights
 
-
-def split_temporal_fraction(
-    events: EventColumns, test_fraction: float = 0.2
-) -> tuple[EventColumns, EventColumns]:
-    """Per user, the last ``test_fraction`` of events by time (at least one, for
-    users with two or more events) go to the test split."""
-    if not 0 < test_fraction < 1:
-        raise ValueError("test_fraction: must be between 0 and 1")
-    n = len(events)
-    # Events come ordered by time; a stable sort by user keeps that order per user.
-    order = np.argsort(events.user_id.astype(str), kind="stable")
-    users = events.user_id[order]
-    test = np.zeros(n, dtype=bool)
-    if n:
-        boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
-        starts = np.r_[0, boundaries]
-        ends = np.r_[boundaries, n]
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            count = end - start
-            if count < 2:
-                continue
-            n_test = min(count - 1, max(1, round(count * test_fraction)))
-            test[order[end - n_test : end]] = True
-    return events.take(~test), events.take(test)
+__all__ = [
+    "EvaluationResult",
+    "evaluate",
+    "rank_users",
+    "relevant_items",
+    "split_temporal_fraction",
+]
 
 
 @dataclass
@@ -170,6 +154,7 @@ def evaluate(
     weights: EventWeights | None = None,
     k: int = 10,
     test_fraction: float = 0.2,
+    split_method: str = "temporal-fraction",
     baseline: bool = True,
     progress: Callable[[str], None] | None = None,
     ks: Iterable[int] = DEFAULT_KS,
@@ -177,7 +162,8 @@ def evaluate(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> list[EvaluationResult]:
-    """Evaluates ``algorithm`` (and popularity, when ``baseline``) on a per-user temporal split.
+    """Evaluates ``algorithm`` (and popularity, when ``baseline``) on a time split
+    (``split_method``: see ``training.splits``; per-user temporal fraction by default).
 
     ``metrics`` of each result are at ``k``; ``at`` has every metric at every k of
     ``ks`` (``k`` included) with ``bootstrap``-resample confidence intervals over
@@ -185,11 +171,9 @@ def evaluate(
     if k < 1:
         raise InvalidArgument(f"k: must be >= 1, got {k}")
     all_ks = _check_ks(ks, k, bootstrap, confidence)
-    if not 0 < test_fraction < 1:
-        raise InvalidArgument(f"test_fraction: must be between 0 and 1, got {test_fraction}")
     weights = weights or EventWeights()
     say = progress or (lambda _msg: None)
-    train_events, test_events = split_temporal_fraction(events, test_fraction)
+    train_events, test_events = split(events, split_method, test_fraction)
     train = build_interactions(train_events, weights)
     rows, relevant = relevant_items(train, test_events, weights)
     popularity = item_popularity(train.matrix)
@@ -217,7 +201,7 @@ def evaluate(
             confidence=confidence,
         )
         metrics = {**at.means[k], "users": float(at.users)}
-        run = _run_info(train_events, test_events, train, rows, at, test_fraction)
+        run = _run_info(train_events, test_events, train, rows, at, test_fraction, split_method)
         results.append(EvaluationResult(name, model.params, k, metrics, fit_seconds, at, run))
     return results
 
@@ -241,10 +225,11 @@ def _run_info(
     rows: np.ndarray,
     at: MetricsAtK,
     test_fraction: float,
+    split_method: str,
 ) -> dict[str, Any]:
     """The run's protocol and sizes, as the report shows them."""
     return {
-        "protocol": "per-user temporal fraction",
+        "protocol": split_method,
         "test_fraction": test_fraction,
         "ks": list(at.ks),
         "bootstrap": at.n_resamples,

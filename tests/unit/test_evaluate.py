@@ -146,7 +146,7 @@ def test_evaluate_reports_every_metric_at_every_k_with_intervals() -> None:
             assert all(len(v) == 10 for v in at.per_user[k].values())
             for name, (lo, hi) in at.ci[k].items():
                 assert lo <= at.means[k][name] <= hi
-        assert result.run["protocol"] == "per-user temporal fraction"
+        assert result.run["protocol"] == "temporal-fraction"
         assert result.run["test_users"] == result.run["evaluated_users"] == 10
         assert result.run["train_events"] + result.run["test_events"] == len(events)
         out = json.loads(json.dumps(result.to_dict()))
@@ -234,3 +234,12 @@ def test_cli_evaluate_seed_also_seeds_the_model_unless_random_state_does(
     by_name = {r["algorithm"]: r for r in out["results"]}
     assert by_name["als"]["params"]["random_state"] == model_seed
     assert "ci" not in by_name["als"]
+
+
+def test_evaluate_on_each_split_method(group_events) -> None:  # type: ignore[no-untyped-def]
+    """Every split of training.splits can drive evaluation; last-session needs sessions."""
+    for method in ("temporal-fraction", "global-time"):
+        results = evaluate(group_events, "popular", split_method=method, bootstrap=0, ks=(5,))
+        assert results[0].run["protocol"] == method
+    with pytest.raises(ValueError, match="session"):
+        evaluate(group_events, "popular", split_method="last-session", bootstrap=0)
