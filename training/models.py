@@ -192,63 +192,48 @@ class ALSRecommender(Recommender):
         return model
 
 
-class BPRRecommender(Recommender):
-    """implicit's Bayesian Personalized Ranking; live users folded in by least squares."""
+class _BiasedFactorsRecommender(Recommender):
+    """Factor models implicit trains with item biases (BPR) and cannot fold
+    users in itself: live users get an implicit-ALS least-squares solve on the
+    item factors, with confidence 1 + fold_in_alpha * weight (a weight-1 view must
+    count for more than an unseen item, or the item bias decides alone)."""
 
-    algorithm = "bpr"
-    defaults = {
-        "factors": 64,
-        "learning_rate": 0.05,
-        "regularization": 0.01,
-        "iterations": 100,
-        # Live users are folded in by an implicit-ALS solve on the BPR factors with
-        # confidence 1 + fold_in_alpha * weight (a weight-1 view must count for
-        # more than an unseen item, or the item bias decides alone).
-        "fold_in_alpha": 10.0,
-        "fold_in_regularization": 0.1,
-        "random_state": 42,
-        "num_threads": 2,
-    }
+    #: Extra columns implicit appends to the factors, and where the item bias is.
+    extra_columns: ClassVar[int]
+    bias_column: ClassVar[int]
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.factors_ = np.zeros((0, 0), dtype=np.float32)  # item factors incl. bias column
+        self.factors_ = np.zeros((0, 0), dtype=np.float32)  # as implicit stores them
         self._yty = np.zeros((0, 0))
         self._unit = np.zeros((0, 0), dtype=np.float32)
 
-    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
-        from implicit.cpu.bpr import BayesianPersonalizedRanking
+    def _implicit(self) -> Any:
+        raise NotImplementedError
 
-        p = self.params
-        model = BayesianPersonalizedRanking(
-            factors=int(p["factors"]),
-            learning_rate=float(p["learning_rate"]),
-            regularization=float(p["regularization"]),
-            iterations=int(p["iterations"]),
-            random_state=int(p["random_state"]),
-            num_threads=int(p["num_threads"]),
-        )
+    def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
+        model = self._implicit()
         model.fit(matrix.tocsr(), show_progress=show_progress)
         self._set(np.asarray(model.item_factors, dtype=np.float32))
 
+    @property
+    def _latent(self) -> np.ndarray:
+        return self.factors_[:, : int(self.params["factors"])]
+
     def _set(self, item_factors: np.ndarray) -> None:
         self.factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
-        y = self.factors_[:, :-1].astype(np.float64)
+        y = self._latent.astype(np.float64)
         self._yty = y.T @ y
-        self._unit = _normalized(self.factors_[:, :-1])
+        self._unit = _normalized(self._latent)
         self.n_items = self.factors_.shape[0]
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
         rows = rows.tocsr().astype(np.float32)
         rows.data = 1.0 + float(self.params["fold_in_alpha"]) * rows.data
         x = _least_squares_fold_in(
-            self.factors_[:, :-1],
-            self._yty,
-            rows,
-            float(self.params["fold_in_regularization"]),
+            self._latent, self._yty, rows, float(self.params["fold_in_regularization"])
         )
-        # implicit's BPR keeps the item bias in the last factor column (user side = 1).
-        return np.asarray(x @ self.factors_[:, :-1].T + self.factors_[:, -1])
+        return np.asarray(x @ self._latent.T + self.factors_[:, self.bias_column])
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         return _cosine(self._unit, items, others)
@@ -257,11 +242,44 @@ class BPRRecommender(Recommender):
         return {"item_factors": self.factors_}
 
     @classmethod
-    def from_arrays(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> BPRRecommender:
+    def from_arrays(
+        cls, params: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> _BiasedFactorsRecommender:
         model = cls(**params)
-        # implicit's BPR adds the item-bias column to the factors.
-        model._set(_matrix(arrays, "item_factors", columns=int(model.params["factors"]) + 1))
+        columns = int(model.params["factors"]) + cls.extra_columns
+        model._set(_matrix(arrays, "item_factors", columns=columns))
         return model
+
+
+class BPRRecommender(_BiasedFactorsRecommender):
+    """implicit's Bayesian Personalized Ranking (item bias in the last column)."""
+
+    algorithm = "bpr"
+    extra_columns = 1
+    bias_column = -1
+    defaults = {
+        "factors": 64,
+        "learning_rate": 0.05,
+        "regularization": 0.01,
+        "iterations": 100,
+        "fold_in_alpha": 10.0,
+        "fold_in_regularization": 0.1,
+        "random_state": 42,
+        "num_threads": 2,
+    }
+
+    def _implicit(self) -> Any:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        p = self.params
+        return BayesianPersonalizedRanking(
+            factors=int(p["factors"]),
+            learning_rate=float(p["learning_rate"]),
+            regularization=float(p["regularization"]),
+            iterations=int(p["iterations"]),
+            random_state=int(p["random_state"]),
+            num_threads=int(p["num_threads"]),
+        )
 
 
 class ItemKNNRecommender(Recommender):
