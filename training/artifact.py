@@ -212,6 +212,10 @@ def save_artifact(
             **(extra_meta or {}),
         }
         _write_json(tmp / "meta.json", meta)
+        # mkdtemp makes the folder private; servers may run as another user.
+        os.chmod(tmp, 0o755)
+        for name in ("model.npz", "meta.json"):
+            os.chmod(tmp / name, 0o644)
         os.rename(tmp, versions / version)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,6 +240,7 @@ def set_current(models_dir: str | os.PathLike[str], version: str) -> None:
     if not (root / VERSIONS_DIR / version / "meta.json").is_file():
         raise NotFound(f"version: {version!r} not found in {root}")
     fd, tmp = tempfile.mkstemp(prefix=".CURRENT-", dir=root)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; servers may run as another user
     with os.fdopen(fd, "w") as fh:
         fh.write(version + "\n")
         fh.flush()

@@ -404,3 +404,16 @@ def test_non_finite_event_weights_in_meta_are_refused(
     edit_meta(models_dir, artifact.version, weights={"type_weights": {"ITEM_VIEW": float("nan")}})
     with pytest.raises(ArtifactError):
         load_artifact(models_dir, artifact.version)
+
+
+def test_versions_and_current_are_readable_by_other_users(
+    models_dir: Path, interactions: Interactions
+) -> None:
+    """A server may run as another user than the trainer."""
+    import stat
+
+    artifact = save(models_dir, interactions, "popular")
+    version_dir = folder(models_dir, artifact.version)
+    assert stat.S_IMODE(version_dir.stat().st_mode) & 0o005 == 0o005
+    for path in (version_dir / "model.npz", version_dir / "meta.json", models_dir / "CURRENT"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o004, path
