@@ -86,6 +86,12 @@ def _add_weight_args(p: argparse.ArgumentParser) -> None:
         help="how much more the newest event weighs (default 1.0)",
     )
     p.add_argument(
+        "--time-half-life-days",
+        type=float,
+        default=None,
+        help="decay every event by its age (days; 0: off; 7 for --algorithm trending)",
+    )
+    p.add_argument(
         "--weight",
         action="append",
         default=[],
@@ -108,9 +114,11 @@ def _weights(args: argparse.Namespace) -> EventWeights:
             raise SessionrecError(f"--weight: {raw!r} is not a number") from None
     extra = {
         name: getattr(args, name)
-        for name in ("dwell_bonus", "recency_half_life", "recency_boost")
+        for name in ("dwell_bonus", "recency_half_life", "recency_boost", "time_half_life_days")
         if getattr(args, name) is not None
     }
+    if getattr(args, "algorithm", None) == "trending":
+        extra.setdefault("time_half_life_days", 7.0)
     try:
         return EventWeights(type_weights=type_weights, **extra)
     except ValueError as exc:

@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -39,6 +40,8 @@ from training.weighting import EventWeights
 FORMAT = "sessionrec-model"
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
+#: Algorithms that rank the same for everyone (the "popular" strategy).
+NON_PERSONAL = frozenset({"popular", "trending"})
 VERSIONS_DIR = "versions"
 _VERBS = {
     EventType.ITEM_VIEW: "viewed",
@@ -107,15 +110,23 @@ class ModelArtifact:
         if self.weights.recency_half_life > 0:  # as in training: events after each one
             later = np.empty(len(history), dtype=np.int64)
             later[np.argsort(-ts, kind="stable")] = np.arange(len(history))
-        weights = self.weights.weigh(types, dwell, later)
+        age = None
+        if self.weights.time_half_life_days > 0:
+            age = time.time_ns() // 1_000_000 - ts  # serving: before now
+        weights = self.weights.weigh(types, dwell, later, age)
         if live_since_ms is not None and live_boost != 1.0:
             weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
         row = user_row(numbers, weights, len(self.items))
         excluded = [] if include_seen else numbers[numbers >= 0].tolist()
         excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
-        if row.nnz == 0 or self.algorithm == "popular":
-            idx, scores = top_k(self.popularity, n, np.asarray(excluded, dtype=np.int64))
-            reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
+        if row.nnz == 0 or self.algorithm in NON_PERSONAL:
+            trending = self.algorithm == "trending"
+            ranking = self.model.score(row)[0] if trending else self.popularity
+            idx, scores = top_k(ranking, n, np.asarray(excluded, dtype=np.int64))
+            if trending:
+                reasons = [f"trending: {ranking[i]:.1f} recent weighted interactions" for i in idx]
+            else:
+                reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "popular")
         scores_all = break_ties_by_popularity(self.model.score(row)[0], self.popularity)
         idx, scores = top_k(scores_all, n, np.asarray(excluded, dtype=np.int64))

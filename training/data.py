@@ -95,7 +95,10 @@ def build_interactions(
     else:
         cols = items.numbers(events.item_id)
     later = events_after(rows) if weights.recency_half_life > 0 else None
-    w = weights.weigh(events.type, events.dwell_ms, later)
+    age = None
+    if weights.time_half_life_days > 0 and len(events):
+        age = int(events.ts_ms.max()) - events.ts_ms  # before the newest event
+    w = weights.weigh(events.type, events.dwell_ms, later, age)
     keep = (w > 0) & (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix(
         (w[keep], (rows[keep], cols[keep])), shape=(len(users), len(items)), dtype=np.float32

@@ -85,7 +85,8 @@ def relevant_items(
     relevant items: positively weighted test items not already seen in training.
     Items that training never saw count as relevant (and can never be hit)."""
     # Relevance is "a positively weighted event"; recency only scales weights.
-    w = dataclasses.replace(weights, recency_half_life=0.0).weigh(test.type, test.dwell_ms)
+    plain = dataclasses.replace(weights, recency_half_life=0.0, time_half_life_days=0.0)
+    w = plain.weigh(test.type, test.dwell_ms)
     keep = w > 0
     by_user: dict[str, set[str]] = {}
     for user, item in zip(test.user_id[keep].tolist(), test.item_id[keep].tolist(), strict=True):

@@ -425,8 +425,11 @@ class PopularityRecommender(Recommender):
         self.popularity = np.zeros(0, dtype=np.float32)
 
     def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
-        self.popularity = item_popularity(matrix)
+        self.popularity = self._count(matrix)
         self.n_items = matrix.shape[1]
+
+    def _count(self, matrix: sp.csr_matrix) -> np.ndarray:
+        return item_popularity(matrix)
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
         return np.tile(self.popularity, (rows.shape[0], 1))
@@ -450,6 +453,20 @@ class PopularityRecommender(Recommender):
             raise ValueError("popularity: expected one value per item")
         model.n_items = len(model.popularity)
         return model
+
+
+class TrendingRecommender(PopularityRecommender):
+    """Items by the sum of their time-decayed weights: what is popular *now*.
+
+    The decay comes from the event weights (``time_half_life_days``; the CLI uses
+    7 days for this algorithm unless told otherwise). Without it, this ranks by
+    total weight, which is plain popularity weighted by event type.
+    """
+
+    algorithm = "trending"
+
+    def _count(self, matrix: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
 
 
 def _matrix(arrays: dict[str, np.ndarray], name: str, *, columns: int) -> np.ndarray:
@@ -476,6 +493,7 @@ ALGORITHMS: dict[str, type[Recommender]] = {
         ItemKNNRecommender,
         EASERecommender,
         PopularityRecommender,
+        TrendingRecommender,
     )
 }
 

@@ -2,11 +2,14 @@
 
 weight(event) = (type_weight[type] + dwell_bonus * min(dwell_ms / dwell_saturation_ms, 1))
                 * (1 + recency_boost * 0.5 ** (later / recency_half_life))
+                * 0.5 ** (age_days / time_half_life_days)
 
 where ``later`` is the number of the user's item events after this one (0 for
-the newest). The recency factor is off by default (``recency_half_life`` 0); it
-favours what a user did recently over what they did long ago, counted in events
-rather than days so that heavy and occasional users are treated alike.
+the newest) and ``age_days`` how long ago the event happened (before the newest
+event of the training data; before now when serving). Both decays are off by
+default. The recency factor favours what a user did recently over what they did
+long ago, counted in events rather than days so that heavy and occasional users
+are treated alike; the time decay makes a popularity model a *trending* one.
 
 Defaults (documented in the README): ITEM_VIEW 1, CLICK 1, ADD_TO_CART 3,
 PURCHASE 5, OFFER_REDEEMED 2; SCREEN_VIEW, SEARCH, OFFER_IMPRESSION and CUSTOM 0
@@ -48,6 +51,8 @@ class EventWeights:
     recency_half_life: float = 0.0
     #: Extra weight of the newest event (it weighs 1 + recency_boost times more).
     recency_boost: float = 1.0
+    #: Half-life of the time decay, in days (0: off).
+    time_half_life_days: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in self.type_weights.items():
@@ -59,7 +64,7 @@ class EventWeights:
             raise ValueError("dwell_bonus: must be a finite number >= 0")
         if not self.dwell_saturation_ms > 0:
             raise ValueError("dwell_saturation_ms: must be > 0")
-        for name in ("recency_half_life", "recency_boost"):
+        for name in ("recency_half_life", "recency_boost", "time_half_life_days"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
@@ -77,10 +82,15 @@ class EventWeights:
         return out
 
     def weigh(
-        self, types: np.ndarray, dwell_ms: np.ndarray, later: np.ndarray | None = None
+        self,
+        types: np.ndarray,
+        dwell_ms: np.ndarray,
+        later: np.ndarray | None = None,
+        age_ms: np.ndarray | None = None,
     ) -> np.ndarray:
         """Vectorised weights; ``dwell_ms`` < 0 means unknown; ``later``: how many of
-        the user's item events follow each one (needed when recency is on)."""
+        the user's item events follow each one (needed when recency is on);
+        ``age_ms``: how old each event is (needed when the time decay is on)."""
         base_table: np.ndarray = self._type_table  # type: ignore[attr-defined]
         view_table: np.ndarray = self._view_table  # type: ignore[attr-defined]
         types = np.asarray(types, dtype=np.int64)
@@ -96,6 +106,11 @@ class EventWeights:
                 raise ValueError("later: required when recency_half_life is set")
             decay = np.exp2(-np.asarray(later, dtype=np.float32) / self.recency_half_life)
             weights = weights * (1 + np.float32(self.recency_boost) * decay)
+        if self.time_half_life_days > 0:
+            if age_ms is None:
+                raise ValueError("age_ms: required when time_half_life_days is set")
+            days = np.maximum(np.asarray(age_ms, dtype=np.float64), 0) / 86_400_000
+            weights = weights * np.exp2(-days / self.time_half_life_days).astype(np.float32)
         return weights.astype(np.float32, copy=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,4 +126,5 @@ class EventWeights:
             dwell_saturation_ms=int(data.get("dwell_saturation_ms", 60_000)),
             recency_half_life=float(data.get("recency_half_life", 0.0)),
             recency_boost=float(data.get("recency_boost", 1.0)),
+            time_half_life_days=float(data.get("time_half_life_days", 0.0)),
         )

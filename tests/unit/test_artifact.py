@@ -36,6 +36,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "itemknn": {"K": 20, "num_threads": 1},
     "ease": {"regularization": 10.0},
     "popular": {},
+    "trending": {},
 }
 VIEW = int(EventType.ITEM_VIEW)
 

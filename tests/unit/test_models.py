@@ -27,6 +27,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "itemknn": {"K": 20, "num_threads": 1},
     "ease": {"regularization": 10.0},
     "popular": {},
+    "trending": {},
 }
 PERSONALIZED = ["als", "bpr", "itemknn", "ease"]
 
@@ -46,7 +47,9 @@ def row(items: list[int], n_items: int = 20, weight: float = 1.0) -> sp.csr_matr
 
 
 def test_every_algorithm_is_covered() -> None:
-    assert set(ALGORITHMS) == set(PARAMS) == {"als", "bpr", "itemknn", "ease", "popular"}
+    assert (
+        set(ALGORITHMS) == set(PARAMS) == {"als", "bpr", "itemknn", "ease", "popular", "trending"}
+    )
     for name, cls in ALGORITHMS.items():
         assert cls.algorithm == name
 
@@ -268,3 +271,29 @@ def test_ease_refuses_a_catalog_above_max_items() -> None:
     model = create_model("ease", max_items=5)
     with pytest.raises(InvalidArgument, match="max_items"):
         model.fit(sp.csr_matrix((2, 6), dtype=np.float32))
+
+
+def test_trending_ranks_by_time_decayed_weight() -> None:
+    """With a time decay in the weights, recent interest beats old popularity."""
+    from sessionrec.store import EventColumns
+    from training.data import build_interactions
+    from training.weighting import EventWeights
+
+    day = 86_400_000
+    # "old" was viewed by 5 users 30 days before the newest event, "new" by 2 users today.
+    rows = [(f"u{i}", "old", 0) for i in range(5)] + [(f"v{i}", "new", 30 * day) for i in range(2)]
+    events = EventColumns(
+        np.array([r[0] for r in rows], dtype=object),
+        np.array([r[1] for r in rows], dtype=object),
+        np.full(len(rows), 2, dtype=np.int8),
+        np.full(len(rows), -1, dtype=np.int64),
+        np.array([r[2] for r in rows], dtype=np.int64),
+    )
+    decayed = build_interactions(events, EventWeights(time_half_life_days=7.0))
+    trending = create_model("trending")
+    trending.fit(decayed.matrix)
+    popular = create_model("popular")
+    popular.fit(decayed.matrix)
+    new, old = decayed.items.number("new"), decayed.items.number("old")
+    assert trending.score(decayed.matrix[:1])[0][new] > trending.score(decayed.matrix[:1])[0][old]
+    assert popular.score(decayed.matrix[:1])[0][old] > popular.score(decayed.matrix[:1])[0][new]

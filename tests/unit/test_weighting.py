@@ -124,3 +124,14 @@ def test_events_after_counts_each_users_later_events() -> None:
 
     rows = np.array([2, 0, 2, -1, 0, 2, 1])
     assert events_after(rows).tolist() == [2, 1, 1, 0, 0, 0, 0]
+
+
+def test_time_decay_halves_per_half_life_of_age() -> None:
+    w = EventWeights(time_half_life_days=2.0, dwell_bonus=0.0)
+    types = np.full(3, int(EventType.ITEM_VIEW))
+    day = 86_400_000
+    out = w.weigh(types, np.full(3, -1), age_ms=np.array([0, 2 * day, 4 * day]))
+    assert np.allclose(out, [1.0, 0.5, 0.25])
+    with pytest.raises(ValueError, match="age_ms"):
+        w.weigh(types, np.full(3, -1))
+    assert EventWeights.from_dict(w.to_dict()) == w
