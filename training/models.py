@@ -132,12 +132,27 @@ class ALSRecommender(Recommender):
         "iterations": 15,
         "random_state": 42,
         "num_threads": 2,
+        # "auto": fit on the GPU when implicit was built with CUDA and sees one;
+        # the factors always come back to the CPU, where serving folds users in.
+        "use_gpu": "auto",
     }
 
     def __init__(self, **params: Any):
         super().__init__(**params)
+        if self.params["use_gpu"] not in ("auto", True, False):
+            raise InvalidArgument("use_gpu: must be auto, true or false")
         self._model: Any = None
         self._unit: np.ndarray | None = None
+
+    def _gpu(self) -> bool:
+        choice = self.params["use_gpu"]
+        if choice is False:
+            return False
+        import implicit.gpu
+
+        if choice is True and not implicit.gpu.HAS_CUDA:
+            raise FailedPrecondition("use_gpu: implicit has no CUDA support on this machine")
+        return bool(implicit.gpu.HAS_CUDA)
 
     def _implicit(self) -> Any:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -154,9 +169,24 @@ class ALSRecommender(Recommender):
             )
 
     def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
-        model = self._implicit()
-        with threadpool_limits(1, "blas"):
-            model.fit(matrix.tocsr(), show_progress=show_progress)
+        if self._gpu():  # not exercised by the CPU-only test suite
+            from implicit.gpu.als import AlternatingLeastSquares as GpuALS
+
+            p = self.params
+            gpu_model = GpuALS(
+                factors=int(p["factors"]),
+                regularization=float(p["regularization"]),
+                alpha=float(p["alpha"]),
+                iterations=int(p["iterations"]),
+                random_state=int(p["random_state"]),
+            )
+            gpu_model.fit(matrix.tocsr(), show_progress=show_progress)
+            model = self._implicit()
+            model.item_factors = np.ascontiguousarray(gpu_model.to_cpu().item_factors)
+        else:
+            model = self._implicit()
+            with threadpool_limits(1, "blas"):
+                model.fit(matrix.tocsr(), show_progress=show_progress)
         model.user_factors = np.zeros((0, model.item_factors.shape[1]), dtype=np.float32)
         self._model = model
         self.n_items = matrix.shape[1]

@@ -297,3 +297,15 @@ def test_trending_ranks_by_time_decayed_weight() -> None:
     new, old = decayed.items.number("new"), decayed.items.number("old")
     assert trending.score(decayed.matrix[:1])[0][new] > trending.score(decayed.matrix[:1])[0][old]
     assert popular.score(decayed.matrix[:1])[0][old] > popular.score(decayed.matrix[:1])[0][new]
+
+
+def test_als_gpu_choice_is_checked(group_matrix: sp.csr_matrix) -> None:
+    import implicit.gpu
+
+    with pytest.raises(InvalidArgument, match="use_gpu"):
+        create_model("als", use_gpu="maybe")
+    forced = create_model("als", use_gpu=True, factors=4, iterations=2)
+    if implicit.gpu.HAS_CUDA:
+        pytest.skip("CUDA present: the forced GPU fit is valid here")
+    with pytest.raises(FailedPrecondition, match="use_gpu"):
+        forced.fit(group_matrix)
