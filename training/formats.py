@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sessionrec.events import MAX_TS_MS, EventRecord, EventType
 from sessionrec.store import Store
@@ -71,6 +71,21 @@ Rows = Iterator[tuple[int, EventRecord]]
 def _norm(name: str) -> str:
     """Header name for comparison: ``session_id``, ``sessionId`` -> ``sessionid``."""
     return name.strip().lower().replace("_", "")
+
+
+def _rows_of_width(
+    reader: Any, report: ImportReport, width: int
+) -> Iterator[tuple[int, list[str]]]:
+    """Non-empty CSV rows with their line number; rows of another width are bad."""
+    for fields in reader:
+        if not fields:
+            continue
+        report.rows += 1
+        line = reader.line_num
+        if len(fields) != width:
+            report.bad.append(BadRow(line, f"row: expected {width} fields, got {len(fields)}"))
+            continue
+        yield line, fields
 
 
 def anonymous_user(session_id: str) -> str:
@@ -158,16 +173,7 @@ def read_movielens_csv(
         raise ImportFormatError(
             f"header: expected userId,movieId,rating,timestamp, got {','.join(header)!r}"
         )
-    for fields in reader:
-        if not fields:
-            continue
-        report.rows += 1
-        line = reader.line_num
-        if len(fields) != len(header):
-            report.bad.append(
-                BadRow(line, f"row: expected {len(header)} fields, got {len(fields)}")
-            )
-            continue
+    for line, fields in _rows_of_width(reader, report, len(header)):
         try:
             user, item, rating, timestamp = fields[:4]
             event = _rating_event(user, item, rating, timestamp, min_rating, event_type)
@@ -211,16 +217,7 @@ def read_diginetica(fh: TextIO, report: ImportReport, *, event_type: str = "ITEM
     at = {name: header.index(name) for name in _DIGINETICA}
     # All rows first: a session's user is known only once all its rows are read.
     parsed: list[tuple[int, str, str, str, int]] = []
-    for fields in reader:
-        if not fields:
-            continue
-        report.rows += 1
-        line = reader.line_num
-        if len(fields) != len(header):
-            report.bad.append(
-                BadRow(line, f"row: expected {len(header)} fields, got {len(fields)}")
-            )
-            continue
+    for line, fields in _rows_of_width(reader, report, len(header)):
         session = fields[at["sessionid"]].strip()
         user = fields[at["userid"]].strip()
         item = fields[at["itemid"]].strip()

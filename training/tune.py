@@ -41,6 +41,14 @@ class Configuration:
     params: dict[str, Any]
     weights: EventWeights
 
+    def model(self, *, seed: int, threads: int) -> Recommender:
+        """An untrained model of this configuration, seeded and with a thread count."""
+        model = create_model(self.algorithm, **self.params)
+        for name, value in (("random_state", seed), ("num_threads", threads)):
+            if name in model.defaults:
+                model.params[name] = value
+        return model
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "algorithm": self.algorithm,
@@ -136,11 +144,7 @@ def score(
 ) -> tuple[dict[str, float], Recommender, Interactions]:
     """Fits on ``train`` and measures on ``test`` (the evaluation protocol)."""
     interactions = build_interactions(train, configuration.weights)
-    params = dict(configuration.params)
-    model = create_model(configuration.algorithm, **params)
-    for name, value in (("random_state", seed), ("num_threads", threads)):
-        if name in model.defaults:
-            model.params[name] = value
+    model = configuration.model(seed=seed, threads=threads)
     model.fit(interactions.matrix)
     rows, relevant = relevant_items(interactions, test, configuration.weights)
     popularity = item_popularity(interactions.matrix)
@@ -221,10 +225,7 @@ def tune(
     )
     if refit_on_all:
         interactions = build_interactions(events, best.weights)
-        model = create_model(best.algorithm, **best.params)
-        for name, value in (("random_state", seed), ("num_threads", threads)):
-            if name in model.defaults:
-                model.params[name] = value
+        model = best.model(seed=seed, threads=threads)
         model.fit(interactions.matrix)
         result.model = model
         result.interactions = interactions

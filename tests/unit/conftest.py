@@ -95,3 +95,23 @@ def group_event_columns() -> EventColumns:
 @pytest.fixture
 def group_events() -> EventColumns:
     return group_event_columns()
+
+
+@pytest.fixture
+def three_groups(store: Store) -> Store:
+    """45 users in three taste groups; each views 8 of their group's 10 items over time."""
+    from sessionrec.events import EventRecord, EventType, SessionRecord
+
+    events, sessions = [], []
+    t = 1_000_000
+    for u in range(45):
+        user, group = f"u{u}", u % 3
+        sessions.append(SessionRecord("s-" + user, user, t, t))
+        for k in range(8):
+            item = f"g{group}-{(u + k) % 10}"
+            events.append(
+                EventRecord(f"{user}-{k}", "s-" + user, user, int(EventType.ITEM_VIEW), t, item)
+            )
+            t += 1000
+    store.append_events(events, sessions)
+    return store

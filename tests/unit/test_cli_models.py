@@ -8,25 +8,12 @@ from pathlib import Path
 import pytest
 
 from sessionrec.cli import main
-from sessionrec.events import EventRecord, EventType, SessionRecord
+from sessionrec.events import EventType
 from sessionrec.store import Store
 from training.artifact import current_version, list_versions
 
 pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
 VIEW = int(EventType.ITEM_VIEW)
-
-
-def fill(store: Store) -> None:
-    events, sessions = [], []
-    t = 1_000_000
-    for u in range(45):
-        user, group = f"u{u}", u % 3
-        sessions.append(SessionRecord("s-" + user, user, t, t))
-        for k in range(8):
-            item = f"g{group}-{(u + k) % 10}"
-            events.append(EventRecord(f"{user}-{k}", "s-" + user, user, VIEW, t, item))
-            t += 1000
-    store.append_events(events, sessions)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -36,9 +23,8 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_train_evaluate_promote_refusal_and_rollback(
-    store: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    three_groups: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fill(store)
     db, models = f"sqlite:///{db_path}", str(tmp_path / "models")
     code, out, _ = run(
         capsys,
@@ -89,9 +75,8 @@ def test_train_evaluate_promote_refusal_and_rollback(
 
 
 def test_tune_saves_and_promotes_the_winner(
-    store: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    three_groups: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fill(store)
     models = str(tmp_path / "models")
     code, out, _ = run(
         capsys,
@@ -118,9 +103,8 @@ def test_tune_saves_and_promotes_the_winner(
 
 
 def test_weight_flags_are_checked(
-    store: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    three_groups: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fill(store)
     code, _, err = run(
         capsys,
         "train",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sessionrec.errors import FailedPrecondition
-from sessionrec.events import EventRecord, EventType, SessionRecord
+from sessionrec.events import EventType
 from sessionrec.store import Store
 from training import registry
 from training.artifact import current_version, read_meta
@@ -17,27 +17,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning
 VIEW = int(EventType.ITEM_VIEW)
 
 
-def fill(store: Store) -> None:
-    """Three taste groups; each user views 8 of their group's 10 items over time."""
-    events, sessions = [], []
-    t = 1_000_000
-    for u in range(45):
-        user, group = f"u{u}", u % 3
-        sessions.append(SessionRecord("s-" + user, user, t, t))
-        for k in range(8):
-            item = f"g{group}-{(u + k) % 10}"
-            events.append(EventRecord(f"{user}-{k}", "s-" + user, user, VIEW, t, item))
-            t += 1000
-    store.append_events(events, sessions)
-
-
 @pytest.fixture
-def versions(store: Store, tmp_path: Path) -> tuple[str, str, str]:
+def versions(three_groups: Store, tmp_path: Path) -> tuple[str, str, str]:
     """(models dir, a good model, a worse model); the good one is current."""
-    fill(store)
     models = str(tmp_path / "models")
-    good = train(store, models, "itemknn", {"K": 20, "num_threads": 1}, evaluate_k=5)
-    worse = train(store, models, "popular", make_current=False, evaluate_k=5)
+    good = train(three_groups, models, "itemknn", {"K": 20, "num_threads": 1}, evaluate_k=5)
+    worse = train(three_groups, models, "popular", make_current=False, evaluate_k=5)
     return models, good.version, worse.version
 
 
@@ -85,20 +70,19 @@ def test_rollback_without_history_is_refused(tmp_path: Path) -> None:
 
 
 def test_scheduled_retraining_promotes_only_a_model_that_is_not_worse(
-    store: Store, tmp_path: Path
+    three_groups: Store, tmp_path: Path
 ) -> None:
     from training.pipeline import retrain_periodically
 
-    fill(store)
     models = str(tmp_path / "models")
-    good = train(store, models, "itemknn", {"K": 20, "num_threads": 1}, evaluate_k=5)
+    good = train(three_groups, models, "itemknn", {"K": 20, "num_threads": 1}, evaluate_k=5)
     worse_runs = retrain_periodically(
-        store.url, models, "popular", every_s=0.01, evaluate_k=5, max_runs=2
+        three_groups.url, models, "popular", every_s=0.01, evaluate_k=5, max_runs=2
     )
     assert [promoted for _, promoted in worse_runs] == [False, False]
     assert current_version(models) == good.version
     same_runs = retrain_periodically(
-        store.url,
+        three_groups.url,
         models,
         "itemknn",
         {"K": 20, "num_threads": 1},
