@@ -19,6 +19,15 @@ What it measures, in order, all on this machine and against 127.0.0.1 only:
      thread, a bounded window), half of them with a live session.
    * TrackEvents ingestion: 100 events per call, one call at a time and 4 in flight.
 
+4. Training at scale (issue 3; in the default run, with ``--quick`` only if
+   ``--scale`` is given, alone with ``--scale-only``, left out with ``--no-scale``):
+   a synthetic 1M-event log (50,000 users, 20,000 items, Zipf-like popularity,
+   latent taste groups, sessions of a few events) written through
+   ``store.append_events`` into a fresh SQLite file (``synchronous=OFF``, for
+   generating only), then the bare ``implicit`` ALS fit and
+   ``training.pipeline.train`` alternately, 3 times each, each in a fresh
+   process: medians, the ratio train / bare, and peak memory per process.
+
 Numbers are printed as a markdown table and written as JSON (``--out``). Nothing
 is asserted about timings; any RPC error (or a rejected event) ends the run with
 a non-zero exit status.
@@ -291,6 +300,354 @@ def bench_train(db_url: str, models_dir: Path, repeats: int, synchronous: str) -
         "bare_runs": [round(b, 3) for b in bare],
         "_users": artifact.users.ids.tolist(),
         "_items": artifact.items.ids.tolist(),
+    }
+
+
+# --------------------------------------------------------- training at scale
+@dataclass(frozen=True)
+class ScaleSpec:
+    """The synthetic log of the "training at scale" section (issue 3)."""
+
+    events: int = 1_000_000
+    users: int = 50_000
+    items: int = 20_000
+    #: Latent taste groups: every item is in one, every user likes one or two.
+    groups: int = 50
+    #: Share of a user's events drawn from their own groups (the rest: global popularity).
+    in_group: float = 0.8
+    #: Item popularity ~ 1 / (rank + zipf_offset) ** zipf_exponent (ranks shuffled over items).
+    zipf_exponent: float = 1.0
+    zipf_offset: float = 5.0
+    #: A new session starts before an event with this probability (geometric
+    #: session lengths, mean 1 / p = 4 events).
+    new_session_p: float = 0.25
+    #: Events per ``store.append_events`` call (whole sessions, so about this many).
+    batch: int = 10_000
+    repeats: int = 3
+    seed: int = 11
+
+
+def scale_log(spec: ScaleSpec) -> dict[str, np.ndarray]:
+    """The whole log as numpy columns, users' events in time order.
+
+    Every user gets at least 2 events, the rest spread by a log-normal activity
+    weight; items come from the user's one or two taste groups (``in_group``) or
+    from the global Zipf-like popularity; sessions are a few events, 20 s to 3 min
+    apart, each user's sessions in time order over 180 days."""
+    rng = np.random.default_rng(spec.seed)
+    n_users, n_items, n_groups = spec.users, spec.items, spec.groups
+    ranks = rng.permutation(n_items)
+    popularity = 1.0 / (ranks + spec.zipf_offset) ** spec.zipf_exponent
+    item_group = rng.permutation(np.arange(n_items) % n_groups)
+    members = [np.flatnonzero(item_group == g) for g in range(n_groups)]
+    group_cdf = [np.cumsum(popularity[m]) / popularity[m].sum() for m in members]
+    global_cdf = np.cumsum(popularity) / popularity.sum()
+
+    activity = rng.lognormal(mean=0.0, sigma=1.0, size=n_users)
+    minimum = 2
+    counts = rng.multinomial(spec.events - minimum * n_users, activity / activity.sum()) + minimum
+    user = np.repeat(np.arange(n_users), counts)
+    n = len(user)
+    # Each user's taste: one or two groups; an in-group event picks one of them.
+    first = rng.integers(0, n_groups, n_users)
+    second = np.where(rng.random(n_users) < 0.5, rng.integers(0, n_groups, n_users), first)
+    group = np.where(rng.random(n) < 0.5, first[user], second[user])
+    item = np.empty(n, dtype=np.int64)
+    uniform = rng.random(n)
+    own = rng.random(n) < spec.in_group
+    for g in range(n_groups):
+        where = np.flatnonzero(own & (group == g))
+        picks = np.searchsorted(group_cdf[g], uniform[where], side="right")
+        item[where] = members[g][np.minimum(picks, len(members[g]) - 1)]
+    where = np.flatnonzero(~own)
+    item[where] = np.minimum(np.searchsorted(global_cdf, uniform[where], side="right"), n_items - 1)
+
+    # Sessions: a new one at each user's first event, else with probability p.
+    starts_here = rng.random(n) < spec.new_session_p
+    starts_here[np.concatenate(([0], np.cumsum(counts)[:-1]))] = True
+    session = np.cumsum(starts_here) - 1
+    n_sessions = int(session[-1]) + 1
+    session_user = user[starts_here]
+    start_ms = 1_700_000_000_000  # Nov 2023
+    span_ms = 180 * 24 * 3600 * 1000
+    begin = rng.integers(start_ms, start_ms + span_ms, n_sessions)
+    begin = begin[np.lexsort((begin, session_user))]  # each user's sessions in time order
+    gaps = rng.integers(20_000, 180_000, n)
+    gaps[starts_here] = 0
+    elapsed = np.cumsum(gaps)
+    first_event = np.flatnonzero(starts_here)
+    ts = begin[session] + elapsed - elapsed[first_event][session]
+
+    roll = rng.random(n)
+    etype = np.where(roll < 0.9, 2, np.where(roll < 0.97, 3, 4))  # view / add to cart / purchase
+    dwell = np.where(etype == 2, rng.integers(1_000, 90_000, n), -1)
+    return {
+        "user": user,
+        "item": item,
+        "session": session,
+        "ts": ts,
+        "type": etype,
+        "dwell": dwell,
+        "session_begin": begin,
+        "session_end": ts[np.concatenate((first_event[1:] - 1, [n - 1]))],
+        "session_user": session_user,
+    }
+
+
+def _rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` from /proc/self/status, the high-water mark of this address
+    space. ``ru_maxrss`` would be the same figure but for one thing: it survives
+    ``exec``, so in a spawned child it can never be lower than the parent's RSS
+    at the fork (it is kept in ``ru_maxrss_mib`` for reference). Elsewhere:
+    ``ru_maxrss``."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return _ru_maxrss_mib()
+
+
+def _ru_maxrss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
+def _scale_generate(db_url: str, npz_path: str, spec: ScaleSpec) -> dict[str, Any]:
+    """Child process: writes the log through the real store, then saves the
+    training matrix (``build_interactions`` on ``store.item_events()``) for the
+    bare fits."""
+    import scipy.sparse as sp
+
+    from sessionrec.events import EndReason, EventRecord, SessionRecord
+    from sessionrec.store import open_store
+    from training.data import build_interactions
+    from training.weighting import EventWeights
+
+    rss_start = _rss_mib()
+    started = time.perf_counter()
+    log = scale_log(spec)
+    arrays_seconds = time.perf_counter() - started
+    # Sessions in order of their start time, so the log grows forward in time.
+    order = np.argsort(log["session_begin"], kind="stable")
+    sizes = np.bincount(log["session"], minlength=len(order))
+    offsets = np.concatenate(([0], np.cumsum(sizes)))  # events are grouped by session
+    cuts = np.searchsorted(
+        np.cumsum(sizes[order]), np.arange(spec.batch, len(log["user"]), spec.batch)
+    )
+    accepted = duplicates = calls = 0
+    with open_store(db_url, synchronous="OFF") as store:
+        write_started = time.perf_counter()
+        for chunk in np.split(order, np.unique(cuts + 1)):
+            if not len(chunk):
+                continue
+            idx = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in chunk.tolist()])
+            events = [
+                EventRecord(
+                    event_id=f"e{i}",
+                    session_id=f"s{s}",
+                    user_id=f"u{u}",
+                    type=t,
+                    ts_ms=ts,
+                    item_id=f"i{it}",
+                    dwell_ms=d if d >= 0 else None,
+                )
+                for i, s, u, t, ts, it, d in zip(
+                    idx.tolist(),
+                    log["session"][idx].tolist(),
+                    log["user"][idx].tolist(),
+                    log["type"][idx].tolist(),
+                    log["ts"][idx].tolist(),
+                    log["item"][idx].tolist(),
+                    log["dwell"][idx].tolist(),
+                    strict=True,
+                )
+            ]
+            sessions = [
+                SessionRecord(
+                    session_id=f"s{s}",
+                    user_id=f"u{u}",
+                    started_at_ms=b,
+                    last_event_at_ms=e,
+                    ended_at_ms=e,
+                    end_reason=EndReason.TIMEOUT,
+                )
+                for s, u, b, e in zip(
+                    chunk.tolist(),
+                    log["session_user"][chunk].tolist(),
+                    log["session_begin"][chunk].tolist(),
+                    log["session_end"][chunk].tolist(),
+                    strict=True,
+                )
+            ]
+            result = store.append_events(events, sessions)
+            accepted += result.accepted
+            duplicates += result.duplicates
+            calls += 1
+        write_seconds = time.perf_counter() - write_started
+        stored_events, stored_sessions = store.count_events(), store.count_sessions()
+        generate_seconds = time.perf_counter() - started
+        rss_generate = _rss_mib()
+        matrix_started = time.perf_counter()
+        matrix = build_interactions(store.item_events(), EventWeights()).matrix.tocsr()
+        matrix_seconds = time.perf_counter() - matrix_started
+    sp.save_npz(npz_path, matrix, compressed=False)
+    db_path = Path(db_url.removeprefix("sqlite:///"))
+    db_bytes = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
+    return {
+        "generate_seconds": round(generate_seconds, 3),
+        "generate_arrays_seconds": round(arrays_seconds, 3),
+        "store_write_seconds": round(write_seconds, 3),
+        "append_events_calls": calls,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "stored_events": stored_events,
+        "stored_sessions": stored_sessions,
+        "db_mib": round(db_bytes / 2**20, 1),
+        "matrix_build_seconds": round(matrix_seconds, 3),
+        "users": matrix.shape[0],
+        "items": matrix.shape[1],
+        "interactions": int(matrix.nnz),
+        "peak_rss_mib_start": rss_start,
+        "peak_rss_mib_generate": rss_generate,
+        "peak_rss_mib": _rss_mib(),
+        "ru_maxrss_mib": _ru_maxrss_mib(),
+    }
+
+
+def _scale_train(db_url: str, models_dir: str) -> dict[str, Any]:
+    """Child process: one ``training.pipeline.train(store, models_dir, "als")``."""
+    from sessionrec.store import open_store
+    from training.pipeline import train
+
+    with open_store(db_url) as store:
+        rss_before = _rss_mib()
+        started = time.perf_counter()
+        artifact = train(store, models_dir, "als")
+        wall = time.perf_counter() - started
+    return {
+        "wall_seconds": round(wall, 3),
+        "load_seconds": artifact.meta["load_seconds"],
+        "fit_seconds": artifact.meta["fit_seconds"],
+        "save_seconds": round(
+            wall - artifact.meta["load_seconds"] - artifact.meta["fit_seconds"], 3
+        ),
+        "version": artifact.version,
+        "params": artifact.params,
+        "users": artifact.meta["users"],
+        "items": artifact.meta["items"],
+        "interactions": artifact.meta["interactions"],
+        "peak_rss_mib_before": rss_before,
+        "peak_rss_mib": _rss_mib(),
+        "ru_maxrss_mib": _ru_maxrss_mib(),
+    }
+
+
+def _scale_bare(npz_path: str) -> dict[str, Any]:
+    """Child process: one bare ``implicit`` ALS fit (the model's defaults, BLAS at
+    1 thread as the model does) on the saved matrix."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from training.models import ALGORITHMS
+
+    matrix = sp.load_npz(npz_path).tocsr()
+    p = ALGORITHMS["als"].defaults
+    rss_before = _rss_mib()
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=p["factors"],
+            regularization=p["regularization"],
+            alpha=p["alpha"],
+            iterations=p["iterations"],
+            random_state=p["random_state"],
+            num_threads=p["num_threads"],
+        )
+        started = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+        fit = time.perf_counter() - started
+    return {
+        "fit_seconds": round(fit, 3),
+        "params": dict(p),
+        "peak_rss_mib_before": rss_before,
+        "peak_rss_mib": _rss_mib(),
+        "ru_maxrss_mib": _ru_maxrss_mib(),
+    }
+
+
+def bench_train_scale(tmp: Path, spec: ScaleSpec) -> dict[str, Any]:
+    """Generates the large log into a fresh SQLite file, then alternates bare fit /
+    pipeline train, each in a fresh process (so its peak RSS is its own)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{tmp / 'scale.db'}"
+    npz_path = str(tmp / "scale-matrix.npz")
+    models_dir = str(tmp / "models")
+
+    def in_child(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+
+    say(
+        f"[bench]   generating {spec.events:,} events ({spec.users:,} users, "
+        f"{spec.items:,} items) into {tmp / 'scale.db'} (synchronous=OFF) ..."
+    )
+    generated = in_child(_scale_generate, db_url, npz_path, spec)
+    say(
+        f"[bench]   generated in {generated['generate_seconds']:.1f} s: "
+        f"{generated['users']:,} x {generated['items']:,}, "
+        f"{generated['interactions']:,} interactions"
+    )
+    if generated["stored_events"] != spec.events or generated["duplicates"]:
+        raise BenchError(
+            f"scale: stored {generated['stored_events']} events of {spec.events} "
+            f"({generated['duplicates']} duplicates)"
+        )
+    bare: list[dict[str, Any]] = []
+    pipeline: list[dict[str, Any]] = []
+    for r in range(spec.repeats):
+        bare.append(in_child(_scale_bare, npz_path))
+        say(f"[bench]   repeat {r + 1}/{spec.repeats}: bare fit {bare[-1]['fit_seconds']:.2f} s")
+        pipeline.append(in_child(_scale_train, db_url, models_dir))
+        run_ = pipeline[-1]
+        say(
+            f"[bench]   repeat {r + 1}/{spec.repeats}: train {run_['wall_seconds']:.2f} s "
+            f"(load {run_['load_seconds']:.2f} s, fit {run_['fit_seconds']:.2f} s)"
+        )
+    first = pipeline[0]
+    if (first["users"], first["items"], first["interactions"]) != (
+        generated["users"],
+        generated["items"],
+        generated["interactions"],
+    ):
+        raise BenchError("scale: the pipeline trained on a different matrix than the bare fit")
+    train_median = median_of(pipeline, "wall_seconds")
+    bare_median = median_of(bare, "fit_seconds")
+    return {
+        "spec": dataclasses.asdict(spec),
+        "generation": generated,
+        "users": first["users"],
+        "items": first["items"],
+        "interactions": first["interactions"],
+        "params": first["params"],
+        "repeats": spec.repeats,
+        "order": "interleaved: bare, train, bare, train, ... (each in a fresh process)",
+        "pipeline_wall_seconds": train_median,
+        "pipeline_load_seconds": median_of(pipeline, "load_seconds"),
+        "pipeline_fit_seconds": median_of(pipeline, "fit_seconds"),
+        "pipeline_save_seconds": median_of(pipeline, "save_seconds"),
+        "bare_implicit_fit_seconds": bare_median,
+        "ratio_train_to_bare": round(train_median / bare_median, 2),
+        "target_ratio": 2.0,
+        "pipeline_peak_rss_mib": max(r["peak_rss_mib"] for r in pipeline),
+        "pipeline_rss_before_mib": max(r["peak_rss_mib_before"] for r in pipeline),
+        "bare_peak_rss_mib": max(r["peak_rss_mib"] for r in bare),
+        "bare_rss_before_mib": max(r["peak_rss_mib_before"] for r in bare),
+        "runs": pipeline,
+        "bare_runs": bare,
     }
 
 
@@ -585,52 +942,83 @@ def fmt_lat(d: dict[str, Any], keys: Sequence[str] = ("p50_ms", "p90_ms", "p99_m
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    ds = results["dataset"]
-    imp = results["import"]
-    tr = results["train"]
-    seq = results["recommend_sequential"]
-    conc = results["recommend_concurrent"]
-    server = results["server"]
     lines = [
         f"## sessionrec benchmark ({results['profile']})",
         "",
         f"- machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['platform']}",
         f"- versions: Python {m['python']}, grpcio {m['grpcio']}, implicit {m['implicit']}, "
         f"numpy {m['numpy']}, scipy {m['scipy']}",
-        f"- dataset: {ds['name']}: {imp['rows']:,} events, {tr['users']:,} users, "
-        f"{tr['items']:,} items",
-        f"- server: real gRPC server in a separate process on 127.0.0.1 "
-        f"({server['workers']} workers, SQLite synchronous={server['sqlite_synchronous']}, "
-        f"model {server['model_version']}); client: this process",
-        "",
-        "| Benchmark | Measure | Result |",
-        "|---|---|---|",
-        f"| Import CSV -> fresh SQLite | {imp['rows']:,} rows, {imp['sessions']:,} sessions "
-        f"| {imp['import_seconds']:.2f} s ({imp['rows_per_s']:,} rows/s) |",
-        f"| Train ALS (`training.pipeline.train`) | load + fit + save, median of "
-        f"{tr['repeats']} | {tr['pipeline_wall_seconds']:.2f} s (load "
-        f"{tr['pipeline_load_seconds']:.2f} s, fit {tr['pipeline_fit_seconds']:.2f} s) |",
-        f"| Bare `implicit` ALS fit, same matrix | fit, median of {tr['repeats']} "
-        f"| {tr['bare_implicit_fit_seconds']:.2f} s |",
-        f"| Recommend n=10, sequential | p50 / p90 / p99 / mean, median of "
-        f"{seq['repeats']} x {seq['runs'][0]['n']:,} calls | {fmt_lat(seq['median'])} |",
-        f"| ... with a live session (3-10 fresh views) | p50 / p90 / p99 / mean "
-        f"| {fmt_lat(seq['median_with_session'])} |",
-        f"| ... without a session | p50 / p90 / p99 / mean "
-        f"| {fmt_lat(seq['median_without_session'])} |",
-        f"| Recommend n=10, {conc['in_flight']} in flight | QPS over {conc['requests']:,} "
-        f"requests | {conc['qps']:,.0f} req/s |",
-        f"| ... | p50 / p99 | {fmt_lat(conc, ('p50_ms', 'p99_ms'))} |",
-        f"| ... | CPU cores busy: client / server | {conc['client_cpu_cores']} / "
-        f"{conc['server_cpu_cores'] if conc['server_cpu_cores'] is not None else 'n/a'} |",
     ]
-    for t in results["track_events"]:
-        label = "sequential" if t["in_flight"] == 1 else f"{t['in_flight']} in flight"
+    rows: list[str] = []
+    if "train" in results:
+        ds = results["dataset"]
+        imp = results["import"]
+        tr = results["train"]
+        seq = results["recommend_sequential"]
+        conc = results["recommend_concurrent"]
+        server = results["server"]
+        lines += [
+            f"- dataset: {ds['name']}: {imp['rows']:,} events, {tr['users']:,} users, "
+            f"{tr['items']:,} items",
+            f"- server: real gRPC server in a separate process on 127.0.0.1 "
+            f"({server['workers']} workers, SQLite synchronous={server['sqlite_synchronous']}, "
+            f"model {server['model_version']}); client: this process",
+        ]
+        rows += [
+            f"| Import CSV -> fresh SQLite | {imp['rows']:,} rows, {imp['sessions']:,} sessions "
+            f"| {imp['import_seconds']:.2f} s ({imp['rows_per_s']:,} rows/s) |",
+            f"| Train ALS (`training.pipeline.train`) | load + fit + save, median of "
+            f"{tr['repeats']} | {tr['pipeline_wall_seconds']:.2f} s (load "
+            f"{tr['pipeline_load_seconds']:.2f} s, fit {tr['pipeline_fit_seconds']:.2f} s) |",
+            f"| Bare `implicit` ALS fit, same matrix | fit, median of {tr['repeats']} "
+            f"| {tr['bare_implicit_fit_seconds']:.2f} s |",
+            f"| Recommend n=10, sequential | p50 / p90 / p99 / mean, median of "
+            f"{seq['repeats']} x {seq['runs'][0]['n']:,} calls | {fmt_lat(seq['median'])} |",
+            f"| ... with a live session (3-10 fresh views) | p50 / p90 / p99 / mean "
+            f"| {fmt_lat(seq['median_with_session'])} |",
+            f"| ... without a session | p50 / p90 / p99 / mean "
+            f"| {fmt_lat(seq['median_without_session'])} |",
+            f"| Recommend n=10, {conc['in_flight']} in flight | QPS over {conc['requests']:,} "
+            f"requests | {conc['qps']:,.0f} req/s |",
+            f"| ... | p50 / p99 | {fmt_lat(conc, ('p50_ms', 'p99_ms'))} |",
+            f"| ... | CPU cores busy: client / server | {conc['client_cpu_cores']} / "
+            f"{conc['server_cpu_cores'] if conc['server_cpu_cores'] is not None else 'n/a'} |",
+        ]
+        for t in results["track_events"]:
+            label = "sequential" if t["in_flight"] == 1 else f"{t['in_flight']} in flight"
+            rows.append(
+                f"| TrackEvents, {t['events_per_call']} events/call, {label} | events/s over "
+                f"{t['calls']} calls (call p50 / p99) | {t['events_per_s']:,} events/s "
+                f"({fmt_lat(t, ('p50_ms', 'p99_ms'))}) |"
+            )
+    if "train_scale" in results:
+        sc = results["train_scale"]
+        gen = sc["generation"]
+        n = sc["repeats"]
         lines.append(
-            f"| TrackEvents, {t['events_per_call']} events/call, {label} | events/s over "
-            f"{t['calls']} calls (call p50 / p99) | {t['events_per_s']:,} events/s "
-            f"({fmt_lat(t, ('p50_ms', 'p99_ms'))}) |"
+            f"- training at scale: synthetic log, {gen['stored_events']:,} events, "
+            f"{sc['users']:,} users x {sc['items']:,} items ({sc['interactions']:,} "
+            f"interactions), {gen['stored_sessions']:,} sessions; bare fit and train "
+            f"interleaved, each in a fresh process"
         )
+        rows += [
+            f"| Scale: generate log -> fresh SQLite (`append_events`, synchronous=OFF) "
+            f"| {gen['stored_events']:,} events in {gen['append_events_calls']} calls "
+            f"| {gen['generate_seconds']:.2f} s ({gen['db_mib']:,.0f} MiB, "
+            f"peak RSS {gen['peak_rss_mib_generate']:,.0f} MiB) |",
+            f"| Scale: train ALS (`training.pipeline.train`) | load + fit + save, median of "
+            f"{n} | {sc['pipeline_wall_seconds']:.2f} s (load {sc['pipeline_load_seconds']:.2f} s, "
+            f"fit {sc['pipeline_fit_seconds']:.2f} s, save {sc['pipeline_save_seconds']:.2f} s) |",
+            f"| Scale: bare `implicit` ALS fit, same matrix | fit, median of {n} "
+            f"| {sc['bare_implicit_fit_seconds']:.2f} s |",
+            f"| Scale: train / bare fit | ratio of medians (target <= "
+            f"{sc['target_ratio']:g}x, not asserted) | {sc['ratio_train_to_bare']:.2f}x |",
+            f"| Scale: peak RSS (VmHWM, ~ru_maxrss) | train process / bare-fit process "
+            f"(before the call: {sc['pipeline_rss_before_mib']:,.0f} / "
+            f"{sc['bare_rss_before_mib']:,.0f}) | {sc['pipeline_peak_rss_mib']:,.0f} / "
+            f"{sc['bare_peak_rss_mib']:,.0f} MiB |",
+        ]
+    lines += ["", "| Benchmark | Measure | Result |", "|---|---|---|", *rows]
     lines += ["", f"total benchmark time: {results['total_seconds']:.1f} s"]
     return "\n".join(lines)
 
@@ -640,12 +1028,116 @@ def median_latency(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {k: median_of(runs, k) for k in keys}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run_service(
+    args: argparse.Namespace,
+    profile: Profile,
+    tmp: Path,
+    results: dict[str, Any],
+    phase: Callable[[str], contextlib.AbstractContextManager[None]],
+) -> None:
+    """Import, train and the served benchmarks (the server in a separate process)."""
     from sessionrec.config import Config
 
+    db_url = f"sqlite:///{tmp / 'bench.db'}"
+    models_dir = tmp / "models"
+    config = Config.load(
+        {
+            "db_url": db_url,
+            "models_dir": str(models_dir),
+            "host": "127.0.0.1",
+            "port": 0,
+            "model_poll_interval_s": 0.0,
+        }
+    )
+    csv_path, results["dataset"] = prepare_dataset(tmp, Path(args.movielens), args.synthetic)
+    say(f"[bench] dataset: {results['dataset']['name']} ({results['dataset']['rows']} rows)")
+
+    with phase("import"):
+        results["import"] = bench_import(db_url, csv_path, config.sqlite_synchronous)
+    with phase("train"):
+        train = bench_train(db_url, models_dir, profile.train_repeats, config.sqlite_synchronous)
+    users, items = train.pop("_users"), train.pop("_items")
+    results["train"] = train
+
+    say("[bench] starting the server (separate process) ...")
+    with server_process(dataclasses.asdict(config)) as (port, version, server_pid):
+        if version != train["version"]:
+            raise BenchError(f"server: serving {version!r}, expected {train['version']!r}")
+        results["server"] = {
+            "address": f"127.0.0.1:{port}",
+            "process": "separate (multiprocessing spawn)",
+            "workers": config.workers,
+            "sqlite_synchronous": config.sqlite_synchronous,
+            "history_limit": config.history_limit,
+            "model_version": version,
+        }
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stubs = Stubs(
+            pb_grpc.SessionServiceStub(channel),
+            pb_grpc.RecommendationServiceStub(channel),
+            pb_grpc.AdminServiceStub(channel),
+        )
+        info = rpc(stubs.admin.GetModelInfo, pb.GetModelInfoRequest(), "GetModelInfo")
+        if info.version != version:
+            raise BenchError(f"GetModelInfo: {info.version!r}, expected {version!r}")
+
+        with phase("recommend sequential"):
+            # Warm-up (connection, code paths, SQLite page cache): not measured.
+            bench_sequential(stubs, users, items, 100, seed=args.seed + 999)
+            runs = []
+            for r in range(profile.seq_repeats):
+                say(f"[bench]   repeat {r + 1}/{profile.seq_repeats}")
+                runs.append(bench_sequential(stubs, users, items, profile.seq_calls, args.seed + r))
+        results["recommend_sequential"] = {
+            "repeats": profile.seq_repeats,
+            "median": median_latency(runs),
+            "median_with_session": median_latency([r["with_session"] for r in runs]),
+            "median_without_session": median_latency([r["without_session"] for r in runs]),
+            "runs": runs,
+        }
+        with phase("recommend concurrent"):
+            results["recommend_concurrent"] = bench_concurrent(
+                stubs,
+                users,
+                items,
+                profile.conc_requests,
+                profile.conc_window,
+                args.seed + 100,
+                server_pid,
+            )
+        results["track_events"] = []
+        for window in (1, 4):
+            with phase(f"track events, {window} in flight"):
+                results["track_events"].append(
+                    bench_track(
+                        stubs,
+                        items,
+                        profile.track_calls,
+                        profile.track_batch,
+                        window,
+                        args.seed + 200 + window,
+                    )
+                )
+        channel.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = PROFILES["quick" if args.quick else "default"]
+    # The default run includes the training-at-scale section (about 1-1.5 min);
+    # --quick only with --scale, and --no-scale leaves it out.
+    scale = args.scale_only or args.scale or not (args.quick or args.no_scale)
     started = time.perf_counter()
-    results: dict[str, Any] = {"profile": profile.name, "machine": machine_info()}
+    if args.scale_only:
+        name = "training at scale only"
+    elif args.quick:
+        name = profile.name + (" + training at scale" if scale else "")
+    else:
+        name = profile.name + ("" if scale else " without training at scale")
+    results: dict[str, Any] = {
+        "profile": name,
+        "machine": machine_info(),
+    }
     phases: dict[str, float] = {}
     results["phase_seconds"] = phases
 
@@ -658,93 +1150,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="sessionrec-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        db_url = f"sqlite:///{tmp / 'bench.db'}"
-        models_dir = tmp / "models"
-        config = Config.load(
-            {
-                "db_url": db_url,
-                "models_dir": str(models_dir),
-                "host": "127.0.0.1",
-                "port": 0,
-                "model_poll_interval_s": 0.0,
-            }
-        )
-        say(f"[bench] profile {profile.name}; scratch {tmp}")
-        csv_path, results["dataset"] = prepare_dataset(tmp, Path(args.movielens), args.synthetic)
-        say(f"[bench] dataset: {results['dataset']['name']} ({results['dataset']['rows']} rows)")
-
-        with phase("import"):
-            results["import"] = bench_import(db_url, csv_path, config.sqlite_synchronous)
-        with phase("train"):
-            train = bench_train(
-                db_url, models_dir, profile.train_repeats, config.sqlite_synchronous
-            )
-        users, items = train.pop("_users"), train.pop("_items")
-        results["train"] = train
-
-        say("[bench] starting the server (separate process) ...")
-        with server_process(dataclasses.asdict(config)) as (port, version, server_pid):
-            if version != train["version"]:
-                raise BenchError(f"server: serving {version!r}, expected {train['version']!r}")
-            results["server"] = {
-                "address": f"127.0.0.1:{port}",
-                "process": "separate (multiprocessing spawn)",
-                "workers": config.workers,
-                "sqlite_synchronous": config.sqlite_synchronous,
-                "history_limit": config.history_limit,
-                "model_version": version,
-            }
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            grpc.channel_ready_future(channel).result(timeout=30)
-            stubs = Stubs(
-                pb_grpc.SessionServiceStub(channel),
-                pb_grpc.RecommendationServiceStub(channel),
-                pb_grpc.AdminServiceStub(channel),
-            )
-            info = rpc(stubs.admin.GetModelInfo, pb.GetModelInfoRequest(), "GetModelInfo")
-            if info.version != version:
-                raise BenchError(f"GetModelInfo: {info.version!r}, expected {version!r}")
-
-            with phase("recommend sequential"):
-                # Warm-up (connection, code paths, SQLite page cache): not measured.
-                bench_sequential(stubs, users, items, 100, seed=args.seed + 999)
-                runs = []
-                for r in range(profile.seq_repeats):
-                    say(f"[bench]   repeat {r + 1}/{profile.seq_repeats}")
-                    runs.append(
-                        bench_sequential(stubs, users, items, profile.seq_calls, args.seed + r)
-                    )
-            results["recommend_sequential"] = {
-                "repeats": profile.seq_repeats,
-                "median": median_latency(runs),
-                "median_with_session": median_latency([r["with_session"] for r in runs]),
-                "median_without_session": median_latency([r["without_session"] for r in runs]),
-                "runs": runs,
-            }
-            with phase("recommend concurrent"):
-                results["recommend_concurrent"] = bench_concurrent(
-                    stubs,
-                    users,
-                    items,
-                    profile.conc_requests,
-                    profile.conc_window,
-                    args.seed + 100,
-                    server_pid,
-                )
-            results["track_events"] = []
-            for window in (1, 4):
-                with phase(f"track events, {window} in flight"):
-                    results["track_events"].append(
-                        bench_track(
-                            stubs,
-                            items,
-                            profile.track_calls,
-                            profile.track_batch,
-                            window,
-                            args.seed + 200 + window,
-                        )
-                    )
-            channel.close()
+        say(f"[bench] profile {name}; scratch {tmp}")
+        if not args.scale_only:
+            run_service(args, profile, tmp, results, phase)
+        if scale:
+            spec = dataclasses.replace(ScaleSpec(), events=args.scale_events)
+            with phase("training at scale"):
+                results["train_scale"] = bench_train_scale(tmp / "scale", spec)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -762,7 +1174,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--synthetic", action="store_true", help="use the synthetic log even if MovieLens exists"
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="with --quick: add the training-at-scale section (in the default run already)",
+    )
+    parser.add_argument(
+        "--no-scale", action="store_true", help="leave out the training-at-scale section"
+    )
+    parser.add_argument(
+        "--scale-only", action="store_true", help="run only the training-at-scale section"
+    )
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        default=ScaleSpec.events,
+        help=f"events in the training-at-scale log (default {ScaleSpec.events:,})",
+    )
     args = parser.parse_args(argv)
+    if args.scale_only and args.no_scale:
+        parser.error("--scale-only and --no-scale exclude each other")
+    if args.scale_events < 2 * ScaleSpec.users:
+        parser.error(f"--scale-events: at least {2 * ScaleSpec.users:,} (2 per user)")
     try:
         results = run(args)
     except BenchError as exc:
