@@ -123,6 +123,7 @@ def suggest(trial: Any, algorithms: Sequence[str]) -> Configuration:
     use_recency = trial.suggest_categorical("recency", [False, True])
     weights = EventWeights(
         dwell_bonus=trial.suggest_float("dwell_bonus", 0.0, 2.0),
+        skip_factor=trial.suggest_float("skip_factor", 0.0, 1.0),
         recency_half_life=(
             trial.suggest_float("recency_half_life", 2.0, 200.0, log=True) if use_recency else 0.0
         ),

@@ -135,3 +135,16 @@ def test_time_decay_halves_per_half_life_of_age() -> None:
     with pytest.raises(ValueError, match="age_ms"):
         w.weigh(types, np.full(3, -1))
     assert EventWeights.from_dict(w.to_dict()) == w
+
+
+def test_a_quickly_left_view_is_a_skip() -> None:
+    w = EventWeights(skip_below_ms=3000, skip_factor=0.25, dwell_bonus=0.0)
+    views = np.full(3, int(EventType.ITEM_VIEW))
+    out = w.weigh(views, np.array([500, 5000, -1]))  # a skip, a real view, unknown dwell
+    assert np.allclose(out, [0.25, 1.0, 1.0])
+    cart = w.weigh(np.array([int(EventType.ADD_TO_CART)]), np.array([500]))
+    assert np.allclose(cart, [3.0])  # only views can be skips
+    default = EventWeights().weigh(views, np.array([500, 5000, -1]))  # skips off by default
+    assert np.allclose(default, [1 + 500 / 60_000, 1 + 5000 / 60_000, 1.0])
+    with pytest.raises(ValueError, match="skip_factor"):
+        EventWeights(skip_factor=1.5)
