@@ -13,10 +13,12 @@ artifact module writes them to ``.npz`` and loads them with
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
 from sessionrec.errors import FailedPrecondition, InvalidArgument
@@ -339,7 +341,10 @@ class ItemKNNRecommender(Recommender):
             )
         else:
             model = nn.TFIDFRecommender(K=k, num_threads=threads)
-        model.fit(matrix.tocsr(), show_progress=show_progress)
+        with warnings.catch_warnings():
+            # implicit's BM25/TF-IDF weighting hands its own fit a COO matrix and warns.
+            warnings.simplefilter("ignore", ParameterWarning)
+            model.fit(matrix.tocsr(), show_progress=show_progress)
         self.similarity = model.similarity.tocsr().astype(np.float32)
         self.n_items = matrix.shape[1]
 
