@@ -94,6 +94,30 @@ class BenchError(RuntimeError):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def bare_als_fit_seconds(matrix: Any) -> float:
+    """Seconds for implicit's own CPU ALS fit with the model's default parameters."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from training.models import ALGORITHMS
+
+    p = ALGORITHMS["als"].defaults
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=p["factors"],
+            regularization=p["regularization"],
+            alpha=p["alpha"],
+            iterations=p["iterations"],
+            random_state=p["random_state"],
+            num_threads=p["num_threads"],
+        )
+        started = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+        return time.perf_counter() - started
+
+
 def machine_info() -> dict[str, Any]:
     def version(name: str) -> str:
         try:
@@ -245,12 +269,9 @@ def bench_import(db_url: str, csv_path: Path, synchronous: str) -> dict[str, Any
 
 
 def bench_train(db_url: str, models_dir: Path, repeats: int, synchronous: str) -> dict[str, Any]:
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
 
     from sessionrec.store import open_store
     from training.data import build_interactions
-    from training.models import ALSRecommender
     from training.pipeline import train
     from training.weighting import EventWeights
 
@@ -269,21 +290,7 @@ def bench_train(db_url: str, models_dir: Path, repeats: int, synchronous: str) -
             )
         matrix = build_interactions(store.item_events(), EventWeights()).matrix.tocsr()
     assert artifact is not None
-    p = ALSRecommender.defaults
-    bare = []
-    for _ in range(repeats):
-        with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(
-                factors=p["factors"],
-                regularization=p["regularization"],
-                alpha=p["alpha"],
-                iterations=p["iterations"],
-                random_state=p["random_state"],
-                num_threads=p["num_threads"],
-            )
-            started = time.perf_counter()
-            model.fit(matrix, show_progress=False)
-            bare.append(time.perf_counter() - started)
+    bare = [bare_als_fit_seconds(matrix) for _ in range(repeats)]
     return {
         "algorithm": "als",
         "params": artifact.params,
@@ -548,29 +555,15 @@ def _scale_bare(npz_path: str) -> dict[str, Any]:
     """Child process: one bare ``implicit`` ALS fit (the model's defaults, BLAS at
     1 thread as the model does) on the saved matrix."""
     import scipy.sparse as sp
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    from training.models import ALGORITHMS
 
     matrix = sp.load_npz(npz_path).tocsr()
-    p = ALGORITHMS["als"].defaults
     rss_before = _rss_mib()
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=p["factors"],
-            regularization=p["regularization"],
-            alpha=p["alpha"],
-            iterations=p["iterations"],
-            random_state=p["random_state"],
-            num_threads=p["num_threads"],
-        )
-        started = time.perf_counter()
-        model.fit(matrix, show_progress=False)
-        fit = time.perf_counter() - started
+    fit = bare_als_fit_seconds(matrix)
+    from training.models import ALGORITHMS
+
     return {
         "fit_seconds": round(fit, 3),
-        "params": dict(p),
+        "params": dict(ALGORITHMS["als"].defaults),
         "peak_rss_mib_before": rss_before,
         "peak_rss_mib": _rss_mib(),
         "ru_maxrss_mib": _ru_maxrss_mib(),

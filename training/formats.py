@@ -123,32 +123,16 @@ def _rating_event(
     return event
 
 
-def read_movielens(
-    fh: TextIO,
+def _ratings(
+    rows: Iterator[tuple[int, list[str]]],
     report: ImportReport,
-    *,
-    min_rating: float | None = None,
-    event_type: str = "ITEM_VIEW",
+    min_rating: float | None,
+    event_type: str,
 ) -> Rows:
-    """MovieLens ``u.data``: ``user, item, rating, timestamp``, tab-separated, no header."""
-    for line, raw in enumerate(fh, 1):
-        text = raw.rstrip("\r\n")
-        if not text.strip():
-            continue
-        report.rows += 1
-        fields = text.split("\t")
-        if len(fields) != 4:
-            fields = text.split()
-        if len(fields) != 4:
-            report.bad.append(
-                BadRow(
-                    line,
-                    f"row: expected 4 fields (user, item, rating, timestamp), got {len(fields)}",
-                )
-            )
-            continue
+    """(line, [user, item, rating, timestamp, ...]) -> rating events; low ones skipped."""
+    for line, fields in rows:
         try:
-            user, item, rating, timestamp = fields
+            user, item, rating, timestamp = fields[:4]
             event = _rating_event(user, item, rating, timestamp, min_rating, event_type)
         except ValueError as exc:
             report.bad.append(BadRow(line, str(exc)))
@@ -157,6 +141,38 @@ def read_movielens(
             report.skipped += 1
             continue
         yield line, event
+
+
+def read_movielens(
+    fh: TextIO,
+    report: ImportReport,
+    *,
+    min_rating: float | None = None,
+    event_type: str = "ITEM_VIEW",
+) -> Rows:
+    """MovieLens ``u.data``: ``user, item, rating, timestamp``, tab-separated, no header."""
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for line, raw in enumerate(fh, 1):
+            text = raw.rstrip("\r\n")
+            if not text.strip():
+                continue
+            report.rows += 1
+            fields = text.split("\t")
+            if len(fields) != 4:
+                fields = text.split()
+            if len(fields) != 4:
+                report.bad.append(
+                    BadRow(
+                        line,
+                        f"row: expected 4 fields (user, item, rating, timestamp), "
+                        f"got {len(fields)}",
+                    )
+                )
+                continue
+            yield line, fields
+
+    return _ratings(rows(), report, min_rating, event_type)
 
 
 def read_movielens_csv(
@@ -173,17 +189,7 @@ def read_movielens_csv(
         raise ImportFormatError(
             f"header: expected userId,movieId,rating,timestamp, got {','.join(header)!r}"
         )
-    for line, fields in _rows_of_width(reader, report, len(header)):
-        try:
-            user, item, rating, timestamp = fields[:4]
-            event = _rating_event(user, item, rating, timestamp, min_rating, event_type)
-        except ValueError as exc:
-            report.bad.append(BadRow(line, str(exc)))
-            continue
-        if event is None:
-            report.skipped += 1
-            continue
-        yield line, event
+    return _ratings(_rows_of_width(reader, report, len(header)), report, min_rating, event_type)
 
 
 # --------------------------------------------------------------- DIGINETICA
