@@ -86,6 +86,12 @@ def _add_weight_args(p: argparse.ArgumentParser) -> None:
         help="how much more the newest event weighs (default 1.0)",
     )
     p.add_argument(
+        "--scaling",
+        choices=["none", "bm25", "tfidf"],
+        default=None,
+        help="confidence scaling of the user x item matrix (default none)",
+    )
+    p.add_argument(
         "--time-half-life-days",
         type=float,
         default=None,
@@ -114,7 +120,13 @@ def _weights(args: argparse.Namespace) -> EventWeights:
             raise SessionrecError(f"--weight: {raw!r} is not a number") from None
     extra = {
         name: getattr(args, name)
-        for name in ("dwell_bonus", "recency_half_life", "recency_boost", "time_half_life_days")
+        for name in (
+            "dwell_bonus",
+            "recency_half_life",
+            "recency_boost",
+            "time_half_life_days",
+            "scaling",
+        )
         if getattr(args, name) is not None
     }
     if getattr(args, "algorithm", None) == "trending":

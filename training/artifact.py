@@ -35,7 +35,7 @@ from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, break_ties_by_popularity, top_k
-from training.weighting import EventWeights
+from training.weighting import ConfidenceScaling, EventWeights
 
 FORMAT = "sessionrec-model"
 FORMAT_VERSION = 1
@@ -73,6 +73,7 @@ class ModelArtifact:
     popularity: np.ndarray
     weights: EventWeights
     meta: dict[str, Any] = field(default_factory=dict)
+    scaling: ConfidenceScaling | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -117,6 +118,8 @@ class ModelArtifact:
         if live_since_ms is not None and live_boost != 1.0:
             weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
         row = user_row(numbers, weights, len(self.items))
+        if self.scaling is not None:
+            row = self.scaling.apply(row)
         excluded = [] if include_seen else numbers[numbers >= 0].tolist()
         excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
@@ -198,6 +201,8 @@ def save_artifact(
         "popularity": popularity,
         **{f"model.{k}": v for k, v in model.to_arrays().items()},
     }
+    if interactions.scaling is not None:
+        arrays.update({f"scaling.{k}": v for k, v in interactions.scaling.to_arrays().items()})
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=versions))
     try:
         with open(tmp / "model.npz", "wb") as fh:
@@ -243,6 +248,7 @@ def save_artifact(
         popularity=popularity,
         weights=weights,
         meta=meta,
+        scaling=interactions.scaling,
     )
 
 
@@ -324,6 +330,14 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
         popularity = np.asarray(arrays["popularity"], dtype=np.float32)
         if model.n_items != len(items) or popularity.shape != (len(items),):
             raise ValueError(f"model has {model.n_items} items, vocabulary {len(items)}")
+        scaling = None
+        if weights.scaling != "none":
+            scaling_arrays = {
+                k[len("scaling.") :]: v for k, v in arrays.items() if k.startswith("scaling.")
+            }
+            scaling = ConfidenceScaling.from_arrays(scaling_arrays, weights)
+            if scaling.idf.shape != (len(items),) or not scaling.average_length > 0:
+                raise ValueError("scaling: statistics do not fit the vocabulary")
         artifact = ModelArtifact(
             version=version,
             algorithm=algorithm,
@@ -333,6 +347,7 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
             popularity=popularity,
             weights=weights,
             meta=meta,
+            scaling=scaling,
         )
         _smoke_test(artifact)
     except (KeyError, ValueError, TypeError, IndexError, SessionrecError) as exc:

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sessionrec.store import EventColumns
-from training.weighting import EventWeights
+from training.weighting import ConfidenceScaling, EventWeights
 
 
 class Vocabulary:
@@ -72,6 +72,8 @@ class Interactions:
     items: Vocabulary
     matrix: sp.csr_matrix
     events: int
+    #: The confidence scaling applied to ``matrix`` (None: "none"); live rows get the same.
+    scaling: ConfidenceScaling | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -105,7 +107,13 @@ def build_interactions(
     )
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
-    return Interactions(users=users, items=items, matrix=matrix, events=int(keep.sum()))
+    scaling = None
+    if weights.scaling != "none":
+        scaling = ConfidenceScaling.fit(matrix, weights)
+        matrix = scaling.apply(matrix)
+    return Interactions(
+        users=users, items=items, matrix=matrix, events=int(keep.sum()), scaling=scaling
+    )
 
 
 def events_after(user_rows: np.ndarray) -> np.ndarray:

@@ -124,6 +124,7 @@ def suggest(trial: Any, algorithms: Sequence[str]) -> Configuration:
     weights = EventWeights(
         dwell_bonus=trial.suggest_float("dwell_bonus", 0.0, 2.0),
         skip_factor=trial.suggest_float("skip_factor", 0.0, 1.0),
+        scaling=trial.suggest_categorical("scaling", ["none", "bm25", "tfidf"]),
         recency_half_life=(
             trial.suggest_float("recency_half_life", 2.0, 200.0, log=True) if use_recency else 0.0
         ),

@@ -30,6 +30,10 @@ import numpy as np
 
 from sessionrec.events import VIEW_TYPES, EventType
 
+SCALINGS = ("none", "bm25", "tfidf")
+#: Lowest idf kept: an item nearly every user touched still counts a little.
+MIN_IDF = 0.1
+
 DEFAULT_TYPE_WEIGHTS: dict[str, float] = {
     "SCREEN_VIEW": 0.0,
     "ITEM_VIEW": 1.0,
@@ -61,6 +65,11 @@ class EventWeights:
     recency_boost: float = 1.0
     #: Half-life of the time decay, in days (0: off).
     time_half_life_days: float = 0.0
+    #: Confidence scaling of the summed user x item matrix: "none", "bm25" or
+    #: "tfidf" (down-weights items everybody touches; see ``ConfidenceScaling``).
+    scaling: str = "none"
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
 
     def __post_init__(self) -> None:
         for name, value in self.type_weights.items():
@@ -76,6 +85,10 @@ class EventWeights:
             raise ValueError(f"skip_factor: must be between 0 and 1, got {self.skip_factor}")
         if self.skip_below_ms < 0:
             raise ValueError(f"skip_below_ms: must be >= 0, got {self.skip_below_ms}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"scaling: must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if not (self.bm25_k1 > 0 and 0 <= self.bm25_b <= 1):
+            raise ValueError("bm25_k1: must be > 0 and bm25_b between 0 and 1")
         for name in ("recency_half_life", "recency_boost", "time_half_life_days"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -144,4 +157,55 @@ class EventWeights:
             recency_half_life=float(data.get("recency_half_life", 0.0)),
             recency_boost=float(data.get("recency_boost", 1.0)),
             time_half_life_days=float(data.get("time_half_life_days", 0.0)),
+            scaling=str(data.get("scaling", "none")),
+            bm25_k1=float(data.get("bm25_k1", 100.0)),
+            bm25_b=float(data.get("bm25_b", 0.8)),
         )
+
+
+@dataclass(frozen=True)
+class ConfidenceScaling:
+    """BM25 or TF-IDF scaling of user rows, with the corpus statistics of the
+    training matrix (stored in the artifact, so a live user's row is scaled
+    exactly as training rows were). As implicit's ``bm25_weight`` and
+    ``tfidf_weight``, with idf = log(users) - log1p(users who touched the item),
+    floored at ``MIN_IDF``."""
+
+    kind: str
+    idf: np.ndarray
+    average_length: float
+    k1: float = 100.0
+    b: float = 0.8
+
+    @classmethod
+    def fit(cls, matrix: Any, weights: EventWeights) -> ConfidenceScaling:
+        n_users = max(matrix.shape[0], 1)
+        touched = np.bincount(matrix.indices, minlength=matrix.shape[1])
+        idf = np.maximum(np.log(n_users) - np.log1p(touched), MIN_IDF).astype(np.float32)
+        lengths = np.asarray(matrix.sum(axis=1)).ravel()
+        average = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
+        return cls(weights.scaling, idf, average, weights.bm25_k1, weights.bm25_b)
+
+    def apply(self, matrix: Any) -> Any:
+        """A scaled copy of a CSR matrix of user rows."""
+        out = matrix.tocsr().astype(np.float32, copy=True)
+        cols = out.indices
+        if self.kind == "tfidf":
+            out.data = np.sqrt(out.data) * self.idf[cols]
+        elif self.kind == "bm25":
+            lengths = np.asarray(out.sum(axis=1)).ravel()
+            norm = (1.0 - self.b) + self.b * lengths / self.average_length
+            rows = np.repeat(np.arange(out.shape[0]), np.diff(out.indptr))
+            out.data = (
+                out.data * (self.k1 + 1.0) / (self.k1 * norm[rows] + out.data) * self.idf[cols]
+            ).astype(np.float32)
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"idf": self.idf, "average_length": np.asarray([self.average_length])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], weights: EventWeights) -> ConfidenceScaling:
+        idf = np.asarray(arrays["idf"], dtype=np.float32)
+        average = float(np.asarray(arrays["average_length"]).ravel()[0])
+        return cls(weights.scaling, idf, average, weights.bm25_k1, weights.bm25_b)

@@ -418,3 +418,19 @@ def test_versions_and_current_are_readable_by_other_users(
     assert stat.S_IMODE(version_dir.stat().st_mode) & 0o005 == 0o005
     for path in (version_dir / "model.npz", version_dir / "meta.json", models_dir / "CURRENT"):
         assert stat.S_IMODE(path.stat().st_mode) & 0o004, path
+
+
+def test_a_scaled_model_serves_rows_scaled_like_training(
+    models_dir: Path, group_events: EventColumns
+) -> None:
+    weights = EventWeights(scaling="bm25")
+    scaled = build_interactions(group_events, weights)
+    assert scaled.scaling is not None
+    model = create_model("als", **PARAMS["als"])
+    model.fit(scaled.matrix)
+    saved = save_artifact(models_dir, model, scaled, weights)
+    loaded = load_current(models_dir)
+    assert loaded is not None and loaded.scaling is not None
+    assert np.allclose(loaded.scaling.idf, scaled.scaling.idf)
+    history = seen("A0", "A1")
+    assert loaded.recommend(history, 5).item_ids == saved.recommend(history, 5).item_ids

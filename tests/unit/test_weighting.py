@@ -148,3 +148,27 @@ def test_a_quickly_left_view_is_a_skip() -> None:
     assert np.allclose(default, [1 + 500 / 60_000, 1 + 5000 / 60_000, 1.0])
     with pytest.raises(ValueError, match="skip_factor"):
         EventWeights(skip_factor=1.5)
+
+
+def test_bm25_and_tfidf_scaling_match_implicit() -> None:
+    """Without the idf floor in play, the scaling is implicit's own weighting."""
+    import scipy.sparse as sp
+    from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+
+    from training.weighting import ConfidenceScaling
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((200, 12)) < 0.15) * rng.integers(1, 5, (200, 12))
+    matrix = sp.csr_matrix(dense.astype(np.float32))
+    for kind, reference in (
+        ("bm25", bm25_weight(matrix, K1=100, B=0.8)),
+        ("tfidf", tfidf_weight(matrix)),
+    ):
+        scaling = ConfidenceScaling.fit(matrix, EventWeights(scaling=kind))
+        assert scaling.idf.min() > 0.1  # the floor did not bite on this matrix
+        ours = scaling.apply(matrix).toarray()
+        assert np.allclose(ours, sp.csr_matrix(reference).toarray(), rtol=1e-4, atol=1e-5)
+        # One row at a time (serving) scales as the whole matrix (training) did.
+        assert np.allclose(scaling.apply(matrix[7]).toarray(), ours[7:8], rtol=1e-5)
+    with pytest.raises(ValueError, match="scaling"):
+        EventWeights(scaling="log")
