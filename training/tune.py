@@ -16,6 +16,7 @@ reproducible (same seed, same data, same trials -> same result).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -92,7 +93,11 @@ class TuneResult:
 
 def suggest(trial: Any, algorithms: Sequence[str]) -> Configuration:
     """One point of the search space (Optuna trial -> configuration)."""
-    algorithm = trial.suggest_categorical("algorithm", list(algorithms))
+    algorithm = (
+        algorithms[0]
+        if len(algorithms) == 1
+        else trial.suggest_categorical("algorithm", list(algorithms))
+    )
     params: dict[str, Any]
     if algorithm == "als":
         params = {
@@ -185,29 +190,43 @@ def tune(
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
 
-    def objective(trial: Any) -> float:
-        configuration = suggest(trial, algorithms)
+    def objective(trial: Any, algorithm: str) -> float:
+        configuration = suggest(trial, [algorithm])
         metrics, _, _ = score(configuration, fit_part, valid, k, seed=seed, threads=threads)
         value = float(metrics["ndcg"])
         if not math.isfinite(value):
             value = 0.0
-        history.append({"trial": trial.number, "ndcg": value, **configuration.to_dict()})
+        history.append({"trial": len(history), "ndcg": value, **configuration.to_dict()})
         best = max(h["ndcg"] for h in history)
         say(
-            f"trial {trial.number:4d}: {configuration.algorithm:8s} validation "
+            f"trial {len(history) - 1:4d}: {configuration.algorithm:8s} validation "
             f"NDCG@{k} {value:.4f} (best {best:.4f}, {time.perf_counter() - started:.0f}s)"
         )
         return value
 
+    # One study per algorithm, each with an equal share of the budget: one search
+    # over all of them at once let the sampler settle on whichever algorithm
+    # looked good early and starve the others (measured: EASE got 13% of trials).
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=trials, timeout=budget_s)
+    share_s = None if budget_s is None else budget_s / len(algorithms)
+    share_trials = None if trials is None else max(1, math.ceil(trials / len(algorithms)))
+    winners: list[tuple[float, str, dict[str, Any]]] = []
+    for algorithm in algorithms:
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
+        )
+        study.optimize(
+            functools.partial(objective, algorithm=algorithm),
+            n_trials=share_trials,
+            timeout=share_s,
+        )
+        if study.trials and study.best_trial.value is not None:
+            winners.append((float(study.best_trial.value), algorithm, study.best_trial.params))
     search_seconds = time.perf_counter() - started
-    if not history:
+    if not winners:
         raise InvalidArgument("budget: too small for a single trial")
-    best_trial = study.best_trial
-    best_value = float(best_trial.value or 0.0)
-    best = suggest(optuna.trial.FixedTrial(best_trial.params), algorithms)
+    best_value, best_algorithm, best_params = max(winners, key=lambda w: w[0])
+    best = suggest(optuna.trial.FixedTrial(best_params), [best_algorithm])
     say(f"best on validation: {best.algorithm} {best.params} NDCG@{k} {best_value:.4f}")
 
     test_metrics, _, _ = score(best, train, test, k, seed=seed, threads=threads)
