@@ -118,6 +118,14 @@ def suggest(trial: Any, algorithms: Sequence[str]) -> Configuration:
             "regularization": trial.suggest_float("bpr_regularization", 1e-4, 0.1, log=True),
             "iterations": trial.suggest_int("bpr_iterations", 20, 200, log=True),
         }
+    elif algorithm == "lmf":
+        params = {
+            "factors": trial.suggest_int("lmf_factors", 8, 128, log=True),
+            "learning_rate": trial.suggest_float("lmf_learning_rate", 0.1, 2.0, log=True),
+            "regularization": trial.suggest_float("lmf_regularization", 0.1, 10.0, log=True),
+            "iterations": trial.suggest_int("lmf_iterations", 10, 100, log=True),
+            "neg_prop": trial.suggest_int("lmf_neg_prop", 1, 30, log=True),
+        }
     else:
         raise InvalidArgument(f"algorithms: cannot tune {algorithm!r}")
     use_recency = trial.suggest_categorical("recency", [False, True])

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning
 PARAMS: dict[str, dict[str, Any]] = {
     "als": {"factors": 4, "iterations": 5, "random_state": 0, "num_threads": 1},
     "bpr": {"factors": 4, "iterations": 20, "random_state": 0, "num_threads": 1},
+    "lmf": {"factors": 4, "iterations": 20, "random_state": 0, "num_threads": 1},
     "itemknn": {"K": 20, "num_threads": 1},
     "ease": {"regularization": 10.0},
     "popular": {},
@@ -376,6 +377,7 @@ def test_similar_items(knn: ModelArtifact) -> None:
         ("als", "narrow-factors"),
         ("als", "one-dimensional-factors"),
         ("bpr", "narrow-factors"),
+        ("lmf", "narrow-factors"),
         ("itemknn", "non-square-similarity"),
     ],
 )

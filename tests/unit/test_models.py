@@ -24,12 +24,13 @@ GROUP_B = np.arange(10, 20)
 PARAMS: dict[str, dict[str, Any]] = {
     "als": {"factors": 4, "iterations": 10, "random_state": 0, "num_threads": 1},
     "bpr": {"factors": 4, "iterations": 100, "random_state": 0, "num_threads": 1},
+    "lmf": {"factors": 4, "iterations": 50, "random_state": 0, "num_threads": 1},
     "itemknn": {"K": 20, "num_threads": 1},
     "ease": {"regularization": 10.0},
     "popular": {},
     "trending": {},
 }
-PERSONALIZED = ["als", "bpr", "itemknn", "ease"]
+PERSONALIZED = ["als", "bpr", "lmf", "itemknn", "ease"]
 
 # implicit's nearest-neighbour models convert a matrix internally and warn about it.
 pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
@@ -48,7 +49,9 @@ def row(items: list[int], n_items: int = 20, weight: float = 1.0) -> sp.csr_matr
 
 def test_every_algorithm_is_covered() -> None:
     assert (
-        set(ALGORITHMS) == set(PARAMS) == {"als", "bpr", "itemknn", "ease", "popular", "trending"}
+        set(ALGORITHMS)
+        == set(PARAMS)
+        == {"als", "bpr", "lmf", "itemknn", "ease", "popular", "trending"}
     )
     for name, cls in ALGORITHMS.items():
         assert cls.algorithm == name
@@ -309,3 +312,34 @@ def test_als_gpu_choice_is_checked(group_matrix: sp.csr_matrix) -> None:
         pytest.skip("CUDA present: the forced GPU fit is valid here")
     with pytest.raises(FailedPrecondition, match="use_gpu"):
         forced.fit(group_matrix)
+
+
+def test_lmf_fold_in_reproduces_the_trained_user_factors() -> None:
+    """LMF folds a training user's row back in to scores that rank items like the
+    user factors implicit learned for that user (the fold-in solves the same
+    objective with the item factors fixed)."""
+    from implicit.cpu.lmf import LogisticMatrixFactorization
+
+    rng = np.random.default_rng(7)
+    taste = rng.normal(size=(80, 3)) @ rng.normal(size=(3, 60))
+    clicks = (taste + rng.normal(scale=0.5, size=taste.shape)) > 1.2
+    matrix = sp.csr_matrix(clicks.astype(np.float32))
+    p = {**ALGORITHMS["lmf"].defaults, "factors": 8, "random_state": 0, "num_threads": 1}
+    lmf = LogisticMatrixFactorization(
+        factors=p["factors"],
+        learning_rate=p["learning_rate"],
+        regularization=p["regularization"],
+        iterations=p["iterations"],
+        neg_prop=p["neg_prop"],
+        random_state=p["random_state"],
+        num_threads=p["num_threads"],
+    )
+    lmf.fit(matrix, show_progress=False)
+    trained = np.asarray(lmf.user_factors) @ np.asarray(lmf.item_factors).T
+    model = create_model("lmf", factors=8, random_state=0, num_threads=1)
+    model.fit(matrix)
+    assert np.allclose(model.to_arrays()["item_factors"], lmf.item_factors)
+    folded = model.score(matrix)
+    users = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    correlations = [np.corrcoef(folded[u], trained[u])[0, 1] for u in users]
+    assert np.median(correlations) > 0.9, np.median(correlations)
