@@ -89,6 +89,7 @@ class ModelArtifact:
         exclude: Sequence[str] = (),
         live_since_ms: int | None = None,
         live_boost: float = 1.0,
+        allowed: np.ndarray | None = None,
     ) -> Recommendation:
         """Top-``n`` items for a user whose item events (any order) are ``history``.
 
@@ -97,7 +98,8 @@ class ModelArtifact:
         ``live_since_ms`` (the active session) weigh ``live_boost`` times more:
         what the user does now says more about what they want next than what
         they did last month. With no usable history (or a popularity model)
-        the answer is the popularity ranking.
+        the answer is the popularity ranking. ``allowed`` (a boolean per item of
+        ``self.items``) keeps only the items a caller's filters let through.
         """
         numbers = self.items.numbers([e.item_id for e in history])
         types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
@@ -122,6 +124,8 @@ class ModelArtifact:
             row = self.scaling.apply(row)
         excluded = [] if include_seen else numbers[numbers >= 0].tolist()
         excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
+        if allowed is not None:
+            excluded += np.flatnonzero(~self._mask(allowed)).tolist()
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
             trending = self.algorithm == "trending"
             ranking = self.model.score(row)[0] if trending else self.popularity
@@ -162,12 +166,29 @@ class ModelArtifact:
             reasons.append(f"similar to {self.items.id(src)} you {verb}")
         return reasons
 
-    def similar_items(self, item_id: str, n: int) -> tuple[list[str], list[float]]:
+    def similar_items(
+        self, item_id: str, n: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[list[str], list[float]]:
+        """The ``n`` items most similar to ``item_id``; ``allowed`` as in ``recommend``."""
         number = self.items.number(item_id)
         if number < 0:
             raise NotFound(f"item_id: {item_id!r} is not in model {self.version}")
-        idx, scores = self.model.similar_items(number, n)
+        if allowed is None:
+            idx, scores = self.model.similar_items(number, n)
+        else:
+            idx, scores = self.model.similar_items(number, len(self.items))
+            keep = self._mask(allowed)[idx]
+            idx, scores = idx[keep][:n], scores[keep][:n]
         return self.items.ids[idx].tolist(), scores.tolist()
+
+    def _mask(self, allowed: np.ndarray) -> np.ndarray:
+        mask = np.asarray(allowed, dtype=bool)
+        if mask.shape != (len(self.items),):
+            raise ValueError(
+                f"allowed: expected one flag per model item ({len(self.items)}), "
+                f"got shape {mask.shape}"
+            )
+        return mask
 
 
 # ------------------------------------------------------------------- write
