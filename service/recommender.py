@@ -6,6 +6,12 @@ in-flight call. A poll thread picks up a new ``CURRENT`` version written by
 ``sessionrec train``; a corrupted artifact is refused and the last good model
 keeps serving.
 
+``RecommendationEngine`` ranks with the model (or the store's popularity when
+no model is loaded), restricted by the catalog: unavailable items never, a
+request's filter through a boolean mask over the model's items, then a small
+share of the slots for new items the model cannot score yet, then the
+request's diversity options (``service.catalog``).
+
 The service reaches ``training`` only through ``training.artifact``.
 """
 
@@ -18,10 +24,29 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
+from service.catalog import (
+    NO_DIVERSITY,
+    NO_FILTER,
+    Catalog,
+    Diversity,
+    Entry,
+    ItemFilter,
+    Profile,
+    RankerView,
+    assemble,
+    check_diversity,
+    check_filter,
+    cold_slots,
+    mmr,
+    pick_cold,
+)
 from service.periodic import PeriodicTask
 from service.validation import check_id, check_n, require_id
 from sessionrec.errors import ArtifactError, FailedPrecondition, InvalidArgument, NotFound
 from sessionrec.events import SessionRecord
+from sessionrec.items import ItemRecord
 from sessionrec.store import Store
 from training.artifact import ModelArtifact, current_version, load_artifact
 
@@ -30,6 +55,11 @@ log = logging.getLogger("sessionrec.models")
 POPULARITY_TTL_S = 60.0
 POPULARITY_WINDOW_MS = 30 * 24 * 3600 * 1000
 POPULARITY_SIZE = 2000
+#: Candidates ranked for diversity re-ranking: at least twice n, or n + this.
+DIVERSITY_EXTRA = 50
+#: How much the seed item's categories outweigh the neighbours' when choosing
+#: new items for SimilarItems.
+SEED_WEIGHT = 5.0
 
 
 @dataclass(frozen=True)
@@ -129,23 +159,36 @@ class RecommendationEngine:
         store: Store,
         models: ModelHolder,
         *,
+        catalog: Catalog | None = None,
         history_limit: int = 500,
         session_timeout_s: float = 1800.0,
         live_session_boost: float = 5.0,
+        cold_item_share: float = 0.1,
     ):
         self.store = store
         self.models = models
+        self.catalog = catalog if catalog is not None else Catalog(store)
         self.history_limit = history_limit
         self.timeout_ms = int(session_timeout_s * 1000)
         self.live_session_boost = live_session_boost
+        self.cold_item_share = cold_item_share
         self._popular: tuple[float, list[tuple[str, float]]] = (0.0, [])
         self._popular_lock = threading.Lock()
 
     def recommend(
-        self, user_id: str, n: int, *, session_id: str = "", include_seen: bool = False
+        self,
+        user_id: str,
+        n: int,
+        *,
+        session_id: str = "",
+        include_seen: bool = False,
+        item_filter: ItemFilter = NO_FILTER,
+        diversity: Diversity = NO_DIVERSITY,
     ) -> Scored:
         require_id(user_id, "user_id")
         check_n(n)
+        item_filter = check_filter(item_filter)
+        diversity = check_diversity(diversity)
         session: SessionRecord | None = None
         if session_id:
             check_id(session_id, "session_id")
@@ -156,13 +199,14 @@ class RecommendationEngine:
                 raise InvalidArgument(f"session_id: {session_id!r} belongs to another user")
         # The user's history holds every stored event, the live session included.
         history = self.store.user_item_events(user_id, self.history_limit)
+        history_ids = [e.item_id for e in history]
         # The fold-in reads the most recent events only; exclusion covers them all.
         truncated = len(history) >= self.history_limit
         older_items = self.store.user_items(user_id) if truncated and not include_seen else set()
+        seen = set() if include_seen else older_items | set(history_ids)
         loaded = self.models.current
         if loaded is None:
-            seen = set() if include_seen else older_items | {e.item_id for e in history}
-            return self._store_popular(n, seen)
+            return self._store_popular(n, seen, item_filter, diversity, history_ids)
         if session is None:
             session = self.store.find_open_session(user_id)
         live = (
@@ -170,27 +214,156 @@ class RecommendationEngine:
             and session.is_open
             and session.last_seen_ms >= time.time_ns() // 1_000_000 - self.timeout_ms
         )
-        rec = loaded.artifact.recommend(
+        artifact = loaded.artifact
+        view = self.catalog.view(artifact.version, artifact.items.ids, artifact.popularity)
+        rec = artifact.recommend(
             history,
-            n,
+            self._candidates(n, diversity, len(artifact.items)),
             include_seen=include_seen,
-            exclude=sorted(older_items),
+            exclude=sorted(older_items) + list(item_filter.exclude_item_ids),
             live_since_ms=session.started_at_ms if live and session is not None else None,
             live_boost=self.live_session_boost,
+            allowed=view.mask(item_filter, with_excluded_ids=False),
         )
-        return Scored(rec.item_ids, rec.scores, rec.reasons, rec.strategy, loaded.artifact.version)
+        ranked = zip(rec.item_ids, rec.scores, rec.reasons, strict=True)
+        warm = [Entry(i, s, why) for i, s, why in ranked]
+        return self._finish(
+            view, warm, n, item_filter, diversity, rec.strategy, artifact.version, seen, history_ids
+        )
 
-    def similar_items(self, item_id: str, n: int) -> Scored:
+    def similar_items(
+        self,
+        item_id: str,
+        n: int,
+        *,
+        item_filter: ItemFilter = NO_FILTER,
+        diversity: Diversity = NO_DIVERSITY,
+    ) -> Scored:
         require_id(item_id, "item_id")
         check_n(n)
+        item_filter = check_filter(item_filter)
+        diversity = check_diversity(diversity)
         loaded = self.models.current
         if loaded is None:
             raise FailedPrecondition("model: no model loaded (run sessionrec train)")
-        ids, scores = loaded.artifact.similar_items(item_id, n)
-        reasons = [f"similar to {item_id}"] * len(ids)
-        return Scored(ids, scores, reasons, "similar", loaded.artifact.version)
+        artifact = loaded.artifact
+        view = self.catalog.view(artifact.version, artifact.items.ids, artifact.popularity)
+        m = self._candidates(n, diversity, len(artifact.items))
+        mask = view.mask(item_filter)
+        if item_id in artifact.items:
+            ids, scores = artifact.similar_items(item_id, m, allowed=mask)
+            warm = [Entry(i, s, f"similar to {item_id}") for i, s in zip(ids, scores, strict=True)]
+        else:
+            seed = view.snapshot.get(item_id)
+            if seed is None:
+                raise NotFound(
+                    f"item_id: {item_id!r} is in neither model {artifact.version} nor the catalog"
+                )
+            warm = self._content_similar(view, seed, mask, m)
+        return self._finish(
+            view,
+            warm,
+            n,
+            item_filter,
+            diversity,
+            "similar",
+            artifact.version,
+            {item_id},
+            [item_id],
+            SEED_WEIGHT,
+        )
 
-    def _store_popular(self, n: int, seen: set[str]) -> Scored:
+    @staticmethod
+    def _candidates(n: int, diversity: Diversity, available: int) -> int:
+        """How many ranked items to ask for: n, or more for diversity to choose from."""
+        if not diversity.active:
+            return n
+        return max(n, min(available, max(2 * n, n + DIVERSITY_EXTRA)))
+
+    def _finish(
+        self,
+        view: RankerView,
+        warm: list[Entry],
+        n: int,
+        item_filter: ItemFilter,
+        diversity: Diversity,
+        strategy: str,
+        version: str,
+        seen: set[str],
+        liked: list[str],
+        liked_weight: float = 1.0,
+    ) -> Scored:
+        """Diversity re-ranking, the new-item share, the category cap. ``liked``:
+        the items whose categories and attributes new items are chosen by (with
+        the ranked items shown)."""
+        snapshot = view.snapshot
+        categories = snapshot.categories
+        if diversity.mmr_lambda is not None:
+            warm = mmr(warm, diversity.mmr_lambda, categories, limit=n)
+        k = cold_slots(n, self.cold_item_share) if view.cold else 0
+        cold: list[Entry] = []
+        if k:
+            # Every slot the ranked items cannot fill, and spares for the cap.
+            want = n - min(n - k, len(warm))
+            if diversity.max_per_category:
+                want = min(n, 2 * want + diversity.max_per_category)
+            taste = Profile()
+            taste.add(snapshot, liked, liked_weight)
+            taste.add(snapshot, (e.item_id for e in warm[:n]))
+            picks = pick_cold(
+                view, want, item_filter, skip=seen | {e.item_id for e in warm}, liked=taste
+            )
+            cold = [Entry(p.item.item_id, 0.0, p.reason) for p in picks]
+        final = assemble(warm, cold, n, k, diversity.max_per_category, categories)
+        new_ids = {e.item_id for e in cold}
+        if final and all(e.item_id in new_ids for e in final):
+            strategy = "new"  # nothing ranked passed the filter
+        return Scored(
+            [e.item_id for e in final],
+            [e.score for e in final],
+            [e.reason for e in final],
+            strategy,
+            version,
+        )
+
+    @staticmethod
+    def _content_similar(
+        view: RankerView, seed: ItemRecord, mask: np.ndarray | None, m: int
+    ) -> list[Entry]:
+        """Items a model cannot relate to ``seed`` (a new item): those sharing its
+        categories (Jaccard), then its attributes, then the most popular."""
+        seed_categories = set(seed.categories)
+        groups = [view.members[c] for c in sorted(seed_categories) if c in view.members]
+        if not groups:
+            return []
+        candidates = np.unique(np.concatenate(groups))
+        if mask is not None:
+            candidates = candidates[mask[candidates]]
+        top = float(view.popularity.max()) if view.n else 0.0
+        scored: list[tuple[float, int, str]] = []
+        for k in candidates.tolist():
+            item = view.snapshot.items[view.ids[k]]
+            shared = seed_categories & set(item.categories)
+            jaccard = len(shared) / len(seed_categories | set(item.categories))
+            matches = sum(1 for key, v in item.attributes.items() if seed.attributes.get(key) == v)
+            score = jaccard + 0.1 * matches / max(1, len(seed.attributes))
+            if top > 0:  # ties by popularity
+                score += 1e-6 * float(view.popularity[k]) / top
+            scored.append((score, k, min(shared)))
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [
+            Entry(view.ids[k], round(score, 6), f"also in {category}, like {seed.item_id}")
+            for score, k, category in scored[:m]
+        ]
+
+    def _store_popular(
+        self,
+        n: int,
+        seen: set[str],
+        item_filter: ItemFilter,
+        diversity: Diversity,
+        history_ids: list[str],
+    ) -> Scored:
         """Popularity straight from the store (no model yet), cached for a minute."""
         stamp, ranking = self._popular
         if time.monotonic() - stamp > POPULARITY_TTL_S:
@@ -202,12 +375,19 @@ class RecommendationEngine:
                     if not ranking:  # nothing recent: all time
                         ranking = self.store.item_popularity(0, POPULARITY_SIZE)
                     # An empty store is asked again next time, not cached for a minute.
-                    self._popular = (time.monotonic() if ranking else 0.0, ranking)
-        picked = [(i, s) for i, s in ranking if i not in seen][:n]
-        return Scored(
-            [i for i, _ in picked],
-            [s for _, s in picked],
-            [f"popular: {int(s)} users" for _, s in picked],
-            "popular",
-            "",
+                    stamp = time.monotonic() if ranking else 0.0
+                    self._popular = (stamp, ranking)
+        view = self.catalog.view(
+            f"store-popularity@{stamp}",
+            [i for i, _ in ranking],
+            np.asarray([s for _, s in ranking], dtype=np.float64),
         )
+        snapshot = view.snapshot
+        m = self._candidates(n, diversity, len(ranking))
+        warm: list[Entry] = []
+        for i, s in ranking:
+            if i not in seen and item_filter.allows(snapshot.get(i), i):
+                warm.append(Entry(i, s, f"popular: {int(s)} users"))
+                if len(warm) >= m:
+                    break
+        return self._finish(view, warm, n, item_filter, diversity, "popular", "", seen, history_ids)

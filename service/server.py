@@ -13,9 +13,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from service.catalog import Catalog
 from service.interceptors import ErrorMappingInterceptor
 from service.recommender import ModelHolder, RecommendationEngine
-from service.servicers import AdminServicer, RecommendationServicer, SessionServicer
+from service.servicers import (
+    AdminServicer,
+    CatalogServicer,
+    RecommendationServicer,
+    SessionServicer,
+)
 from service.sessions import SessionManager
 from sessionrec.config import Config
 from sessionrec.store import Store, open_store
@@ -26,7 +32,7 @@ log = logging.getLogger("sessionrec.server")
 
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("SessionService", "RecommendationService", "AdminService")
+    for name in ("SessionService", "RecommendationService", "CatalogService", "AdminService")
 )
 
 
@@ -42,6 +48,7 @@ class SessionrecServer:
     models: ModelHolder
     engine: RecommendationEngine
     health: health.HealthServicer
+    catalog: Catalog
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -59,6 +66,7 @@ class SessionrecServer:
         self.server.stop(grace).wait()
         self.sessions.stop()
         self.models.stop()
+        self.catalog.stop()
         self.store.close()
 
     def wait(self) -> None:
@@ -79,12 +87,16 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     )
     models = ModelHolder(config.models_dir)
     models.load_initial()
+    catalog = Catalog(store, max_items_per_call=config.max_items_per_call)
+    catalog.refresh()
     engine = RecommendationEngine(
         store,
         models,
+        catalog=catalog,
         history_limit=config.history_limit,
         session_timeout_s=config.session_timeout_s,
         live_session_boost=config.live_session_boost,
+        cold_item_share=config.cold_item_share,
     )
 
     server = grpc.server(
@@ -94,6 +106,7 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     )
     pb_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
     pb_grpc.add_RecommendationServiceServicer_to_server(RecommendationServicer(engine), server)
+    pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(models), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
@@ -124,11 +137,13 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         models=models,
         engine=engine,
         health=health_servicer,
+        catalog=catalog,
     )
     running.set_serving(False)
     server.start()
     sessions.start_reaper(config.reaper_interval_s)
     models.start_polling(config.model_poll_interval_s)
+    catalog.start_polling(config.catalog_refresh_interval_s)
     running.set_serving(True)
     return running, port
 

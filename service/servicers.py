@@ -10,11 +10,13 @@ import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service.catalog import Catalog, Diversity, IncomingItem, ItemFilter
 from service.interceptors import status_for
 from service.recommender import ModelHolder, RecommendationEngine, Scored
 from service.sessions import IncomingEvent, SessionManager
 from sessionrec.errors import InvalidArgument
 from sessionrec.events import SessionRecord
+from sessionrec.items import ItemRecord
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -75,6 +77,59 @@ def incoming_event(e: pb.Event) -> IncomingEvent:
         timestamp_error=error,
         properties=dict(e.properties),
     )
+
+
+def item_filter(f: pb.RecommendFilter) -> ItemFilter:
+    return ItemFilter(
+        include_categories=tuple(f.include_categories),
+        exclude_categories=tuple(f.exclude_categories),
+        exclude_item_ids=tuple(f.exclude_item_ids),
+        available_only=f.available_only,
+        min_price=f.min_price if f.HasField("min_price") else None,
+        max_price=f.max_price if f.HasField("max_price") else None,
+    )
+
+
+def diversity(request: pb.RecommendRequest | pb.SimilarItemsRequest) -> Diversity:
+    return Diversity(
+        max_per_category=request.max_per_category,
+        mmr_lambda=request.mmr_lambda if request.HasField("mmr_lambda") else None,
+    )
+
+
+def incoming_item(item: pb.Item) -> IncomingItem:
+    created_at_ms: int | None = None
+    error = ""
+    if item.HasField("created_at"):
+        try:
+            created_at_ms = milliseconds(item.created_at)
+        except ValueError as exc:
+            error = str(exc)
+    return IncomingItem(
+        item_id=item.item_id,
+        title=item.title,
+        categories=list(item.categories),
+        price=item.price if item.HasField("price") else None,
+        available=item.available if item.HasField("available") else None,
+        attributes=dict(item.attributes),
+        created_at_ms=created_at_ms,
+        timestamp_error=error,
+    )
+
+
+def item_message(item: ItemRecord) -> pb.Item:
+    msg = pb.Item(
+        item_id=item.item_id,
+        title=item.title,
+        categories=list(item.categories),
+        available=item.available,
+        attributes=dict(item.attributes),
+    )
+    if item.price is not None:
+        msg.price = item.price
+    if item.created_at_ms is not None:
+        msg.created_at.CopyFrom(timestamp(item.created_at_ms))
+    return msg
 
 
 def recommend_response(r: Scored) -> pb.RecommendResponse:
@@ -140,11 +195,41 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 request.n,
                 session_id=request.session_id,
                 include_seen=request.include_seen,
+                item_filter=item_filter(request.filter),
+                diversity=diversity(request),
             )
         )
 
     def SimilarItems(self, request, context):
-        return recommend_response(self.engine.similar_items(request.item_id, request.n))
+        return recommend_response(
+            self.engine.similar_items(
+                request.item_id,
+                request.n,
+                item_filter=item_filter(request.filter),
+                diversity=diversity(request),
+            )
+        )
+
+
+class CatalogServicer(pb_grpc.CatalogServiceServicer):
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def UpsertItems(self, request, context):
+        result = self.catalog.upsert([incoming_item(i) for i in request.items])
+        return pb.UpsertItemsResponse(
+            inserted=result.inserted,
+            updated=result.updated,
+            unchanged=result.unchanged,
+            rejected=[
+                pb.Rejection(index=r.index, reason=str(r.error), code=status_for(r.error).value[0])
+                for r in result.rejected
+            ],
+            catalog_version=result.catalog_version,
+        )
+
+    def GetItem(self, request, context):
+        return item_message(self.catalog.get(request.item_id))
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):

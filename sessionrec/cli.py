@@ -1,4 +1,4 @@
-"""``sessionrec`` command line: serve, import, train, evaluate, tune, models.
+"""``sessionrec`` command line: serve, import, train, evaluate, tune, models, catalog.
 
 A thin layer over ``service.server`` and the ``training`` package; progress
 goes to stderr, results (JSON) to stdout.
@@ -285,6 +285,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             evaluate_k=args.evaluate,
             show_progress=not args.quiet,
             progress=None if args.quiet else _stderr,
+            session_model=not args.no_session_model,
+            blend=args.blend,
         )
     meta = artifact.meta
     out = {
@@ -296,6 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "interactions": meta["interactions"],
         "load_seconds": meta["load_seconds"],
         "fit_seconds": meta["fit_seconds"],
+        "session_model": meta.get("session"),
         "current": not args.no_promote,
         "models_dir": config.models_dir,
     }
@@ -397,6 +400,26 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _blend(text: str) -> dict[str, float]:
+    from training.session_models import check_blend
+
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError(part)
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected knn=W,rules=W,model=W, got {text!r}"
+            ) from None
+    try:
+        return check_blend(weights)
+    except SessionrecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -409,6 +432,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     config = _config(args)
+    if args.protocol == "next-item":
+        return _evaluate_next_item(args, config)
     seed = 0 if args.seed is None else args.seed
     params = _model_params(args)
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
@@ -463,6 +488,68 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.quiet:
             _stderr(f"report: {args.html}")
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _evaluate_next_item(args: argparse.Namespace, config: Config) -> int:
+    """``evaluate --protocol next-item``: session-based next-click prediction."""
+    from sessionrec.store import open_store
+    from training.next_item import evaluate_next_item
+
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        events = store.item_events(with_sessions=True)
+    if not len(events):
+        raise SessionrecError("store: no item events to evaluate on (import some first)")
+    ks = tuple(sorted(set(args.ks) | {args.k})) if args.ks != (5, 10, 20) else (10, 20)
+    results = evaluate_next_item(
+        events,
+        args.algorithm,
+        _model_params(args),
+        weights=_weights(args),
+        test_days=args.test_days,
+        ks=ks,
+        live_boost=config.live_session_boost,
+        max_predictions=args.max_predictions,
+        seed=0 if args.seed is None else args.seed,
+        progress=None if args.quiet else _stderr,
+    )
+    by_name = {r.algorithm: r.metrics for r in results}
+    top = ks[-1]
+    out: dict[str, Any] = {
+        "protocol": "next-item",
+        "test_days": args.test_days,
+        "ks": list(ks),
+        "results": [r.to_dict() for r in results],
+        "blend_vs_sknn": {
+            name: round(by_name["blend"][name] / by_name["sknn"][name], 4)
+            for name in (f"hr@{top}", f"mrr@{top}")
+            if by_name["sknn"][name] > 0
+        },
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from sessionrec.store import open_store
+    from training.catalog_import import import_catalog
+    from training.importer import ImportFormatError
+
+    config = _config(args)
+    try:
+        with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+            report = import_catalog(
+                store,
+                args.file,
+                format=args.format,
+                show_progress=not args.quiet,
+                on_bad_row=lambda bad: _stderr(f"{args.file}:{bad.line}: {bad.reason}"),
+            )
+    except ImportFormatError as exc:
+        raise SessionrecError(f"{args.file}: {exc}") from exc
+    print(json.dumps(report.to_dict(max_bad=20), indent=2))
+    if report.rows and len(report.bad) == report.rows:
+        return 2
     return 0
 
 
@@ -553,6 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain every 30m, 1h, ... and promote only a model that is not worse",
     )
     p.add_argument("--max-runs", type=int, default=None, help="with --every: stop after N runs")
+    p.add_argument(
+        "--no-session-model",
+        action="store_true",
+        help="skip the session models (session-kNN, sequential rules) blended with live sessions",
+    )
+    p.add_argument(
+        "--blend",
+        type=_blend,
+        default=None,
+        metavar="knn=W,rules=W,model=W",
+        help="fix the live-session blend instead of choosing it on the latest training sessions",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -584,6 +683,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples of users for confidence intervals (default 1000; 0: none)",
     )
     p.add_argument("--html", default=None, metavar="PATH", help="also write an HTML report")
+    p.add_argument(
+        "--protocol",
+        choices=("user", "next-item"),
+        default="user",
+        help="user: rank each user's held-out items (default); next-item: predict every next "
+        "click of the sessions of the last --test-days, after training on earlier sessions",
+    )
+    p.add_argument(
+        "--test-days",
+        type=float,
+        default=30.0,
+        help="next-item: sessions starting in the last D days are the test set (default 30)",
+    )
+    p.add_argument(
+        "--max-predictions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="next-item: evaluate a seeded sample of N predictions (default all)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -625,6 +744,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("a")
     q.add_argument("b")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("catalog", help="the item catalog: import items")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser(
+        "import",
+        help="insert or update items from CSV or JSON lines (idempotent; bad rows are reported)",
+    )
+    _add_db(q)
+    q.add_argument("file")
+    q.add_argument(
+        "--format",
+        choices=["csv", "jsonl"],
+        default=None,
+        help="default: jsonl for .jsonl/.ndjson/.json files, else csv",
+    )
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_catalog)
     return parser
 
 

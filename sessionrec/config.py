@@ -46,6 +46,14 @@ class Config:
     history_limit: int = 500
     #: Events of the user's active session weigh this many times more in the fold-in.
     live_session_boost: float = 5.0
+    #: Largest UpsertItems batch.
+    max_items_per_call: int = 1000
+    #: Share of a recommendation's slots offered to catalog items the model cannot
+    #: score yet (no interactions); at least one slot from n >= 5 when > 0 (0: off).
+    cold_item_share: float = 0.1
+    #: How often the catalog cache checks the store for changes made elsewhere
+    #: (the CLI, another server); this server's own upserts show at once (0: never).
+    catalog_refresh_interval_s: float = 5.0
     #: SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
@@ -104,7 +112,15 @@ class Config:
                 raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
         if not (math.isfinite(self.model_poll_interval_s) and self.model_poll_interval_s >= 0):
             raise ConfigError("model_poll_interval_s: must be a finite number >= 0")
-        for name in ("max_events_per_call", "workers", "history_limit"):
+        if not (
+            math.isfinite(self.catalog_refresh_interval_s) and self.catalog_refresh_interval_s >= 0
+        ):
+            raise ConfigError("catalog_refresh_interval_s: must be a finite number >= 0")
+        if not (math.isfinite(self.cold_item_share) and 0 <= self.cold_item_share <= 1):
+            raise ConfigError(
+                f"cold_item_share: must be a number between 0 and 1, got {self.cold_item_share}"
+            )
+        for name in ("max_events_per_call", "max_items_per_call", "workers", "history_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:

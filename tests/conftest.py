@@ -234,7 +234,17 @@ def movielens(tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
     url = "sqlite:///" + str(db)
     imported = run_cli("import", "--db", url, str(csv_path), "--quiet")
     assert imported.returncode == 0, imported.stderr
-    trained = run_cli("train", "--db", url, "--models", str(models), "--quiet")
+    # A fixed live-session blend: choosing one on MovieLens costs ~30 s (tested elsewhere).
+    trained = run_cli(
+        "train",
+        "--db",
+        url,
+        "--models",
+        str(models),
+        "--blend",
+        "knn=1,rules=0.01,model=0.03",
+        "--quiet",
+    )
     assert trained.returncode == 0, trained.stderr
     info = trained.json()
     return MovieLens(

@@ -35,6 +35,7 @@ from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, break_ties_by_popularity, top_k
+from training.session_models import SessionRecommender
 from training.weighting import ConfidenceScaling, EventWeights
 
 FORMAT = "sessionrec-model"
@@ -74,6 +75,8 @@ class ModelArtifact:
     weights: EventWeights
     meta: dict[str, Any] = field(default_factory=dict)
     scaling: ConfidenceScaling | None = None
+    #: session-kNN + sequential rules over the live session, blended with ``model``
+    session: SessionRecommender | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -101,6 +104,45 @@ class ModelArtifact:
         the answer is the popularity ranking. ``allowed`` (a boolean per item of
         ``self.items``) keeps only the items a caller's filters let through.
         """
+        numbers, types, ts, row = self._weighted(history, live_since_ms, live_boost)
+        excluded = [] if include_seen else numbers[numbers >= 0].tolist()
+        excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
+        if allowed is not None:
+            excluded += np.flatnonzero(~self._mask(allowed)).tolist()
+        live = self._live_session(numbers, ts, live_since_ms)
+        if self.session is not None and len(live):
+            parts = self.session.parts(live, int(ts.max()))
+            model_scores = None
+            if row.nnz and self.algorithm not in NON_PERSONAL:
+                model_scores = self.model.score(row)[0]
+            blended = break_ties_by_popularity(
+                self.session.combine(parts, model_scores), self.popularity
+            )
+            idx, scores = top_k(blended, n, np.asarray(excluded, dtype=np.int64))
+            reasons = self._explain_session(live, ts, numbers, types, idx, row)
+            return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
+        if row.nnz == 0 or self.algorithm in NON_PERSONAL:
+            return self._popular(row, n, excluded)
+        scores_all = break_ties_by_popularity(self.model.score(row)[0], self.popularity)
+        idx, scores = top_k(scores_all, n, np.asarray(excluded, dtype=np.int64))
+        reasons = self._explain(row, numbers, types, idx)
+        return Recommendation(
+            self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
+        )
+
+    def history_row(
+        self,
+        history: Sequence[ItemEvent],
+        *,
+        live_since_ms: int | None = None,
+        live_boost: float = 1.0,
+    ) -> Any:
+        """The weighted 1 x n_items row ``recommend`` folds into the model."""
+        return self._weighted(history, live_since_ms, live_boost)[3]
+
+    def _weighted(
+        self, history: Sequence[ItemEvent], live_since_ms: int | None, live_boost: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
         numbers = self.items.numbers([e.item_id for e in history])
         types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
         dwell = np.fromiter(
@@ -122,25 +164,65 @@ class ModelArtifact:
         row = user_row(numbers, weights, len(self.items))
         if self.scaling is not None:
             row = self.scaling.apply(row)
-        excluded = [] if include_seen else numbers[numbers >= 0].tolist()
-        excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
-        if allowed is not None:
-            excluded += np.flatnonzero(~self._mask(allowed)).tolist()
-        if row.nnz == 0 or self.algorithm in NON_PERSONAL:
-            trending = self.algorithm == "trending"
-            ranking = self.model.score(row)[0] if trending else self.popularity
-            idx, scores = top_k(ranking, n, np.asarray(excluded, dtype=np.int64))
-            if trending:
-                reasons = [f"trending: {ranking[i]:.1f} recent weighted interactions" for i in idx]
+        return numbers, types, ts, row
+
+    @staticmethod
+    def _live_session(numbers: np.ndarray, ts: np.ndarray, live_since_ms: int | None) -> np.ndarray:
+        """Item numbers of the live session's events in time order (known items only)."""
+        if live_since_ms is None:
+            return np.zeros(0, dtype=np.int64)
+        in_session = np.flatnonzero((ts >= live_since_ms) & (numbers >= 0))
+        order = in_session[np.argsort(ts[in_session], kind="stable")]
+        return numbers[order]
+
+    def _explain_session(
+        self,
+        live: np.ndarray,
+        ts: np.ndarray,
+        numbers: np.ndarray,
+        types: np.ndarray,
+        recommended: np.ndarray,
+        row: Any,
+    ) -> list[str]:
+        """Names the live-session event behind each item: the latest live item with
+        a transition rule to it ("because you viewed X a minute ago"), else the
+        model's most similar history item."""
+        if len(recommended) == 0 or self.session is None:
+            return []
+        now = max(time.time_ns() // 1_000_000, int(ts.max()))
+        last_seen: dict[int, int] = {}
+        verbs: dict[int, int] = {}
+        for num, t, typ in zip(numbers.tolist(), ts.tolist(), types.tolist(), strict=True):
+            if num >= 0 and t >= last_seen.get(num, -1):
+                last_seen[num] = t
+                verbs[num] = max(typ, verbs.get(num, typ))
+        rules = self.session.rules.rules
+        recent_first = list(dict.fromkeys(reversed(live.tolist())))[:20]
+        links = rules[recent_first][:, recommended].toarray()  # live x recommended
+        fallback = self._explain(row, numbers, types, recommended) if row.nnz else None
+        reasons = []
+        for r in range(len(recommended)):
+            found = np.flatnonzero(links[:, r] > 0)
+            if len(found):
+                src = recent_first[int(found[0])]
+                verb = _VERBS.get(EventType(verbs.get(src, EventType.ITEM_VIEW)), "viewed")
+                ago = _ago(now - last_seen.get(src, now))
+                reasons.append(f"because you {verb} {self.items.id(src)} {ago}")
+            elif fallback is not None:
+                reasons.append(fallback[r])
             else:
-                reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
-            return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "popular")
-        scores_all = break_ties_by_popularity(self.model.score(row)[0], self.popularity)
-        idx, scores = top_k(scores_all, n, np.asarray(excluded, dtype=np.int64))
-        reasons = self._explain(row, numbers, types, idx)
-        return Recommendation(
-            self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
-        )
+                reasons.append("popular in sessions like yours")
+        return reasons
+
+    def _popular(self, row: Any, n: int, excluded: list[int]) -> Recommendation:
+        trending = self.algorithm == "trending"
+        ranking = self.model.score(row)[0] if trending else self.popularity
+        idx, scores = top_k(ranking, n, np.asarray(excluded, dtype=np.int64))
+        if trending:
+            reasons = [f"trending: {ranking[i]:.1f} recent weighted interactions" for i in idx]
+        else:
+            reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
+        return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "popular")
 
     def _explain(
         self, row: Any, numbers: np.ndarray, types: np.ndarray, recommended: np.ndarray
@@ -191,6 +273,17 @@ class ModelArtifact:
         return mask
 
 
+def _ago(ms: int) -> str:
+    seconds = max(ms, 0) / 1000
+    if seconds < 45:
+        return "just now"
+    if seconds < 90:
+        return "a minute ago"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} minutes ago"
+    return f"{round(seconds / 3600)} hours ago" if seconds >= 5400 else "an hour ago"
+
+
 # ------------------------------------------------------------------- write
 def new_version(algorithm: str, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
@@ -205,6 +298,7 @@ def save_artifact(
     *,
     extra_meta: dict[str, Any] | None = None,
     make_current: bool = True,
+    session: SessionRecommender | None = None,
 ) -> ModelArtifact:
     """Writes a new version (atomically) and, by default, makes it current."""
     root = Path(models_dir)
@@ -224,6 +318,8 @@ def save_artifact(
     }
     if interactions.scaling is not None:
         arrays.update({f"scaling.{k}": v for k, v in interactions.scaling.to_arrays().items()})
+    if session is not None:
+        arrays.update(session.to_arrays())
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=versions))
     try:
         with open(tmp / "model.npz", "wb") as fh:
@@ -246,6 +342,7 @@ def save_artifact(
             "sha256": {"model.npz": _sha256(tmp / "model.npz")},
             "arrays": sorted(arrays),
             "library_versions": _library_versions(),
+            **({"session": session.describe()} if session is not None else {}),
             **(extra_meta or {}),
         }
         _write_json(tmp / "meta.json", meta)
@@ -270,6 +367,7 @@ def save_artifact(
         weights=weights,
         meta=meta,
         scaling=interactions.scaling,
+        session=session,
     )
 
 
@@ -359,6 +457,9 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
             scaling = ConfidenceScaling.from_arrays(scaling_arrays, weights)
             if scaling.idf.shape != (len(items),) or not scaling.average_length > 0:
                 raise ValueError("scaling: statistics do not fit the vocabulary")
+        session = None
+        if meta.get("session") is not None:
+            session = SessionRecommender.from_arrays(meta["session"], arrays, len(items))
         artifact = ModelArtifact(
             version=version,
             algorithm=algorithm,
@@ -369,6 +470,7 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
             weights=weights,
             meta=meta,
             scaling=scaling,
+            session=session,
         )
         _smoke_test(artifact)
     except (KeyError, ValueError, TypeError, IndexError, SessionrecError) as exc:
@@ -382,9 +484,12 @@ def _smoke_test(artifact: ModelArtifact) -> None:
     if not len(artifact.items):
         raise ValueError("no items")
     probe = [ItemEvent(artifact.items.id(0), int(EventType.ITEM_VIEW), None, 0)]
-    rec = artifact.recommend(probe, min(10, len(artifact.items)), include_seen=True)
-    if not all(np.isfinite(rec.scores)):
-        raise ValueError("a probe recommendation scored NaN or infinity")
+    for live_since in (None, 0):  # the long-term model, then the session blend
+        rec = artifact.recommend(
+            probe, min(10, len(artifact.items)), include_seen=True, live_since_ms=live_since
+        )
+        if not all(np.isfinite(rec.scores)):
+            raise ValueError("a probe recommendation scored NaN or infinity")
 
 
 # ----------------------------------------------------------------- helpers

@@ -66,8 +66,10 @@ class Recommender(abc.ABC):
 def top_k(
     scores: np.ndarray, k: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the ``k`` best finite scores (``exclude``: indices to skip)."""
-    scores = np.array(scores, dtype=np.float32, copy=True)
+    """Indices and scores of the ``k`` best finite scores (``exclude``: indices to skip).
+    float64 scores stay float64 (popularity tie-breaks live below float32 precision)."""
+    dtype = np.float64 if np.asarray(scores).dtype == np.float64 else np.float32
+    scores = np.array(scores, dtype=dtype, copy=True)
     if exclude is not None and len(exclude):
         scores[exclude] = -np.inf
     finite = np.isfinite(scores)
@@ -87,7 +89,8 @@ def break_ties_by_popularity(scores: np.ndarray, popularity: np.ndarray) -> np.n
     model scores equally (e.g. that no neighbour reaches) rank by popularity.
     Serving and evaluation both rank through this."""
     top = float(popularity.max()) if len(popularity) else 1.0
-    return scores + np.float32(1e-6) * popularity / max(top, 1.0)
+    # float64: at float32 precision the tie-break term vanishes next to scores near 1.
+    return np.asarray(scores, dtype=np.float64) + 1e-6 * (popularity / max(top, 1.0))
 
 
 def _normalized(factors: np.ndarray) -> np.ndarray:
@@ -514,7 +517,9 @@ class EASERecommender(Recommender):
             inverse = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
         weights = -inverse / np.diag(inverse)
         weights[np.diag_indices(n)] = 0.0
-        self.weights_ = weights.astype(np.float32)
+        # C order: LAPACK hands back a Fortran-ordered inverse, and a sparse row
+        # times a Fortran matrix copies all of it on every call.
+        self.weights_ = np.ascontiguousarray(weights, dtype=np.float32)
         self.n_items = n
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:

@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sessionrec.store import Store
+import numpy as np
+
+from sessionrec.store import EventColumns, Store
 from training.artifact import ModelArtifact, save_artifact
-from training.data import build_interactions
+from training.data import Interactions, build_interactions
 from training.models import create_model
+from training.session_models import SessionRecommender
 from training.weighting import EventWeights
 
 
@@ -35,6 +38,9 @@ def train(
     seed: int | None = None,
     show_progress: bool = False,
     progress: Callable[[str], None] | None = None,
+    session_model: bool = True,
+    blend: dict[str, float] | None = None,
+    knn_params: dict[str, Any] | None = None,
 ) -> ModelArtifact:
     """Trains ``algorithm`` on every stored item event and writes a new artifact version.
 
@@ -42,7 +48,12 @@ def train(
     temporal 80/20 split (test metrics at k go into the artifact's metadata,
     which ``models promote`` compares). ``make_current``: promote the new
     version unconditionally (use ``training.registry.promote`` for a guarded
-    promotion)."""
+    promotion).
+
+    ``session_model``: also build the session models the server blends with the
+    live session (session-kNN index, sequential rules), when the events carry
+    session ids. ``blend`` / ``knn_params`` fix them; otherwise they are chosen
+    on the latest training sessions (``training.next_item.choose_blend``)."""
     say = progress or (lambda _msg: None)
     weights = weights or EventWeights()
     params = dict(params or {})
@@ -50,7 +61,7 @@ def train(
     if seed is not None and "random_state" in model.defaults:
         model.params["random_state"] = seed
     started = time.perf_counter()
-    events = store.item_events()
+    events = store.item_events(with_sessions=session_model)
     interactions = build_interactions(events, weights)
     load_seconds = time.perf_counter() - started
     say(
@@ -87,12 +98,21 @@ def train(
     model.fit(interactions.matrix, show_progress=show_progress)
     fit_seconds = time.perf_counter() - fit_started
     say(f"fitted {algorithm} in {fit_seconds:.2f}s")
+    session = None
+    if session_model and events.session_id is not None:
+        session_started = time.perf_counter()
+        session = _session_models(
+            events, interactions, algorithm, dict(model.params), weights, blend, knn_params, say
+        )
+        if session is not None:
+            extra["session_seconds"] = round(time.perf_counter() - session_started, 3)
     artifact = save_artifact(
         models_dir,
         model,
         interactions,
         weights,
         make_current=False,
+        session=session,
         extra_meta={
             "load_seconds": round(load_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
@@ -106,6 +126,41 @@ def train(
         promote(models_dir, artifact.version, force=True)
     say(f"saved {artifact.version} to {models_dir}" + (" (current)" if make_current else ""))
     return artifact
+
+
+def _session_models(
+    events: EventColumns,
+    interactions: Interactions,
+    algorithm: str,
+    params: dict[str, Any],
+    weights: EventWeights,
+    blend: dict[str, float] | None,
+    knn_params: dict[str, Any] | None,
+    say: Callable[[str], None],
+) -> SessionRecommender | None:
+    from training.next_item import choose_blend
+    from training.session_models import DEFAULT_KNN, sessions_from_events
+
+    sessions = sessions_from_events(events, interactions.items)
+    if np.count_nonzero(np.diff(sessions.indptr) >= 2) < 2:
+        say("session models: fewer than 2 sessions with 2 known items, none built")
+        return None
+    if blend is None:
+        chosen = choose_blend(
+            events,
+            algorithm,
+            params,
+            weights=weights,
+            knn_params=knn_params,
+            max_predictions=1000,
+            progress=say,
+        )
+        blend, knn_params = chosen.blend, chosen.knn_params
+    session = SessionRecommender.fit(
+        sessions, len(interactions.items), knn_params=knn_params or DEFAULT_KNN, blend=blend
+    )
+    say(f"session models: {len(sessions)} sessions, {session.rules.rules.nnz} rules, blend {blend}")
+    return session
 
 
 def retrain_periodically(

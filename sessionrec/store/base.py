@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sessionrec.events import AppendResult, EndReason, EventRecord, ItemEvent, SessionRecord
+from sessionrec.items import ItemRecord, ItemUpsertResult
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class EventColumns:
 
 
 class Store(abc.ABC):
-    """Events and sessions. All writes are durable when the call returns."""
+    """Events, sessions and the item catalog. All writes are durable when the call returns."""
 
     url: str
 
@@ -120,6 +121,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def item_popularity(self, since_ms: int, limit: int) -> list[tuple[str, float]]:
         """Items by number of distinct users since ``since_ms``, most popular first."""
+
+    # ---- catalog
+    @abc.abstractmethod
+    def upsert_items(
+        self, items: Sequence[ItemRecord], *, now_ms: int | None = None
+    ) -> ItemUpsertResult:
+        """Inserts or replaces items in one transaction, in order (a repeated id
+        is compared with the one before it).
+
+        Idempotent: an item identical to the stored one changes nothing
+        (``unchanged``). ``created_at_ms`` None keeps the stored creation time,
+        or is ``now_ms`` (default now) for a new item. Every changed item gets
+        the catalog's next change counter (one per call that changes anything).
+        """
+
+    @abc.abstractmethod
+    def get_item(self, item_id: str) -> ItemRecord | None: ...
+
+    @abc.abstractmethod
+    def catalog_items(self, since_version: int = 0) -> list[ItemRecord]:
+        """Items changed after change counter ``since_version`` (0: the whole
+        catalog), in change order. Items are never deleted (they become
+        unavailable), so applying these to an older copy brings it up to date."""
+
+    @abc.abstractmethod
+    def catalog_version(self) -> int:
+        """The catalog's change counter: 0 for an empty catalog, raised by every
+        upsert that changes something."""
 
     @abc.abstractmethod
     def count_events(self) -> int: ...

@@ -7,10 +7,14 @@
   writer writes.
 * The schema is created through sqlite-utils and versioned with
   ``PRAGMA user_version``.
+* The item catalog carries a change counter (``items.version``): every upsert
+  that changes something stamps its items with the next value, so a cache
+  reads only what changed since the counter it last saw.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -31,13 +35,18 @@ from sessionrec.events import (
     ItemEvent,
     SessionRecord,
 )
+from sessionrec.items import ItemRecord, ItemUpsertResult
 from sessionrec.store.base import EventColumns, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
     " ended_at_ms, end_reason, event_count, total_dwell_ms, last_seen_ms"
+)
+_ITEM_COLUMNS = (
+    "item_id, title, categories, price, available, attributes, created_at_ms,"
+    " updated_at_ms, version"
 )
 # Derives unknown dwell times of view events from the next event of the same
 # session. Needs the temp table ``_finalize(session_id)`` to be filled.
@@ -72,6 +81,34 @@ def _session_from_row(row: Sequence) -> SessionRecord:
         event_count=row[8],
         total_dwell_ms=row[9],
         last_seen_ms=row[10],
+    )
+
+
+def _item_from_row(row: Sequence) -> ItemRecord:
+    return ItemRecord(
+        item_id=row[0],
+        title=row[1],
+        categories=tuple(json.loads(row[2])),
+        price=row[3],
+        available=bool(row[4]),
+        attributes=json.loads(row[5]),
+        created_at_ms=row[6],
+        updated_at_ms=row[7],
+        version=row[8],
+    )
+
+
+def _item_params(item: ItemRecord) -> tuple:
+    return (
+        item.item_id,
+        item.title,
+        json.dumps(list(item.categories), ensure_ascii=False),
+        item.price,
+        int(item.available),
+        json.dumps(dict(item.attributes), sort_keys=True, ensure_ascii=False),
+        item.created_at_ms,
+        item.updated_at_ms,
+        item.version,
     )
 
 
@@ -473,6 +510,77 @@ class SQLiteStore(Store):
             ).fetchall()
         return [(r[0], float(r[1])) for r in rows]
 
+    # ------------------------------------------------------------- catalog
+    def upsert_items(
+        self, items: Sequence[ItemRecord], *, now_ms: int | None = None
+    ) -> ItemUpsertResult:
+        now = _now_ms() if now_ms is None else now_ms
+        inserted = updated = unchanged = 0
+        with self._transaction() as c:
+            version = int(c.execute("SELECT COALESCE(MAX(version), 0) FROM items").fetchone()[0])
+            stored = self._stored_items(c, [i.item_id for i in items])
+            changed: dict[str, ItemRecord] = {}
+            for item in items:
+                old = stored.get(item.item_id)
+                if old is not None and item.same_content(old):
+                    unchanged += 1
+                    continue
+                created = item.created_at_ms
+                if old is None:
+                    inserted += 1
+                    created = now if created is None else created
+                else:
+                    updated += 1
+                    created = old.created_at_ms if created is None else created
+                new = dataclasses.replace(
+                    item, created_at_ms=created, updated_at_ms=now, version=version + 1
+                )
+                stored[item.item_id] = changed[item.item_id] = new
+            if changed:
+                version += 1
+                c.executemany(
+                    f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(item_id) DO UPDATE SET title = excluded.title,"
+                    " categories = excluded.categories, price = excluded.price,"
+                    " available = excluded.available, attributes = excluded.attributes,"
+                    " created_at_ms = excluded.created_at_ms,"
+                    " updated_at_ms = excluded.updated_at_ms, version = excluded.version",
+                    [_item_params(i) for i in changed.values()],
+                )
+        return ItemUpsertResult(inserted, updated, unchanged, version)
+
+    @staticmethod
+    def _stored_items(c: sqlite3.Connection, ids: Sequence[str]) -> dict[str, ItemRecord]:
+        found: dict[str, ItemRecord] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in c.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id IN ({marks})", chunk
+            ):
+                found[row[0]] = _item_from_row(row)
+        return found
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ?", (item_id,)
+            ).fetchone()
+        return _item_from_row(row) if row else None
+
+    def catalog_items(self, since_version: int = 0) -> list[ItemRecord]:
+        with self._read() as c:
+            rows = c.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE version > ? ORDER BY version, item_id",
+                (since_version,),
+            ).fetchall()
+        return [_item_from_row(r) for r in rows]
+
+    def catalog_version(self) -> int:
+        with self._read() as c:
+            return int(c.execute("SELECT COALESCE(MAX(version), 0) FROM items").fetchone()[0])
+
     def count_events(self) -> int:
         with self._read() as c:
             return int(c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -552,7 +660,38 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX sessions_open ON sessions(last_seen_ms) WHERE ended_at_ms IS NULL")
 
 
-_MIGRATIONS = (_migration_1, _migration_2)
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """The item catalog: categories and attributes as JSON, a change counter."""
+    items = sqlite_utils.Database(conn).table("items")
+    items.create(
+        {
+            "item_id": str,
+            "title": str,
+            "categories": str,
+            "price": float,
+            "available": int,
+            "attributes": str,
+            "created_at_ms": int,
+            "updated_at_ms": int,
+            "version": int,
+        },
+        pk="item_id",
+        not_null={
+            "title",
+            "categories",
+            "available",
+            "attributes",
+            "created_at_ms",
+            "updated_at_ms",
+            "version",
+        },
+        defaults={"title": "", "categories": "[]", "available": 1, "attributes": "{}"},
+        if_not_exists=True,
+    )
+    items.create_index(["version"], if_not_exists=True)
+
+
+_MIGRATIONS = (_migration_1, _migration_2, _migration_3)
 
 
 def _session_params(s: SessionRecord) -> tuple:

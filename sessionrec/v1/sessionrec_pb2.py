@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esessionrec/v1/sessionrec.proto\x12\rsessionrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x13StartSessionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x08platform\x18\x02 \x01(\x0e\x32\x17.sessionrec.v1.Platform\x12\x13\n\x0b\x61pp_version\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x14StartSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12&\n\x04type\x18\x04 \x01(\x0e\x32\x18.sessionrec.v1.EventType\x12\x0f\n\x07item_id\x18\x05 \x01(\t\x12\x0e\n\x06screen\x18\x06 \x01(\t\x12\x10\n\x08\x64well_ms\x18\x07 \x01(\x03\x12\r\n\x05value\x18\x08 \x01(\x01\x12-\n\ttimestamp\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nproperties\x18\n \x03(\x0b\x32$.sessionrec.v1.Event.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x12TrackEventsRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.sessionrec.v1.Event\"8\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"z\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12*\n\x08rejected\x18\x03 \x03(\x0b\x32\x18.sessionrec.v1.Rejection\x12\x11\n\tevent_ids\x18\x04 \x03(\t\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xff\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\x06 \x01(\x05\x12,\n\nend_reason\x18\x07 \x01(\x0e\x32\x18.sessionrec.v1.EndReason\x12)\n\x08platform\x18\x08 \x01(\x0e\x32\x17.sessionrec.v1.Platform\x12\x13\n\x0b\x61pp_version\x18\t \x01(\t\x12\x31\n\rlast_event_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x0b \x01(\x08\x12\x16\n\x0etotal_dwell_ms\x18\x0c \x01(\x03\"X\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x04 \x01(\x08\"<\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"f\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.sessionrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x05\"%\n\x12ReloadModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xe7\x01\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12.\n\ntrained_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05users\x18\x04 \x01(\x03\x12\r\n\x05items\x18\x05 \x01(\x03\x12\x14\n\x0cinteractions\x18\x06 \x01(\x03\x12\x13\n\x0bparams_json\x18\x07 \x01(\t\x12-\n\tloaded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\t \x01(\t*N\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x07\n\x03IOS\x10\x01\x12\x0b\n\x07\x41NDROID\x10\x02\x12\x07\n\x03WEB\x10\x03\x12\t\n\x05OTHER\x10\x04*\xb3\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSCREEN_VIEW\x10\x01\x12\r\n\tITEM_VIEW\x10\x02\x12\x0f\n\x0b\x41\x44\x44_TO_CART\x10\x03\x12\x0c\n\x08PURCHASE\x10\x04\x12\t\n\x05\x43LICK\x10\x05\x12\n\n\x06SEARCH\x10\x06\x12\x14\n\x10OFFER_IMPRESSION\x10\x07\x12\x12\n\x0eOFFER_REDEEMED\x10\x08\x12\n\n\x06\x43USTOM\x10\t*@\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06\x43LOSED\x10\x01\x12\x0b\n\x07TIMEOUT\x10\x02\x32\xcf\x02\n\x0eSessionService\x12W\n\x0cStartSession\x12\".sessionrec.v1.StartSessionRequest\x1a#.sessionrec.v1.StartSessionResponse\x12T\n\x0bTrackEvents\x12!.sessionrec.v1.TrackEventsRequest\x1a\".sessionrec.v1.TrackEventsResponse\x12\x46\n\nEndSession\x12 .sessionrec.v1.EndSessionRequest\x1a\x16.sessionrec.v1.Session\x12\x46\n\nGetSession\x12 .sessionrec.v1.GetSessionRequest\x1a\x16.sessionrec.v1.Session2\xbd\x01\n\x15RecommendationService\x12N\n\tRecommend\x12\x1f.sessionrec.v1.RecommendRequest\x1a .sessionrec.v1.RecommendResponse\x12T\n\x0cSimilarItems\x12\".sessionrec.v1.SimilarItemsRequest\x1a .sessionrec.v1.RecommendResponse2\xa8\x01\n\x0c\x41\x64minService\x12J\n\x0bReloadModel\x12!.sessionrec.v1.ReloadModelRequest\x1a\x18.sessionrec.v1.ModelInfo\x12L\n\x0cGetModelInfo\x12\".sessionrec.v1.GetModelInfoRequest\x1a\x18.sessionrec.v1.ModelInfoBFP\x01ZBgithub.com/sessionrec/sessionrec/gen/go/sessionrec/v1;sessionrecv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esessionrec/v1/sessionrec.proto\x12\rsessionrec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x13StartSessionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x08platform\x18\x02 \x01(\x0e\x32\x17.sessionrec.v1.Platform\x12\x13\n\x0b\x61pp_version\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x14StartSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12&\n\x04type\x18\x04 \x01(\x0e\x32\x18.sessionrec.v1.EventType\x12\x0f\n\x07item_id\x18\x05 \x01(\t\x12\x0e\n\x06screen\x18\x06 \x01(\t\x12\x10\n\x08\x64well_ms\x18\x07 \x01(\x03\x12\r\n\x05value\x18\x08 \x01(\x01\x12-\n\ttimestamp\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\nproperties\x18\n \x03(\x0b\x32$.sessionrec.v1.Event.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x12TrackEventsRequest\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.sessionrec.v1.Event\"8\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"z\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12*\n\x08rejected\x18\x03 \x03(\x0b\x32\x18.sessionrec.v1.Rejection\x12\x11\n\tevent_ids\x18\x04 \x03(\t\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xff\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\x06 \x01(\x05\x12,\n\nend_reason\x18\x07 \x01(\x0e\x32\x18.sessionrec.v1.EndReason\x12)\n\x08platform\x18\x08 \x01(\x0e\x32\x17.sessionrec.v1.Platform\x12\x13\n\x0b\x61pp_version\x18\t \x01(\t\x12\x31\n\rlast_event_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x0b \x01(\x08\x12\x16\n\x0etotal_dwell_ms\x18\x0c \x01(\x03\"\xca\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\t\n\x01n\x18\x03 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x04 \x01(\x08\x12.\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x1e.sessionrec.v1.RecommendFilter\x12\x18\n\x10max_per_category\x18\x06 \x01(\x05\x12\x17\n\nmmr_lambda\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_mmr_lambda\"\xc7\x01\n\x0fRecommendFilter\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x16\n\x0e\x61vailable_only\x18\x04 \x01(\x08\x12\x16\n\tmin_price\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_price\"<\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"f\n\x11RecommendResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.sessionrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\"\xa3\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x05\x12.\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1e.sessionrec.v1.RecommendFilter\x12\x18\n\x10max_per_category\x18\x04 \x01(\x05\x12\x17\n\nmmr_lambda\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_mmr_lambda\"\x9a\x02\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x12\n\x05price\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tavailable\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x37\n\nattributes\x18\x06 \x03(\x0b\x32#.sessionrec.v1.Item.AttributesEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_priceB\x0c\n\n_available\"8\n\x12UpsertItemsRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.sessionrec.v1.Item\"\x90\x01\n\x13UpsertItemsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\x12*\n\x08rejected\x18\x04 \x03(\x0b\x32\x18.sessionrec.v1.Rejection\x12\x17\n\x0f\x63\x61talog_version\x18\x05 \x01(\x03\"!\n\x0eGetItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\"%\n\x12ReloadModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xe7\x01\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12.\n\ntrained_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05users\x18\x04 \x01(\x03\x12\r\n\x05items\x18\x05 \x01(\x03\x12\x14\n\x0cinteractions\x18\x06 \x01(\x03\x12\x13\n\x0bparams_json\x18\x07 \x01(\t\x12-\n\tloaded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\t \x01(\t*N\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x07\n\x03IOS\x10\x01\x12\x0b\n\x07\x41NDROID\x10\x02\x12\x07\n\x03WEB\x10\x03\x12\t\n\x05OTHER\x10\x04*\xb3\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSCREEN_VIEW\x10\x01\x12\r\n\tITEM_VIEW\x10\x02\x12\x0f\n\x0b\x41\x44\x44_TO_CART\x10\x03\x12\x0c\n\x08PURCHASE\x10\x04\x12\t\n\x05\x43LICK\x10\x05\x12\n\n\x06SEARCH\x10\x06\x12\x14\n\x10OFFER_IMPRESSION\x10\x07\x12\x12\n\x0eOFFER_REDEEMED\x10\x08\x12\n\n\x06\x43USTOM\x10\t*@\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06\x43LOSED\x10\x01\x12\x0b\n\x07TIMEOUT\x10\x02\x32\xcf\x02\n\x0eSessionService\x12W\n\x0cStartSession\x12\".sessionrec.v1.StartSessionRequest\x1a#.sessionrec.v1.StartSessionResponse\x12T\n\x0bTrackEvents\x12!.sessionrec.v1.TrackEventsRequest\x1a\".sessionrec.v1.TrackEventsResponse\x12\x46\n\nEndSession\x12 .sessionrec.v1.EndSessionRequest\x1a\x16.sessionrec.v1.Session\x12\x46\n\nGetSession\x12 .sessionrec.v1.GetSessionRequest\x1a\x16.sessionrec.v1.Session2\xbd\x01\n\x15RecommendationService\x12N\n\tRecommend\x12\x1f.sessionrec.v1.RecommendRequest\x1a .sessionrec.v1.RecommendResponse\x12T\n\x0cSimilarItems\x12\".sessionrec.v1.SimilarItemsRequest\x1a .sessionrec.v1.RecommendResponse2\xa5\x01\n\x0e\x43\x61talogService\x12T\n\x0bUpsertItems\x12!.sessionrec.v1.UpsertItemsRequest\x1a\".sessionrec.v1.UpsertItemsResponse\x12=\n\x07GetItem\x12\x1d.sessionrec.v1.GetItemRequest\x1a\x13.sessionrec.v1.Item2\xa8\x01\n\x0c\x41\x64minService\x12J\n\x0bReloadModel\x12!.sessionrec.v1.ReloadModelRequest\x1a\x18.sessionrec.v1.ModelInfo\x12L\n\x0cGetModelInfo\x12\".sessionrec.v1.GetModelInfoRequest\x1a\x18.sessionrec.v1.ModelInfoBFP\x01ZBgithub.com/sessionrec/sessionrec/gen/go/sessionrec/v1;sessionrecv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'P\001ZBgithub.com/sessionrec/sessionrec/gen/go/sessionrec/v1;sessionrecv1'
   _globals['_EVENT_PROPERTIESENTRY']._loaded_options = None
   _globals['_EVENT_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_PLATFORM']._serialized_start=1987
-  _globals['_PLATFORM']._serialized_end=2065
-  _globals['_EVENTTYPE']._serialized_start=2068
-  _globals['_EVENTTYPE']._serialized_end=2247
-  _globals['_ENDREASON']._serialized_start=2249
-  _globals['_ENDREASON']._serialized_end=2313
+  _globals['_ITEM_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_PLATFORM']._serialized_start=2944
+  _globals['_PLATFORM']._serialized_end=3022
+  _globals['_EVENTTYPE']._serialized_start=3025
+  _globals['_EVENTTYPE']._serialized_end=3204
+  _globals['_ENDREASON']._serialized_start=3206
+  _globals['_ENDREASON']._serialized_end=3270
   _globals['_STARTSESSIONREQUEST']._serialized_start=83
   _globals['_STARTSESSIONREQUEST']._serialized_end=253
   _globals['_STARTSESSIONRESPONSE']._serialized_start=255
@@ -61,24 +63,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSESSIONREQUEST']._serialized_end=996
   _globals['_SESSION']._serialized_start=999
   _globals['_SESSION']._serialized_end=1382
-  _globals['_RECOMMENDREQUEST']._serialized_start=1384
-  _globals['_RECOMMENDREQUEST']._serialized_end=1472
-  _globals['_SCOREDITEM']._serialized_start=1474
-  _globals['_SCOREDITEM']._serialized_end=1534
-  _globals['_RECOMMENDRESPONSE']._serialized_start=1536
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1638
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1640
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1689
-  _globals['_RELOADMODELREQUEST']._serialized_start=1691
-  _globals['_RELOADMODELREQUEST']._serialized_end=1728
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1730
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1751
-  _globals['_MODELINFO']._serialized_start=1754
-  _globals['_MODELINFO']._serialized_end=1985
-  _globals['_SESSIONSERVICE']._serialized_start=2316
-  _globals['_SESSIONSERVICE']._serialized_end=2651
-  _globals['_RECOMMENDATIONSERVICE']._serialized_start=2654
-  _globals['_RECOMMENDATIONSERVICE']._serialized_end=2843
-  _globals['_ADMINSERVICE']._serialized_start=2846
-  _globals['_ADMINSERVICE']._serialized_end=3014
+  _globals['_RECOMMENDREQUEST']._serialized_start=1385
+  _globals['_RECOMMENDREQUEST']._serialized_end=1587
+  _globals['_RECOMMENDFILTER']._serialized_start=1590
+  _globals['_RECOMMENDFILTER']._serialized_end=1789
+  _globals['_SCOREDITEM']._serialized_start=1791
+  _globals['_SCOREDITEM']._serialized_end=1851
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1853
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1955
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1958
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=2121
+  _globals['_ITEM']._serialized_start=2124
+  _globals['_ITEM']._serialized_end=2406
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_start=2333
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_end=2382
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=2408
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=2464
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=2467
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=2611
+  _globals['_GETITEMREQUEST']._serialized_start=2613
+  _globals['_GETITEMREQUEST']._serialized_end=2646
+  _globals['_RELOADMODELREQUEST']._serialized_start=2648
+  _globals['_RELOADMODELREQUEST']._serialized_end=2685
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2687
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2708
+  _globals['_MODELINFO']._serialized_start=2711
+  _globals['_MODELINFO']._serialized_end=2942
+  _globals['_SESSIONSERVICE']._serialized_start=3273
+  _globals['_SESSIONSERVICE']._serialized_end=3608
+  _globals['_RECOMMENDATIONSERVICE']._serialized_start=3611
+  _globals['_RECOMMENDATIONSERVICE']._serialized_end=3800
+  _globals['_CATALOGSERVICE']._serialized_start=3803
+  _globals['_CATALOGSERVICE']._serialized_end=3968
+  _globals['_ADMINSERVICE']._serialized_start=3971
+  _globals['_ADMINSERVICE']._serialized_end=4139
 # @@protoc_insertion_point(module_scope)

@@ -365,6 +365,134 @@ class RecommendationService:
             _registered_method=True)
 
 
+class CatalogServiceStub:
+    """----------------------------------------------------------------- catalog
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.UpsertItems = channel.unary_unary(
+                '/sessionrec.v1.CatalogService/UpsertItems',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.GetItem = channel.unary_unary(
+                '/sessionrec.v1.CatalogService/GetItem',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetItemRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.Item.FromString,
+                _registered_method=True)
+
+
+class CatalogServiceServicer:
+    """----------------------------------------------------------------- catalog
+
+    """
+
+    def UpsertItems(self, request, context):
+        """Inserts or replaces items (idempotent: an identical item changes nothing).
+        Valid items are stored in one transaction; invalid ones are listed in
+        `rejected`; if no item of the batch is valid the call fails with
+        INVALID_ARGUMENT naming the field ("items[3].price: must be >= 0").
+        Recommendations served by this server see the change when the call
+        returns (other servers on the same store within their refresh interval).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItem(self, request, context):
+        """NOT_FOUND for an item that is not in the catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CatalogServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'GetItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItem,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetItemRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.Item.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sessionrec.v1.CatalogService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sessionrec.v1.CatalogService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CatalogService:
+    """----------------------------------------------------------------- catalog
+
+    """
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.CatalogService/UpsertItems',
+            sessionrec_dot_v1_dot_sessionrec__pb2.UpsertItemsRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.CatalogService/GetItem',
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetItemRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AdminServiceStub:
     """------------------------------------------------------------------- admin
 

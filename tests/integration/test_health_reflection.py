@@ -15,6 +15,7 @@ from .support import rpc_error
 SERVICES = (
     "sessionrec.v1.SessionService",
     "sessionrec.v1.RecommendationService",
+    "sessionrec.v1.CatalogService",
     "sessionrec.v1.AdminService",
 )
 
@@ -58,6 +59,8 @@ def test_reflection_lists_the_services(client):
         "EndSession",
         "GetSession",
     }
+    catalog = pool.FindServiceByName("sessionrec.v1.CatalogService")
+    assert {m.name for m in catalog.methods} == {"UpsertItems", "GetItem"}
     admin = pool.FindServiceByName("sessionrec.v1.AdminService")
     assert {m.name for m in admin.methods} == {"ReloadModel", "GetModelInfo"}
     event = pool.FindMessageTypeByName("sessionrec.v1.Event")

@@ -81,7 +81,7 @@ def test_popularity_only_then_reload_a_trained_model(client, make_synthetic_rows
     assert artifact.version in info.status
 
     rec = client.recs.Recommend(pb.RecommendRequest(user_id="u00", n=5), timeout=10)
-    assert rec.strategy == "personalized"
+    assert rec.strategy == "session"  # u00's events of a moment ago: a live session
     assert rec.model_version == artifact.version
     assert len(rec.items) == 5
     assert not {i.item_id for i in rec.items} & u00_items

@@ -80,6 +80,10 @@ def test_an_unparsable_environment_value_names_the_setting(name: str, raw: str) 
         ("max_events_per_call", 0),
         ("workers", 0),
         ("history_limit", 0),
+        ("max_items_per_call", 0),
+        ("cold_item_share", -0.1),
+        ("cold_item_share", 1.5),
+        ("catalog_refresh_interval_s", -1.0),
         ("sqlite_synchronous", "SOMETIMES"),
         ("log_level", "LOUD"),
     ],
@@ -121,9 +125,26 @@ def test_replace_returns_a_new_validated_config() -> None:
         "max_clock_skew_s",
         "grace_s",
         "model_poll_interval_s",
+        "catalog_refresh_interval_s",
+        "cold_item_share",
     ],
 )
 def test_nan_durations_are_refused(name: str) -> None:
     """NaN compares false with everything, so "must be > 0" has to reject it explicitly."""
     with pytest.raises(ConfigError, match=rf"^{name}: "):
         Config.load(env={"SESSIONREC_" + name.upper(): "nan"})
+
+
+def test_catalog_settings_from_the_environment() -> None:
+    defaults = Config()
+    assert (defaults.cold_item_share, defaults.catalog_refresh_interval_s) == (0.1, 5.0)
+    assert defaults.max_items_per_call == 1000
+    config = Config.load(
+        env={
+            "SESSIONREC_COLD_ITEM_SHARE": "0",
+            "SESSIONREC_CATALOG_REFRESH_INTERVAL_S": "0",
+            "SESSIONREC_MAX_ITEMS_PER_CALL": "50",
+        }
+    )
+    assert config.cold_item_share == 0.0 and config.catalog_refresh_interval_s == 0.0
+    assert config.max_items_per_call == 50

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
+from sessionrec.items import ItemRecord, check_item
 from sessionrec.store import Store, open_store
 from sessionrec.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
@@ -420,8 +421,41 @@ def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> No
     finally:
         store.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()
+
+
+def test_a_version_2_file_gains_an_empty_catalog_keeping_its_events(tmp_path: Path) -> None:
+    from sessionrec.store.sqlite import _migration_1, _migration_2
+
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    _migration_1(conn)
+    _migration_2(conn)
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        store.start_session(SessionRecord("s1", "u1", started_at_ms=0, last_event_at_ms=0))
+        store.append_events([ev("e1", 10, item="i1")])
+        assert store.catalog_version() == 0 and store.catalog_items() == []
+        store.upsert_items([check_item(item_id="i1", categories=["shoes"])], now_ms=50)
+        assert store.get_item("i1") == ItemRecord(
+            "i1", categories=("shoes",), created_at_ms=50, updated_at_ms=50, version=1
+        )
+        assert store.count_events() == 1
+    finally:
+        store.close()
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == 3
+        columns = {r[1] for r in check.execute("PRAGMA table_info(items)")}
+        assert {"item_id", "categories", "price", "available", "version"} <= columns
+        indexes = {r[1] for r in check.execute("PRAGMA index_list(items)")}
+        assert "idx_items_version" in indexes
+    finally:
+        check.close()
 
 
 def test_item_events_carry_sessions_only_when_asked(store: Store) -> None:
@@ -439,3 +473,103 @@ def test_item_events_carry_sessions_only_when_asked(store: Store) -> None:
     assert plain.type.tolist() == [3, 2] and plain.dwell_ms.tolist() == [-1, 7]
     full = store.item_events(with_sessions=True)
     assert full.session_id is not None and full.session_id.tolist() == ["s", "s"]
+
+
+# ----------------------------------------------------------------- catalog
+def item(item_id: str, **fields) -> ItemRecord:
+    return check_item(item_id=item_id, **fields)
+
+
+def test_upsert_inserts_then_updates_and_counts_identical_items_as_unchanged(
+    store: Store,
+) -> None:
+    first = store.upsert_items(
+        [
+            item("i1", title="Boot", categories=["shoes", "winter"], price=59.5),
+            item("i2", attributes={"color": "red"}),
+        ],
+        now_ms=1000,
+    )
+    assert (first.inserted, first.updated, first.unchanged, first.catalog_version) == (2, 0, 0, 1)
+    again = store.upsert_items(
+        [
+            item("i1", title="Boot", categories=["shoes", "winter"], price=59.5),
+            item("i2", attributes={"color": "red"}),
+        ],
+        now_ms=2000,
+    )
+    # Identical: nothing written, the change counter does not move.
+    assert (again.inserted, again.updated, again.unchanged, again.catalog_version) == (0, 0, 2, 1)
+    changed = store.upsert_items(
+        [item("i1", title="Boot", categories=["shoes"], price=59.5, available=False)], now_ms=3000
+    )
+    assert (changed.inserted, changed.updated, changed.catalog_version) == (0, 1, 2)
+    boot = store.get_item("i1")
+    assert boot is not None
+    assert boot.categories == ("shoes",) and boot.available is False and boot.price == 59.5
+    # created_at: the first upsert's time, kept by updates that do not send one.
+    assert (boot.created_at_ms, boot.updated_at_ms, boot.version) == (1000, 3000, 2)
+    other = store.get_item("i2")
+    assert other is not None and other.price is None and other.attributes == {"color": "red"}
+    assert (other.created_at_ms, other.version) == (1000, 1)
+    assert store.get_item("nope") is None
+
+
+def test_an_explicit_created_at_wins_and_counts_as_content(store: Store) -> None:
+    store.upsert_items([item("i1", created_at_ms=500)], now_ms=1000)
+    stored = store.get_item("i1")
+    assert stored is not None and stored.created_at_ms == 500
+    moved = store.upsert_items([item("i1", created_at_ms=700)], now_ms=2000)
+    assert moved.updated == 1
+    stored = store.get_item("i1")
+    assert stored is not None and stored.created_at_ms == 700
+
+
+def test_a_repeated_id_in_one_batch_applies_in_order(store: Store) -> None:
+    result = store.upsert_items([item("i1", title="old"), item("i1", title="new")], now_ms=10)
+    assert (result.inserted, result.updated, result.catalog_version) == (1, 1, 1)
+    stored = store.get_item("i1")
+    assert stored is not None and stored.title == "new"
+
+
+def test_catalog_items_since_a_version_are_only_the_changes(store: Store) -> None:
+    store.upsert_items([item("a"), item("b")], now_ms=1)
+    store.upsert_items([item("c", price=0.1 + 0.2)], now_ms=2)
+    store.upsert_items([item("a", available=False)], now_ms=3)
+    assert store.catalog_version() == 3
+    assert [i.item_id for i in store.catalog_items()] == ["b", "c", "a"]  # by change
+    assert [(i.item_id, i.version) for i in store.catalog_items(1)] == [("c", 2), ("a", 3)]
+    assert store.catalog_items(3) == []
+    # Prices come back exactly (no decimal rounding on the way).
+    (c,) = store.catalog_items(1)[:1]
+    assert c.price == 0.1 + 0.2
+
+
+def test_a_failed_upsert_batch_stores_nothing(store: Store) -> None:
+    store.upsert_items([item("a")], now_ms=1)
+    bad = ItemRecord("b", categories=("x",), attributes={"k": object()})  # type: ignore[dict-item]
+    try:
+        store.upsert_items([item("c"), bad], now_ms=2)
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("an unserializable attribute must fail the batch")
+    assert store.get_item("c") is None
+    assert store.catalog_version() == 1
+
+
+def test_the_catalog_survives_reopening(db_path: Path) -> None:
+    with open_store("sqlite:///" + str(db_path)) as s:
+        s.upsert_items([item("i1", categories=["x"], price=3.0, attributes={"k": "v"})], now_ms=7)
+    with open_store("sqlite:///" + str(db_path)) as s:
+        assert s.catalog_items() == [
+            ItemRecord(
+                "i1",
+                categories=("x",),
+                price=3.0,
+                attributes={"k": "v"},
+                created_at_ms=7,
+                updated_at_ms=7,
+                version=1,
+            )
+        ]
