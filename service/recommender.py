@@ -251,8 +251,8 @@ class RecommendationEngine:
         m = self._candidates(n, diversity, len(artifact.items))
         mask = view.mask(item_filter)
         if item_id in artifact.items:
-            ids, scores = artifact.similar_items(item_id, m, allowed=mask)
-            warm = [Entry(i, s, f"similar to {item_id}") for i, s in zip(ids, scores, strict=True)]
+            ids, scores, why = artifact.similar_items_explained(item_id, m, allowed=mask)
+            warm = [Entry(*entry) for entry in zip(ids, scores, why, strict=True)]
         else:
             seed = view.snapshot.get(item_id)
             if seed is None:

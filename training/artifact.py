@@ -35,7 +35,7 @@ from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, break_ties_by_popularity, top_k
-from training.session_models import SessionRecommender
+from training.session_models import SessionRecommender, normalized
 from training.weighting import ConfidenceScaling, EventWeights
 
 FORMAT = "sessionrec-model"
@@ -262,6 +262,37 @@ class ModelArtifact:
             keep = self._mask(allowed)[idx]
             idx, scores = idx[keep][:n], scores[keep][:n]
         return self.items.ids[idx].tolist(), scores.tolist()
+
+    def similar_items_explained(
+        self, item_id: str, n: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[list[str], list[float], list[str]]:
+        """Items like ``item_id``: the model's item similarity and, when the artifact
+        has session models, co-occurrence in training sessions, each scaled to [0, 1]
+        and added; each item says which signal put it there."""
+        number = self.items.number(item_id)
+        if number < 0:
+            raise NotFound(f"item_id: {item_id!r} is not in model {self.version}")
+        if self.session is None:
+            ids, scores = self.similar_items(item_id, n, allowed=allowed)
+            return ids, scores, [f"similar to {item_id}"] * len(ids)
+        co = self.session.knn.co_occurrence(number)
+        total = normalized(co)
+        if self.algorithm not in NON_PERSONAL:
+            sims = self.model.item_similarity(np.array([number]), np.arange(len(self.items)))[:, 0]
+            total = total + normalized(np.asarray(sims, dtype=np.float32))
+        total = break_ties_by_popularity(total, self.popularity)
+        total[number] = -np.inf
+        if self.algorithm in NON_PERSONAL:
+            total[co <= 0] = -np.inf  # nothing relates the others to item_id
+        excluded = None if allowed is None else np.flatnonzero(~self._mask(allowed))
+        idx, top_scores = top_k(total, n, excluded)
+        reasons = [
+            f"viewed with {item_id} in {int(co[i])} sessions"
+            if co[i] > 0
+            else f"similar to {item_id}"
+            for i in idx.tolist()
+        ]
+        return self.items.ids[idx].tolist(), top_scores.tolist(), reasons
 
     def _mask(self, allowed: np.ndarray) -> np.ndarray:
         mask = np.asarray(allowed, dtype=bool)

@@ -227,6 +227,15 @@ class SessionKNN:
         at = np.repeat(starts, lengths) + offsets
         return m.indices[at], m.data[at], row_of
 
+    def co_occurrence(self, item: int) -> np.ndarray:
+        """For every item, in how many of ``item``'s (indexed, most recent) training
+        sessions it also appears."""
+        sessions = self.item_sessions[self.item_indptr[item] : self.item_indptr[item + 1]]
+        items, _, _ = self._rows(sessions)
+        counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
+        counts[item] = 0.0
+        return counts
+
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         m = self.session_items
         return {
