@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -271,6 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             evaluate_k=args.evaluate or 10,
             max_runs=args.max_runs,
             progress=None if args.quiet else _stderr,
+            session_model=not args.no_session_model,
+            blend=args.blend,
         )
         print(json.dumps([{"version": v, "promoted": p} for v, p in outcomes], indent=2))
         return 0
@@ -389,6 +392,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def _ks(text: str) -> tuple[int, ...]:
     """``--ks 5,10,20``: list lengths, each >= 1."""
     try:
@@ -449,7 +466,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         split_method=args.split,
         progress=None if args.quiet else _stderr,
-        ks=args.ks,
+        ks=args.ks or (5, 10, 20),
         bootstrap=args.bootstrap,
         seed=seed,
     )
@@ -500,7 +517,7 @@ def _evaluate_next_item(args: argparse.Namespace, config: Config) -> int:
         events = store.item_events(with_sessions=True)
     if not len(events):
         raise SessionrecError("store: no item events to evaluate on (import some first)")
-    ks = tuple(sorted(set(args.ks) | {args.k})) if args.ks != (5, 10, 20) else (10, 20)
+    ks = tuple(sorted(set(args.ks or (10, 20)) | {args.k}))
     results = evaluate_next_item(
         events,
         args.algorithm,
@@ -671,9 +688,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ks",
         type=_ks,
-        default=(5, 10, 20),
+        default=None,
         metavar="K,K,...",
-        help="also report every metric at these k (default 5,10,20; --k is always included)",
+        help="also report every metric at these k (default 5,10,20; next-item: 10,20; "
+        "--k is always included)",
     )
     p.add_argument(
         "--bootstrap",
@@ -692,13 +710,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--test-days",
-        type=float,
+        type=_positive_float,
         default=30.0,
         help="next-item: sessions starting in the last D days are the test set (default 30)",
     )
     p.add_argument(
         "--max-predictions",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="N",
         help="next-item: evaluate a seeded sample of N predictions (default all)",

@@ -104,12 +104,12 @@ class ModelArtifact:
         the answer is the popularity ranking. ``allowed`` (a boolean per item of
         ``self.items``) keeps only the items a caller's filters let through.
         """
-        numbers, types, ts, row = self._weighted(history, live_since_ms, live_boost)
+        numbers, types, ts, row, positive = self._weighted(history, live_since_ms, live_boost)
         excluded = [] if include_seen else numbers[numbers >= 0].tolist()
         excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
         if allowed is not None:
             excluded += np.flatnonzero(~self._mask(allowed)).tolist()
-        live = self._live_session(numbers, ts, live_since_ms)
+        live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
         if self.session is not None and len(live):
             parts = self.session.parts(live, int(ts.max()))
             model_scores = None
@@ -142,7 +142,9 @@ class ModelArtifact:
 
     def _weighted(
         self, history: Sequence[ItemEvent], live_since_ms: int | None, live_boost: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, np.ndarray]:
+        """Item numbers, types and times of ``history``, its weighted row, and which
+        events weigh positively (the ones that count as interest)."""
         numbers = self.items.numbers([e.item_id for e in history])
         types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
         dwell = np.fromiter(
@@ -164,7 +166,7 @@ class ModelArtifact:
         row = user_row(numbers, weights, len(self.items))
         if self.scaling is not None:
             row = self.scaling.apply(row)
-        return numbers, types, ts, row
+        return numbers, types, ts, row, weights > 0
 
     @staticmethod
     def _live_session(numbers: np.ndarray, ts: np.ndarray, live_since_ms: int | None) -> np.ndarray:

@@ -318,6 +318,12 @@ class BPRRecommender(_BiasedFactorsRecommender):
         )
 
 
+def _lmf_features(item_factors: np.ndarray) -> np.ndarray:
+    """Item factors plus a constant column (the user bias), float64 for Newton."""
+    n = item_factors.shape[0]
+    return np.hstack([item_factors, np.ones((n, 1))]).astype(np.float64)
+
+
 def _logistic_fold_in(
     item_factors: np.ndarray,
     item_bias: np.ndarray,
@@ -326,6 +332,7 @@ def _logistic_fold_in(
     regularization: float,
     neg_prop: float,
     iterations: int,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
     """LMF user solve: for each row, the (factors + user bias) maximising implicit's
     LMF objective with the item factors fixed, by Newton's method.
@@ -335,7 +342,7 @@ def _logistic_fold_in(
     expectation, a uniform weight ``neg_prop * n_positives / n_items`` on every item,
     so the solve is deterministic."""
     n, f = item_factors.shape
-    z = np.hstack([item_factors, np.ones((n, 1))]).astype(np.float64)
+    z = features if features is not None else _lmf_features(item_factors)
     offset = item_bias.astype(np.float64)
     ridge = regularization * np.eye(f + 1)
     out = np.zeros((rows.shape[0], f + 1))
@@ -393,6 +400,10 @@ class LMFRecommender(_BiasedFactorsRecommender):
             num_threads=int(p["num_threads"]),
         )
 
+    def _set(self, item_factors: np.ndarray) -> None:
+        super()._set(item_factors)
+        self._features = _lmf_features(self._latent)
+
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
         bias = self.factors_[:, self.bias_column]
         x = _logistic_fold_in(
@@ -402,6 +413,7 @@ class LMFRecommender(_BiasedFactorsRecommender):
             regularization=float(self.params["regularization"]),
             neg_prop=float(self.params["neg_prop"]),
             iterations=int(self.params["fold_in_iterations"]),
+            features=self._features,
         )
         return np.asarray(x @ self._latent.T.astype(np.float64) + bias)
 

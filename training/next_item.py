@@ -26,7 +26,7 @@ import numpy as np
 from sessionrec.errors import FailedPrecondition, InvalidArgument
 from sessionrec.events import ItemEvent
 from sessionrec.store import EventColumns
-from training.artifact import ModelArtifact
+from training.artifact import NON_PERSONAL, ModelArtifact
 from training.data import Interactions, build_interactions
 from training.models import break_ties_by_popularity, create_model, item_popularity
 from training.session_models import (
@@ -42,6 +42,7 @@ from training.session_models import (
     Sessions,
     check_blend,
     normalized,
+    positive_events,
     sessions_from_events,
 )
 from training.weighting import EventWeights
@@ -89,20 +90,22 @@ class NextItemResult:
 def split_sessions_by_time(
     events: EventColumns, test_days: float
 ) -> tuple[EventColumns, EventColumns]:
-    """Events of sessions starting in the last ``test_days`` (test) and the rest."""
+    """Events of sessions ending in the last ``test_days`` (test) and the rest."""
     if events.session_id is None:
         raise InvalidArgument("events: next-item evaluation needs session ids")
-    if test_days <= 0:
-        raise InvalidArgument(f"test_days: must be > 0, got {test_days}")
+    if not (np.isfinite(test_days) and test_days > 0):
+        raise InvalidArgument(f"test_days: must be a number > 0, got {test_days}")
     if len(events) == 0:
         raise FailedPrecondition("store: no item events")
-    start: dict[str, int] = {}
+    # By each session's last event, as session-rec does: no training click comes
+    # after the cut.
+    end: dict[str, int] = {}
     for sid, ts in zip(events.session_id.tolist(), events.ts_ms.tolist(), strict=True):
-        if sid not in start or ts < start[sid]:
-            start[sid] = ts
+        if ts > end.get(sid, -(2**62)):
+            end[sid] = ts
     cut = int(events.ts_ms.max()) - int(test_days * DAY_MS)
     test = np.fromiter(
-        (start[s] >= cut for s in events.session_id.tolist()), dtype=bool, count=len(events)
+        (end[s] >= cut for s in events.session_id.tolist()), dtype=bool, count=len(events)
     )
     return events.take(~test), events.take(test)
 
@@ -116,6 +119,8 @@ class Case:
 
 
 def _cases(test: Sessions, limit: int | None, seed: int) -> list[Case]:
+    if limit is not None and limit < 1:
+        raise InvalidArgument(f"max_predictions: must be >= 1, got {limit}")
     cases = [Case(s, i) for s in range(len(test)) for i in range(1, len(test.session(s)))]
     if limit is not None and len(cases) > limit:
         picked = np.random.default_rng(seed).choice(len(cases), size=limit, replace=False)
@@ -130,8 +135,11 @@ class _TestSessions:
     rows: list[np.ndarray]  # row numbers into the test EventColumns, click order
 
 
-def _test_sessions(test_events: EventColumns, train: Interactions) -> _TestSessions:
+def _test_sessions(
+    test_events: EventColumns, train: Interactions, weights: EventWeights
+) -> _TestSessions:
     numbers = train.items.numbers(test_events.item_id.tolist())
+    numbers[~positive_events(test_events, weights)] = -1  # impressions are not clicks
     by_session: dict[str, list[int]] = {}
     assert test_events.session_id is not None
     for r, (sid, num) in enumerate(
@@ -231,8 +239,8 @@ def evaluate_next_item(
     if train.matrix.nnz == 0:
         raise FailedPrecondition("store: no training sessions before the test period")
     n_items = len(train.items)
-    sessions = sessions_from_events(train_events, train.items)
-    test = _test_sessions(test_events, train)
+    sessions = sessions_from_events(train_events, train.items, weights)
+    test = _test_sessions(test_events, train, weights)
     cases = _cases(test.sessions, max_predictions, seed)
     say(
         f"split: {len(sessions)} training sessions, {len(test.sessions)} test sessions, "
@@ -291,7 +299,7 @@ def evaluate_next_item(
     session = SessionRecommender.fit(
         sessions,
         n_items,
-        knn_params=knn_params or DEFAULT_KNN,
+        knn_params=DEFAULT_KNN if knn_params is None else knn_params,
         rules_params=rules_params,
         blend=blend,
     )
@@ -309,13 +317,14 @@ def evaluate_next_item(
     histories = _user_histories(train_events, set(test.users))
     empty = np.zeros(0, dtype=np.int64)
 
-    def history(case: Case) -> list[ItemEvent]:
-        past = histories.get(test.users[case.session], empty)
-        now = test.rows[case.session][: case.length]
-        return _history_events(train_events, past) + _history_events(test_events, now)
-
     def start_ms(case: Case) -> int:
         return int(test_events.ts_ms[test.rows[case.session][0]])
+
+    def history(case: Case) -> list[ItemEvent]:
+        past = histories.get(test.users[case.session], empty)
+        past = past[train_events.ts_ms[past] < start_ms(case)]  # nothing from the future
+        now = test.rows[case.session][: case.length]
+        return _history_events(train_events, past) + _history_events(test_events, now)
 
     def model_only(case: Case, prefix: np.ndarray) -> np.ndarray:
         return _model_scores(artifact, history(case), start_ms(case), live_boost)
@@ -361,11 +370,12 @@ def evaluate_next_item(
 def _model_scores(
     artifact: ModelArtifact, history: list[ItemEvent], live_since_ms: int, live_boost: float
 ) -> np.ndarray:
-    """The long-term model's scores for a history, weighted as ``recommend`` does."""
+    """The long-term model's scores for a history, weighted as ``recommend`` does
+    (no personal model part: zeros, as the blend in ``recommend`` leaves it out)."""
     row = artifact.history_row(history, live_since_ms=live_since_ms, live_boost=live_boost)
-    if row.nnz == 0:
-        return artifact.popularity
-    return artifact.model.score(row)[0]
+    if row.nnz == 0 or artifact.algorithm in NON_PERSONAL:
+        return np.zeros(len(artifact.items), dtype=np.float32)
+    return np.asarray(artifact.model.score(row)[0])
 
 
 def choose_blend(
@@ -401,14 +411,16 @@ def choose_blend(
         days = span_days * validation_fraction
     fit_events, valid_events = split_sessions_by_time(train_events, max(days, 1e-3))
     variants = [knn_params] if knn_params is not None else list(CANDIDATE_KNN)
-    fallback = BlendChoice(dict(knn_params or DEFAULT_KNN), check_blend(DEFAULT_BLEND))
+    fallback = BlendChoice(
+        dict(DEFAULT_KNN if knn_params is None else knn_params), check_blend(DEFAULT_BLEND)
+    )
     fit = build_interactions(fit_events, weights)
     if fit.matrix.nnz == 0:
         say("blend: too little data before the validation sessions, default blend")
         return fallback
     n_items = len(fit.items)
-    sessions = sessions_from_events(fit_events, fit.items)
-    valid = _test_sessions(valid_events, fit)
+    sessions = sessions_from_events(fit_events, fit.items, weights)
+    valid = _test_sessions(valid_events, fit, weights)
     cases = _cases(valid.sessions, max_predictions, seed)
     if not cases:
         say("blend: no validation session with two known items, default blend")
@@ -441,6 +453,7 @@ def choose_blend(
         rows = valid.rows[case.session]
         now = int(valid_events.ts_ms[rows[case.length - 1]])
         past = histories.get(valid.users[case.session], empty)
+        past = past[fit_events.ts_ms[past] < int(valid_events.ts_ms[rows[0]])]
         hist = _history_events(fit_events, past) + _history_events(
             valid_events, rows[: case.length]
         )

@@ -141,7 +141,7 @@ def _session_models(
     from training.next_item import choose_blend
     from training.session_models import DEFAULT_KNN, sessions_from_events
 
-    sessions = sessions_from_events(events, interactions.items)
+    sessions = sessions_from_events(events, interactions.items, weights)
     if np.count_nonzero(np.diff(sessions.indptr) >= 2) < 2:
         say("session models: fewer than 2 sessions with 2 known items, none built")
         return None
@@ -157,7 +157,10 @@ def _session_models(
         )
         blend, knn_params = chosen.blend, chosen.knn_params
     session = SessionRecommender.fit(
-        sessions, len(interactions.items), knn_params=knn_params or DEFAULT_KNN, blend=blend
+        sessions,
+        len(interactions.items),
+        knn_params=DEFAULT_KNN if knn_params is None else knn_params,
+        blend=blend,
     )
     say(f"session models: {len(sessions)} sessions, {session.rules.rules.nnz} rules, blend {blend}")
     return session
@@ -175,6 +178,8 @@ def retrain_periodically(
     max_runs: int | None = None,
     stop: threading.Event | None = None,
     progress: Callable[[str], None] | None = None,
+    session_model: bool = True,
+    blend: dict[str, float] | None = None,
 ) -> list[tuple[str, bool]]:
     """Retrains every ``every_s`` seconds (as Gorse and Amazon Personalize do) and
     promotes a new version only when its holdout NDCG is not worse than the
@@ -197,6 +202,8 @@ def retrain_periodically(
                 make_current=False,
                 evaluate_k=evaluate_k,
                 progress=say,
+                session_model=session_model,
+                blend=blend,
             )
         try:
             promote(models_dir, artifact.version)

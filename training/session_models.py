@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
 from training.data import Vocabulary
+from training.weighting import EventWeights
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -53,13 +54,19 @@ class Sessions:
         return self.items[self.indptr[s] : self.indptr[s + 1]]
 
 
-def sessions_from_events(events: EventColumns, items: Vocabulary) -> Sessions:
+def sessions_from_events(
+    events: EventColumns, items: Vocabulary, weights: EventWeights | None = None
+) -> Sessions:
     """Groups item events by session (click order kept; events are time-ordered)
-    and maps items to ``items`` numbers, dropping items the vocabulary lacks."""
+    and maps items to ``items`` numbers, dropping items the vocabulary lacks and,
+    with ``weights``, events that do not weigh positively (an impression is not a
+    click)."""
     if events.session_id is None:
         raise InvalidArgument("events: session ids are needed (item_events(with_sessions=True))")
     numbers = items.numbers(events.item_id.tolist())
     keep = numbers >= 0
+    if weights is not None:
+        keep &= positive_events(events, weights)
     codes, _ = _factorize(events.session_id[keep])
     numbers = numbers[keep]
     ts = events.ts_ms[keep]
@@ -75,6 +82,12 @@ def sessions_from_events(events: EventColumns, items: Vocabulary) -> Sessions:
         indptr = np.concatenate([[0], np.cumsum(counts[nonempty])]).astype(np.int64)
         ends = ends[nonempty]
     return Sessions(indptr, numbers.astype(np.int32), ends)
+
+
+def positive_events(events: EventColumns, weights: EventWeights) -> np.ndarray:
+    """Which events count as interest: a positive type/dwell weight (recency and
+    time decay only scale weights, so they are left out)."""
+    return np.asarray(weights.weigh(events.type, events.dwell_ms) > 0)
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[Any]]:
@@ -263,11 +276,11 @@ class SessionKNN:
             n < 0
             or len(end_ms) != n
             or len(indices) != len(positions)
-            or (len(indptr) and indptr[-1] != len(indices))
-            or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))
+            or not np.isfinite(positions).all()
+            or not _is_csr(indptr, indices, n_items, sorted_rows=True)
+            or not _is_csr(item_indptr, item_sessions, max(n, 0))
             or len(item_indptr) != n_items + 1
-            or item_indptr[-1] != len(item_sessions)
-            or (len(item_sessions) and (item_sessions.min() < 0 or item_sessions.max() >= n))
+            or (n > 0 and np.diff(indptr).min() < 1)  # every session holds an item
         ):
             raise ValueError(f"{prefix}*: session index arrays do not fit together")
         model.n_items = n_items
@@ -277,6 +290,27 @@ class SessionKNN:
         model.item_indptr = item_indptr
         model.item_sessions = item_sessions
         return model
+
+
+def _is_csr(
+    indptr: np.ndarray, indices: np.ndarray, n_columns: int, *, sorted_rows: bool = False
+) -> bool:
+    """indptr starts at 0, never decreases and ends at len(indices); indices are
+    column numbers; with ``sorted_rows`` each row's columns strictly increase (no
+    duplicates)."""
+    if len(indptr) == 0 or indptr[0] != 0 or indptr[-1] != len(indices):
+        return False
+    if (np.diff(indptr) < 0).any():
+        return False
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_columns):
+        return False
+    if sorted_rows and len(indices) > 1:
+        step = np.diff(indices.astype(np.int64))
+        row_start = np.zeros(len(indices), dtype=bool)
+        row_start[indptr[:-1][indptr[:-1] < len(indices)]] = True
+        if (step[~row_start[1:]] <= 0).any():
+            return False
+    return True
 
 
 def _max_duplicates(matrix: sp.coo_matrix) -> sp.csr_matrix:
@@ -361,9 +395,9 @@ class SequentialRules:
         data = np.asarray(arrays[f"{prefix}data"], dtype=np.float32)
         if (
             len(indptr) != n_items + 1
-            or indptr[-1] != len(indices)
             or len(data) != len(indices)
-            or (len(indices) and (indices.min() < 0 or indices.max() >= n_items))
+            or not np.isfinite(data).all()
+            or not _is_csr(indptr, indices, n_items, sorted_rows=True)
         ):
             raise ValueError(f"{prefix}*: rule arrays do not fit together")
         model.n_items = n_items
@@ -409,11 +443,16 @@ BLEND_PARTS = ("knn", "rules", "model")
 
 
 def normalized(scores: np.ndarray) -> np.ndarray:
-    """Scores scaled to [0, 1] by their range (all zero when flat)."""
-    lo, hi = float(scores.min(initial=0.0)), float(scores.max(initial=0.0))
+    """Scores scaled to [0, 1] by the range of their finite values (all zero when
+    flat; non-finite scores become 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return np.zeros(scores.shape, dtype=np.float32)
+    lo, hi = float(scores[finite].min()), float(scores[finite].max())
     if hi <= lo:
-        return np.zeros_like(scores, dtype=np.float32)
-    return ((scores - lo) / (hi - lo)).astype(np.float32)
+        return np.zeros(scores.shape, dtype=np.float32)
+    return np.where(finite, (scores - lo) / (hi - lo), 0.0).astype(np.float32)
 
 
 @dataclass

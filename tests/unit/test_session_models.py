@@ -30,6 +30,7 @@ from training.session_models import (
     SessionRecommender,
     Sessions,
     check_blend,
+    normalized,
     sessions_from_events,
 )
 from training.weighting import EventWeights
@@ -258,20 +259,26 @@ def test_the_service_blend_equals_its_parts(shop: EventColumns) -> None:
 
 # ---------------------------------------------------------- next-item protocol
 def test_split_sessions_by_time_keeps_sessions_whole() -> None:
+    """A session belongs to the test set when it ends in the last test_days (as in
+    session-rec): no training click comes after the cut."""
     day = DAY_MS
     events = columns(
         [
             ("old", "u", "a", 0),
-            ("old", "u", "b", 10 * day),  # ends inside the test period, started before
+            ("old", "u", "b", 5 * day),
+            ("late", "w", "a", 7 * day),  # starts before the cut (8 days), ends after
+            ("late", "w", "b", 9 * day + day // 2),
             ("new", "v", "a", 9 * day),
-            ("new", "v", "c", 9 * day + 1),
+            ("new", "v", "c", 10 * day),
         ]
     )
     train, test = split_sessions_by_time(events, 2)
     assert set(train.session_id.tolist()) == {"old"} and len(train) == 2
-    assert set(test.session_id.tolist()) == {"new"} and len(test) == 2
-    with pytest.raises(InvalidArgument, match="test_days"):
-        split_sessions_by_time(events, 0)
+    assert set(test.session_id.tolist()) == {"late", "new"} and len(test) == 4
+    assert train.ts_ms.max() < 8 * day
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgument, match="test_days"):
+            split_sessions_by_time(events, bad)
 
 
 def sequential_log(n_sessions: int = 400, seed: int = 3) -> EventColumns:
@@ -315,3 +322,49 @@ def test_choose_blend_is_deterministic_and_valid() -> None:
     assert check_blend(first.blend) == first.blend
     # The rules predict these chains best: the chosen blend uses them.
     assert first.blend["rules"] > 0
+
+
+def test_impressions_are_not_session_clicks() -> None:
+    """A shown-but-not-viewed item (OFFER_IMPRESSION weighs 0) is neither part of
+    a training session nor a rule target."""
+    events = columns([("s1", "u", "a", 1), ("s1", "u", "b", 2), ("s1", "u", "c", 3)])
+    types = events.type.copy()
+    types[1] = int(EventType.OFFER_IMPRESSION)
+    events = dataclasses.replace(events, type=types)
+    vocab = Vocabulary(["a", "b", "c"])
+    sessions = sessions_from_events(events, vocab, EventWeights())
+    assert sessions.session(0).tolist() == [0, 2]
+    rules = SequentialRules().fit(sessions, 3)
+    assert rules.score([0])[1] == 0.0 and rules.score([0])[2] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("session_knn_indptr", np.array([0, 3, 1, 4])),  # decreasing
+        ("session_knn_indices", np.array([0, 1, 1, 2])),  # an item twice in one session
+        ("session_knn_positions", np.array([1.0, np.nan, 1.0, 2.0], dtype=np.float32)),
+        ("session_rules_indices", np.array([5], dtype=np.int32)),  # no such item
+    ],
+)
+def test_session_arrays_that_do_not_fit_are_refused(name: str, value: np.ndarray) -> None:
+    sessions = sessions_of([0, 1, 2], [2, 1])  # rows: {0,1,2}, {1,2}
+    model = SessionRecommender.fit(sessions, 3, blend={"knn": 1.0})
+    arrays = model.to_arrays()
+    assert SessionRecommender.from_arrays(model.describe(), arrays, 3).knn.n_items == 3
+    if name == "session_knn_indptr":
+        arrays[name] = value
+    elif name == "session_knn_indices":
+        arrays[name] = np.array([0, 1, 1, 1, 2], dtype=np.int32)
+    elif name == "session_knn_positions":
+        arrays[name] = np.array([1, np.nan, 3, 1, 2], dtype=np.float32)
+    else:
+        arrays["session_rules_indices"] = np.full_like(arrays["session_rules_indices"], 5)
+    with pytest.raises(ValueError, match="do not fit together"):
+        SessionRecommender.from_arrays(model.describe(), arrays, 3)
+
+
+def test_normalized_uses_the_real_range() -> None:
+    np.testing.assert_allclose(normalized(np.array([2.0, 3.0])), [0.0, 1.0])
+    np.testing.assert_allclose(normalized(np.array([-np.inf, 1.0, 3.0])), [0.0, 0.0, 1.0])
+    assert not normalized(np.array([4.0, 4.0])).any()
