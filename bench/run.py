@@ -701,6 +701,7 @@ class Stubs:
     sessions: pb_grpc.SessionServiceStub
     recs: pb_grpc.RecommendationServiceStub
     admin: pb_grpc.AdminServiceStub
+    offers: pb_grpc.OfferServiceStub
 
 
 def start_live_session(
@@ -760,6 +761,45 @@ def bench_sequential(
         "with_session": latency_summary(with_session),
         "without_session": latency_summary(without),
         "strategies": dict(strategies),
+    }
+
+
+def bench_offers(
+    stubs: Stubs, users: Sequence[str], items: Sequence[str], calls: int, seed: int
+) -> dict[str, Any]:
+    """GetOffers (n=3, impressions recorded) and Recommend (n=10) for the same
+    users, interleaved, one at a time. 20 offers: 15 on a few items each, 5 on
+    the whole catalog, no caps (every call passes every offer to ranking)."""
+    rng = random.Random(seed)
+    offers = [
+        pb.Offer(
+            offer_id=f"bench-{k}",
+            kind=pb.PERCENT_OFF,
+            value=float(5 + k),
+            combinable=True,
+            target=pb.OfferTarget(whole_catalog=True)
+            if k >= 15
+            else pb.OfferTarget(item_ids=rng.sample(list(items), 5)),
+        )
+        for k in range(20)
+    ]
+    rpc(stubs.offers.UpsertOffers, pb.UpsertOffersRequest(offers=offers), "UpsertOffers")
+    got: list[float] = []
+    rec: list[float] = []
+    for _ in range(calls):
+        user = rng.choice(users)
+        started = time.perf_counter()
+        reply = rpc(stubs.offers.GetOffers, pb.GetOffersRequest(user_id=user, n=3), "GetOffers")
+        got.append(time.perf_counter() - started)
+        if len(reply.offers) != 3 and not reply.holdout:
+            raise BenchError(f"GetOffers: {len(reply.offers)} offers for {user!r}, expected 3")
+        started = time.perf_counter()
+        rpc(stubs.recs.Recommend, pb.RecommendRequest(user_id=user, n=10), "Recommend")
+        rec.append(time.perf_counter() - started)
+    return {
+        "get_offers": latency_summary(got),
+        "recommend": latency_summary(rec),
+        "offers_defined": len(offers),
     }
 
 
@@ -985,6 +1025,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {fmt_lat(seq['median_without_session'])} |",
             f"| ... p99 with session / p99 without | median of per-repeat ratios "
             f"| {seq['p99_ratio_session_vs_none']:.2f} |",
+            f"| GetOffers n=3 ({results['offers']['offers_defined']} offers), sequential, "
+            f"interleaved with Recommend | p50 / p90 / p99 / mean "
+            f"| {fmt_lat(results['offers']['get_offers'])} |",
+            f"| ... Recommend n=10 in the same loop | p50 / p90 / p99 / mean "
+            f"| {fmt_lat(results['offers']['recommend'])} |",
+            f"| ... p99 GetOffers / p99 Recommend | median of per-repeat ratios "
+            f"| {results['offers']['p99_ratio_offers_vs_recommend']:.2f} |",
             f"| Recommend n=10, {conc['in_flight']} in flight | QPS over {conc['requests']:,} "
             f"requests | {conc['qps']:,.0f} req/s |",
             f"| ... | p50 / p99 | {fmt_lat(conc, ('p50_ms', 'p99_ms'))} |",
@@ -1084,6 +1131,7 @@ def run_service(
             pb_grpc.SessionServiceStub(channel),
             pb_grpc.RecommendationServiceStub(channel),
             pb_grpc.AdminServiceStub(channel),
+            pb_grpc.OfferServiceStub(channel),
         )
         info = rpc(stubs.admin.GetModelInfo, pb.GetModelInfoRequest(), "GetModelInfo")
         if info.version != version:
@@ -1109,6 +1157,25 @@ def run_service(
                 3,
             ),
             "runs": runs,
+        }
+        with phase("offers vs recommend"):
+            bench_offers(stubs, users, items, 100, seed=args.seed + 998)  # warm-up
+            offer_runs = [
+                bench_offers(stubs, users, items, profile.seq_calls // 2, args.seed + 50 + r)
+                for r in range(profile.seq_repeats)
+            ]
+        results["offers"] = {
+            "repeats": profile.seq_repeats,
+            "get_offers": median_latency([r["get_offers"] for r in offer_runs]),
+            "recommend": median_latency([r["recommend"] for r in offer_runs]),
+            # issue 5: GetOffers p99 over Recommend p99, interleaved (target <= 2)
+            "p99_ratio_offers_vs_recommend": round(
+                statistics.median(
+                    r["get_offers"]["p99_ms"] / r["recommend"]["p99_ms"] for r in offer_runs
+                ),
+                3,
+            ),
+            "offers_defined": offer_runs[0]["offers_defined"],
         }
         with phase("recommend concurrent"):
             results["recommend_concurrent"] = bench_concurrent(

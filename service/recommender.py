@@ -153,6 +153,34 @@ class ModelHolder:
             self._poller = None
 
 
+def requested_session(store: Store, user_id: str, session_id: str) -> SessionRecord | None:
+    """The session a request names (checked to be the user's), or None."""
+    if not session_id:
+        return None
+    check_id(session_id, "session_id")
+    session = store.get_session(session_id)
+    if session is None:
+        raise NotFound(f"session_id: unknown session {session_id!r}")
+    if session.user_id != user_id:
+        raise InvalidArgument(f"session_id: {session_id!r} belongs to another user")
+    return session
+
+
+def live_since_ms(
+    store: Store, user_id: str, session: SessionRecord | None, timeout_ms: int
+) -> int | None:
+    """Start of the user's live session (the named one, else their open one) when
+    it is still open and active within the timeout; None otherwise."""
+    if session is None:
+        session = store.find_open_session(user_id)
+    live = (
+        session is not None
+        and session.is_open
+        and session.last_seen_ms >= time.time_ns() // 1_000_000 - timeout_ms
+    )
+    return session.started_at_ms if live and session is not None else None
+
+
 class RecommendationEngine:
     def __init__(
         self,
@@ -189,14 +217,7 @@ class RecommendationEngine:
         check_n(n)
         item_filter = check_filter(item_filter)
         diversity = check_diversity(diversity)
-        session: SessionRecord | None = None
-        if session_id:
-            check_id(session_id, "session_id")
-            session = self.store.get_session(session_id)
-            if session is None:
-                raise NotFound(f"session_id: unknown session {session_id!r}")
-            if session.user_id != user_id:
-                raise InvalidArgument(f"session_id: {session_id!r} belongs to another user")
+        session = requested_session(self.store, user_id, session_id)
         # The user's history holds every stored event, the live session included.
         history = self.store.user_item_events(user_id, self.history_limit)
         history_ids = [e.item_id for e in history]
@@ -207,13 +228,7 @@ class RecommendationEngine:
         loaded = self.models.current
         if loaded is None:
             return self._store_popular(n, seen, item_filter, diversity, history_ids)
-        if session is None:
-            session = self.store.find_open_session(user_id)
-        live = (
-            session is not None
-            and session.is_open
-            and session.last_seen_ms >= time.time_ns() // 1_000_000 - self.timeout_ms
-        )
+        live_since = live_since_ms(self.store, user_id, session, self.timeout_ms)
         artifact = loaded.artifact
         view = self.catalog.view(artifact.version, artifact.items.ids, artifact.popularity)
         rec = artifact.recommend(
@@ -221,7 +236,7 @@ class RecommendationEngine:
             self._candidates(n, diversity, len(artifact.items)),
             include_seen=include_seen,
             exclude=sorted(older_items) + list(item_filter.exclude_item_ids),
-            live_since_ms=session.started_at_ms if live and session is not None else None,
+            live_since_ms=live_since,
             live_boost=self.live_session_boost,
             allowed=view.mask(item_filter, with_excluded_ids=False),
         )

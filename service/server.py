@@ -15,10 +15,12 @@ from threadpoolctl import threadpool_limits
 
 from service.catalog import Catalog
 from service.interceptors import ErrorMappingInterceptor
+from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine
 from service.servicers import (
     AdminServicer,
     CatalogServicer,
+    OfferServicer,
     RecommendationServicer,
     SessionServicer,
 )
@@ -32,7 +34,13 @@ log = logging.getLogger("sessionrec.server")
 
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("SessionService", "RecommendationService", "CatalogService", "AdminService")
+    for name in (
+        "SessionService",
+        "RecommendationService",
+        "CatalogService",
+        "OfferService",
+        "AdminService",
+    )
 )
 
 
@@ -98,6 +106,16 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         live_session_boost=config.live_session_boost,
         cold_item_share=config.cold_item_share,
     )
+    offers = OfferEngine(
+        store,
+        models,
+        catalog,
+        holdout_share=config.offer_holdout_share,
+        session_timeout_s=config.session_timeout_s,
+        live_session_boost=config.live_session_boost,
+        history_limit=config.history_limit,
+    )
+    sessions.offer_recorder = offers.record_events
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
@@ -107,6 +125,7 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     pb_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
     pb_grpc.add_RecommendationServiceServicer_to_server(RecommendationServicer(engine), server)
     pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
+    pb_grpc.add_OfferServiceServicer_to_server(OfferServicer(offers), server)
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(models), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.catalog import Catalog, Diversity, IncomingItem, ItemFilter
 from service.interceptors import status_for
+from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine, Scored
 from service.sessions import IncomingEvent, SessionManager
-from sessionrec.errors import InvalidArgument
+from sessionrec.errors import InvalidArgument, NotFound
 from sessionrec.events import SessionRecord
 from sessionrec.items import ItemRecord
+from sessionrec.offers import Offer
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -76,6 +79,7 @@ def incoming_event(e: pb.Event) -> IncomingEvent:
         ts_ms=ts_ms,
         timestamp_error=error,
         properties=dict(e.properties),
+        offer_id=e.offer_id,
     )
 
 
@@ -230,6 +234,60 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
     def GetItem(self, request, context):
         return item_message(self.catalog.get(request.item_id))
+
+
+class OfferServicer(pb_grpc.OfferServiceServicer):
+    def __init__(self, offers: OfferEngine):
+        self.offers = offers
+
+    def UpsertOffers(self, request, context):
+        raw = [
+            json_format.MessageToDict(o, preserving_proto_field_name=True) for o in request.offers
+        ]
+        inserted, updated, rejected = self.offers.upsert(raw)
+        return pb.UpsertOffersResponse(
+            inserted=inserted,
+            updated=updated,
+            rejected=[
+                pb.Rejection(index=r.index, reason=str(r.error), code=status_for(r.error).value[0])
+                for r in rejected
+            ],
+        )
+
+    def DeleteOffer(self, request, context):
+        if not self.offers.delete(request.offer_id):
+            raise NotFound(f"offer_id: unknown offer {request.offer_id!r}")
+        return pb.DeleteOfferResponse()
+
+    def ListOffers(self, request, context):
+        return pb.ListOffersResponse(
+            offers=[offer_message(o) for o in self.offers.offers().values()]
+        )
+
+    def GetOffers(self, request, context):
+        result = self.offers.get_offers(
+            request.user_id, request.n, session_id=request.session_id, preview=request.preview
+        )
+        out = pb.GetOffersResponse(holdout=result.holdout)
+        for r in result.offers:
+            ranked = out.offers.add(
+                offer_id=r.offer.offer_id,
+                score=r.score,
+                reason=r.reason,
+                title=r.offer.title,
+                kind=pb.OfferKind.Value(r.offer.kind),
+                value=r.offer.value,
+            )
+            if r.offer.valid_until_ms is not None:
+                ranked.expires_at.CopyFrom(timestamp(r.offer.valid_until_ms))
+        return out
+
+    def GetOfferReport(self, request, context):
+        return pb.OfferReport(json=json.dumps(self.offers.report(), allow_nan=False))
+
+
+def offer_message(offer: Offer) -> pb.Offer:
+    return json_format.ParseDict(offer.to_dict(), pb.Offer())
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):

@@ -25,12 +25,12 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from service.periodic import PeriodicTask
 from service.validation import check_id, require_id
-from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
+from sessionrec.errors import InvalidArgument, NotFound, ResourceExhausted, SessionrecError
 from sessionrec.events import (
     ITEM_REQUIRED,
     MAX_DWELL_MS,
@@ -72,6 +72,14 @@ class IncomingEvent:
     #: Why the timestamp could not be read (out-of-range seconds or nanos), if so.
     timestamp_error: str = ""
     properties: dict[str, str] = field(default_factory=dict)
+    #: OFFER_IMPRESSION / OFFER_REDEEMED: the offer.
+    offer_id: str = ""
+
+
+#: Records offer events against their offers' caps and budgets (one per record,
+#: None when counted, else why it was refused); set by the server.
+OfferRecorder = Callable[[Sequence[EventRecord]], list[str | None]]
+OFFER_EVENTS = (EventType.OFFER_IMPRESSION, EventType.OFFER_REDEEMED)
 
 
 @dataclass(slots=True)
@@ -96,8 +104,10 @@ class SessionManager:
         timeout_s: float = 1800.0,
         max_clock_skew_s: float = 600.0,
         max_events_per_call: int = 1000,
+        offer_recorder: OfferRecorder | None = None,
     ):
         self.store = store
+        self.offer_recorder = offer_recorder
         self.timeout_ms = int(timeout_s * 1000)
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.max_events = max_events_per_call
@@ -206,9 +216,34 @@ class SessionManager:
         if not valid:
             raise rejected[0].error
         opened, superseded = self._sessionize([r for r in valid if not r.session_id], now)
+        valid = self._count_offer_events(records, valid, rejected)
+        if not valid:
+            raise rejected[0].error
         result: AppendResult = self.store.append_events(valid, opened, close_sessions=superseded)
         event_ids = [r.event_id if r is not None else "" for r in records]
         return TrackResult(result.accepted, result.duplicates, rejected, event_ids)
+
+    def _count_offer_events(
+        self,
+        records: list[EventRecord | None],
+        valid: list[EventRecord],
+        rejected: list[Rejection],
+    ) -> list[EventRecord]:
+        """Offer events count against their offer's caps and budget before they are
+        stored; one that would exceed them is rejected (RESOURCE_EXHAUSTED), not
+        stored. Counting is idempotent on event_id, so a retried batch counts once."""
+        offer_records = [r for r in valid if r.type in OFFER_EVENTS]
+        if not offer_records or self.offer_recorder is None:
+            return valid
+        refused: set[str] = set()
+        for record, reason in zip(offer_records, self.offer_recorder(offer_records), strict=True):
+            if reason is not None:
+                refused.add(record.event_id)
+                index = next(i for i, r in enumerate(records) if r is record)
+                rejected.append(Rejection(index, ResourceExhausted(f"events[{index}].{reason}")))
+                records[index] = None
+        rejected.sort(key=lambda r: r.index)
+        return [r for r in valid if r.event_id not in refused]
 
     def _validate(
         self, e: IncomingEvent, index: int, now: int, sessions: dict[str, SessionRecord]
@@ -239,6 +274,14 @@ class SessionManager:
         if not math.isfinite(e.value):
             raise InvalidArgument(f"{where}.value: must be a finite number")
         self._check_properties(e.properties, where)
+        properties = dict(e.properties)
+        if etype in OFFER_EVENTS:
+            if not e.offer_id:
+                raise InvalidArgument(f"{where}.offer_id: required for {etype.name}")
+            check_id(e.offer_id, f"{where}.offer_id")
+            properties["offer_id"] = e.offer_id
+        elif e.offer_id:
+            raise InvalidArgument(f"{where}.offer_id: only for OFFER_IMPRESSION and OFFER_REDEEMED")
         if e.timestamp_error:
             raise InvalidArgument(f"{where}.timestamp: {e.timestamp_error}")
         ts = now if e.ts_ms is None else e.ts_ms
@@ -267,7 +310,7 @@ class SessionManager:
             screen=e.screen or None,
             dwell_ms=e.dwell_ms or None,
             value=e.value if e.value else None,
-            properties=dict(e.properties),
+            properties=properties,
         )
 
     def _sessionize(

@@ -1,4 +1,4 @@
-"""``sessionrec`` command line: serve, import, train, evaluate, tune, models, catalog.
+"""``sessionrec`` command line: serve, import, train, evaluate, tune, models, catalog, offers.
 
 A thin layer over ``service.server`` and the ``training`` package; progress
 goes to stderr, results (JSON) to stdout.
@@ -12,6 +12,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sessionrec.config import DEFAULT_DB_URL, Config
@@ -570,12 +571,83 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offer_engine(config: Config, store: Any) -> Any:
+    from service.catalog import Catalog
+    from service.offers import OfferEngine
+    from service.recommender import ModelHolder
+
+    models = ModelHolder(config.models_dir)
+    models.load_initial()
+    catalog = Catalog(store)
+    catalog.refresh()
+    return OfferEngine(store, models, catalog, holdout_share=config.offer_holdout_share)
+
+
+def _read_offers(path: str) -> list[Any]:
+    """Offers from a JSON or YAML file: a list, or an object with "offers"."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SessionrecError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SessionrecError(f"{path}: not valid JSON/YAML ({exc})") from exc
+    if isinstance(data, dict) and "offers" in data:
+        data = data["offers"]
+    if not isinstance(data, list):
+        raise SessionrecError(f"{path}: expected a list of offers (or {{'offers': [...]}})")
+    return data
+
+
+def cmd_offers(args: argparse.Namespace) -> int:
+    from sessionrec.store import open_store
+
+    config = _config(args, models_dir=getattr(args, "models", None))
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        if args.action == "import":
+            engine = _offer_engine(config, store)
+            inserted, updated, rejected = engine.upsert(_read_offers(args.file))
+            for r in rejected:
+                _stderr(f"{args.file}: {r.error}")
+            print(json.dumps({"inserted": inserted, "updated": updated, "rejected": len(rejected)}))
+        elif args.action == "list":
+            print(json.dumps([o.to_dict() for o in store.list_offers()], indent=2))
+        else:  # report
+            from service.offers import offer_report
+            from sessionrec.offer_report import write_html_report
+
+            report = offer_report(store, config.offer_holdout_share)
+            if args.html:
+                write_html_report(args.html, report)
+                _stderr(f"report: {args.html}")
+            print(json.dumps(report, indent=2, allow_nan=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sessionrec",
         description="Sessions in, trained models out, real-time recommendations back.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("offers", help="offer definitions and the uplift report")
+    offers = p.add_subparsers(dest="action", required=True)
+    q = offers.add_parser("import", help="insert or replace offers from a JSON or YAML file")
+    _add_db(q)
+    q.add_argument("--models", default=None, help="models directory (known items for targets)")
+    q.add_argument("file")
+    q.set_defaults(func=cmd_offers)
+    q = offers.add_parser("list", help="print the stored offers as JSON")
+    _add_db(q)
+    q.set_defaults(func=cmd_offers)
+    q = offers.add_parser("report", help="per offer: redemptions, treated vs holdout, uplift")
+    _add_db(q)
+    q.add_argument("--html", default=None, metavar="PATH", help="also write an HTML report")
+    q.set_defaults(func=cmd_offers)
 
     p = sub.add_parser("serve", help="run the gRPC server")
     _add_db(p)

@@ -51,6 +51,8 @@ class Config:
     #: Share of a recommendation's slots offered to catalog items the model cannot
     #: score yet (no interactions); at least one slot from n >= 5 when > 0 (0: off).
     cold_item_share: float = 0.1
+    #: Share of users (stable hash of the user id) who get no offers, to measure uplift.
+    offer_holdout_share: float = 0.1
     #: How often the catalog cache checks the store for changes made elsewhere
     #: (the CLI, another server); this server's own upserts show at once (0: never).
     catalog_refresh_interval_s: float = 5.0
@@ -119,6 +121,11 @@ class Config:
         if not (math.isfinite(self.cold_item_share) and 0 <= self.cold_item_share <= 1):
             raise ConfigError(
                 f"cold_item_share: must be a number between 0 and 1, got {self.cold_item_share}"
+            )
+        if not (math.isfinite(self.offer_holdout_share) and 0 <= self.offer_holdout_share < 1):
+            raise ConfigError(
+                "offer_holdout_share: must be a number >= 0 and < 1, "
+                f"got {self.offer_holdout_share}"
             )
         for name in ("max_events_per_call", "max_items_per_call", "workers", "history_limit"):
             if getattr(self, name) < 1:

@@ -130,6 +130,29 @@ class ModelArtifact:
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
         )
 
+    def affinity(
+        self,
+        history: Sequence[ItemEvent],
+        *,
+        live_since_ms: int | None = None,
+        live_boost: float = 1.0,
+    ) -> np.ndarray | None:
+        """How much the user likes every item, in [0, 1], ranked as ``recommend``
+        ranks (the live-session blend, else the long-term model); None when
+        nothing personal is known (no usable history, or a popularity model
+        without session models)."""
+        numbers, _, ts, row, positive = self._weighted(history, live_since_ms, live_boost)
+        live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
+        personal = row.nnz > 0 and self.algorithm not in NON_PERSONAL
+        model_scores = self.model.score(row)[0] if personal else None
+        if self.session is not None and len(live):
+            return normalized(
+                self.session.combine(self.session.parts(live, int(ts.max())), model_scores)
+            )
+        if model_scores is None:
+            return None
+        return normalized(model_scores)
+
     def history_row(
         self,
         history: Sequence[ItemEvent],

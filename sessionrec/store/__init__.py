@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from sessionrec.errors import ConfigError
-from sessionrec.store.base import EventColumns, Store
+from sessionrec.store.base import (
+    EventColumns,
+    OfferCounts,
+    OfferLogEntry,
+    OfferOutcome,
+    Store,
+)
 
-__all__ = ["EventColumns", "Store", "open_store", "sqlite_path_from_url"]
+__all__ = [
+    "EventColumns",
+    "OfferCounts",
+    "OfferLogEntry",
+    "OfferOutcome",
+    "Store",
+    "open_store",
+    "sqlite_path_from_url",
+]
 
 
 def sqlite_path_from_url(url: str) -> str:

@@ -7,13 +7,46 @@ the embedded default, PostgreSQL can be added behind the same interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from sessionrec.events import AppendResult, EndReason, EventRecord, ItemEvent, SessionRecord
 from sessionrec.items import ItemRecord, ItemUpsertResult
+from sessionrec.offers import Offer
+
+
+@dataclass(frozen=True)
+class OfferCounts:
+    impressions: int = 0
+    redemptions: int = 0
+    user_impressions: int = 0
+    user_redemptions: int = 0
+    session_impressions: int = 0
+
+
+@dataclass(frozen=True)
+class OfferLogEntry:
+    #: Idempotency key (the event id of an offer event, or a fresh id).
+    log_id: str
+    offer_id: str
+    user_id: str
+    session_id: str | None
+    kind: int  # sessionrec.offers.IMPRESSION or REDEMPTION
+    ts_ms: int
+    arm: int = 0  # sessionrec.offers.TREATED or HOLDOUT
+
+
+@dataclass(frozen=True)
+class OfferOutcome:
+    offer_id: str
+    arm: int
+    impressions: int
+    redemptions: int
+    users: int
+    converted: int
+    revenue: float
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,49 @@ class Store(abc.ABC):
     def catalog_version(self) -> int:
         """The catalog's change counter: 0 for an empty catalog, raised by every
         upsert that changes something."""
+
+    @abc.abstractmethod
+    def user_session_stats(self, user_id: str, before_ms: int) -> tuple[int, int | None]:
+        """The user's number of sessions, and the last event time of their sessions
+        that started before ``before_ms`` (None: no such session)."""
+
+    # ------------------------------------------------------------- offers
+    @abc.abstractmethod
+    def upsert_offers(self, offers: Sequence[Offer]) -> tuple[int, int]:
+        """Inserts or replaces offers in one transaction: (inserted, updated)."""
+
+    @abc.abstractmethod
+    def delete_offer(self, offer_id: str) -> bool:
+        """Removes an offer (its log stays); False when there was none."""
+
+    @abc.abstractmethod
+    def list_offers(self) -> list[Offer]: ...
+
+    @abc.abstractmethod
+    def offers_version(self) -> int:
+        """Raised by every offer change (for caches)."""
+
+    @abc.abstractmethod
+    def offer_counts(
+        self, offer_ids: Sequence[str], user_id: str, session_id: str | None
+    ) -> dict[str, OfferCounts]:
+        """Impressions and redemptions of each offer: in total, of the user, and
+        in the session."""
+
+    @abc.abstractmethod
+    def record_offer_log(
+        self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
+    ) -> list[str | None]:
+        """Records impressions/redemptions atomically with the limits of their
+        offer (``offers``): per user and per session impression caps, the total
+        redemption budget, single use. Returns, per entry, None when recorded
+        (or already recorded under its log id) or the reason it was refused.
+        Holdout entries are counterfactual exposures: recorded, never capped."""
+
+    @abc.abstractmethod
+    def offer_outcomes(self) -> list[OfferOutcome]:
+        """Per offer and arm: impressions, redemptions, exposed users, and those
+        users' purchases after their first exposure (for the uplift report)."""
 
     @abc.abstractmethod
     def count_events(self) -> int: ...

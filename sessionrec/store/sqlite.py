@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,13 +32,21 @@ from sessionrec.events import (
     AppendResult,
     EndReason,
     EventRecord,
+    EventType,
     ItemEvent,
     SessionRecord,
 )
 from sessionrec.items import ItemRecord, ItemUpsertResult
-from sessionrec.store.base import EventColumns, Store
+from sessionrec.offers import IMPRESSION, REDEMPTION, TREATED, Offer, offer_from_dict
+from sessionrec.store.base import (
+    EventColumns,
+    OfferCounts,
+    OfferLogEntry,
+    OfferOutcome,
+    Store,
+)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
@@ -581,6 +589,161 @@ class SQLiteStore(Store):
         with self._read() as c:
             return int(c.execute("SELECT COALESCE(MAX(version), 0) FROM items").fetchone()[0])
 
+    def user_session_stats(self, user_id: str, before_ms: int) -> tuple[int, int | None]:
+        with self._read() as c:
+            count, last = c.execute(
+                "SELECT COUNT(*), MAX(CASE WHEN started_at_ms < ? THEN last_event_at_ms END)"
+                " FROM sessions WHERE user_id = ?",
+                (before_ms, user_id),
+            ).fetchone()
+        return int(count), None if last is None else int(last)
+
+    # ------------------------------------------------------------- offers
+    def upsert_offers(self, offers: Sequence[Offer]) -> tuple[int, int]:
+        inserted = updated = 0
+        with self._transaction() as c:
+            version = int(c.execute("SELECT COALESCE(MAX(version), 0) FROM offers").fetchone()[0])
+            for offer in offers:
+                version += 1
+                known = c.execute(
+                    "SELECT 1 FROM offers WHERE offer_id = ?", (offer.offer_id,)
+                ).fetchone()
+                c.execute(
+                    "INSERT OR REPLACE INTO offers (offer_id, definition, version)"
+                    " VALUES (?, ?, ?)",
+                    (offer.offer_id, json.dumps(offer.to_dict(), sort_keys=True), version),
+                )
+                if known:
+                    updated += 1
+                else:
+                    inserted += 1
+        return inserted, updated
+
+    def delete_offer(self, offer_id: str) -> bool:
+        with self._transaction() as c:
+            return c.execute("DELETE FROM offers WHERE offer_id = ?", (offer_id,)).rowcount > 0
+
+    def list_offers(self) -> list[Offer]:
+        with self._read() as c:
+            rows = c.execute("SELECT definition FROM offers ORDER BY offer_id").fetchall()
+        return [offer_from_dict(json.loads(r[0])) for r in rows]
+
+    def offers_version(self) -> int:
+        with self._read() as c:
+            top = int(c.execute("SELECT COALESCE(MAX(version), 0) FROM offers").fetchone()[0])
+            count = int(c.execute("SELECT COUNT(*) FROM offers").fetchone()[0])
+        # Upserts raise MAX(version); a delete lowers the count.
+        return top * 1_000_003 + count
+
+    def offer_counts(
+        self, offer_ids: Sequence[str], user_id: str, session_id: str | None
+    ) -> dict[str, OfferCounts]:
+        if not offer_ids:
+            return {}
+        out: dict[str, OfferCounts] = {}
+        marks = ",".join("?" * len(offer_ids))
+        with self._read() as c:
+            totals = {
+                r[0]: (int(r[1]), int(r[2]))
+                for r in c.execute(
+                    f"SELECT offer_id, impressions, redemptions FROM offer_totals"
+                    f" WHERE offer_id IN ({marks})",
+                    list(offer_ids),
+                )
+            }
+            mine = {
+                r[0]: (int(r[1]), int(r[2]))
+                for r in c.execute(
+                    f"SELECT offer_id, SUM(kind = {IMPRESSION}), SUM(kind = {REDEMPTION})"
+                    f" FROM offer_log WHERE user_id = ? AND arm = {TREATED}"
+                    f" AND offer_id IN ({marks}) GROUP BY offer_id",
+                    [user_id, *offer_ids],
+                )
+            }
+            in_session: dict[str, int] = {}
+            if session_id:
+                in_session = {
+                    r[0]: int(r[1])
+                    for r in c.execute(
+                        f"SELECT offer_id, COUNT(*) FROM offer_log WHERE session_id = ?"
+                        f" AND kind = {IMPRESSION} AND arm = {TREATED}"
+                        f" AND offer_id IN ({marks}) GROUP BY offer_id",
+                        [session_id, *offer_ids],
+                    )
+                }
+        for oid in offer_ids:
+            imp, red = totals.get(oid, (0, 0))
+            uimp, ured = mine.get(oid, (0, 0))
+            out[oid] = OfferCounts(imp, red, uimp, ured, in_session.get(oid, 0))
+        return out
+
+    def record_offer_log(
+        self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
+    ) -> list[str | None]:
+        out: list[str | None] = []
+        with self._transaction() as c:
+            for e in entries:
+                if c.execute("SELECT 1 FROM offer_log WHERE log_id = ?", (e.log_id,)).fetchone():
+                    out.append(None)  # recorded before: idempotent
+                    continue
+                offer = offers.get(e.offer_id)
+                # Holdout exposures are counterfactual (never capped); every real
+                # redemption counts against the budget, whatever the user's arm.
+                limited = offer is not None and (e.arm == TREATED or e.kind == REDEMPTION)
+                reason = _offer_limit(c, e, offer) if limited and offer is not None else None
+                if reason is not None:
+                    out.append(reason)
+                    continue
+                c.execute(
+                    "INSERT INTO offer_log"
+                    " (log_id, offer_id, user_id, session_id, kind, arm, ts_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (e.log_id, e.offer_id, e.user_id, e.session_id, e.kind, e.arm, e.ts_ms),
+                )
+                if e.arm == TREATED or e.kind == REDEMPTION:
+                    column = "impressions" if e.kind == IMPRESSION else "redemptions"
+                    c.execute(
+                        "INSERT INTO offer_totals (offer_id) VALUES (?) ON CONFLICT DO NOTHING",
+                        (e.offer_id,),
+                    )
+                    c.execute(
+                        f"UPDATE offer_totals SET {column} = {column} + 1 WHERE offer_id = ?",
+                        (e.offer_id,),
+                    )
+                out.append(None)
+        return out
+
+    def offer_outcomes(self) -> list[OfferOutcome]:
+        purchase = int(EventType.PURCHASE)
+        with self._read() as c:
+            counts = {
+                (r[0], int(r[1])): (int(r[2]), int(r[3]))
+                for r in c.execute(
+                    f"SELECT offer_id, arm, SUM(kind = {IMPRESSION}), SUM(kind = {REDEMPTION})"
+                    " FROM offer_log GROUP BY offer_id, arm"
+                )
+            }
+            rows = c.execute(
+                f"""WITH first AS (
+                        SELECT offer_id, arm, user_id, MIN(ts_ms) AS first_ms FROM offer_log
+                        WHERE kind = {IMPRESSION} GROUP BY offer_id, arm, user_id),
+                    bought AS (
+                        SELECT f.offer_id, f.arm, f.user_id, COUNT(e.seq) AS purchases,
+                               COALESCE(SUM(e.value), 0) AS revenue
+                        FROM first f LEFT JOIN events e ON e.user_id = f.user_id
+                             AND e.type = {purchase} AND e.ts_ms >= f.first_ms
+                        GROUP BY f.offer_id, f.arm, f.user_id)
+                    SELECT offer_id, arm, COUNT(*), SUM(purchases > 0), SUM(revenue)
+                    FROM bought GROUP BY offer_id, arm"""
+            ).fetchall()
+        users = {(r[0], int(r[1])): (int(r[2]), int(r[3]), float(r[4])) for r in rows}
+        out = []
+        for key in sorted(set(counts) | set(users)):
+            imp, red = counts.get(key, (0, 0))
+            n, conv, revenue = users.get(key, (0, 0, 0.0))
+            out.append(OfferOutcome(key[0], key[1], imp, red, n, conv, revenue))
+        return out
+
     def count_events(self) -> int:
         with self._read() as c:
             return int(c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -691,7 +854,67 @@ def _migration_3(conn: sqlite3.Connection) -> None:
     items.create_index(["version"], if_not_exists=True)
 
 
-_MIGRATIONS = (_migration_1, _migration_2, _migration_3)
+def _offer_limit(c: sqlite3.Connection, e: OfferLogEntry, offer: Offer) -> str | None:
+    """Why ``e`` would exceed its offer's caps or budget (None: it fits)."""
+
+    def count(where: str, *args: object) -> int:
+        return int(
+            c.execute(
+                "SELECT COUNT(*) FROM offer_log"
+                f" WHERE offer_id = ? AND (arm = {TREATED} OR kind = {REDEMPTION}) AND {where}",
+                (e.offer_id, *args),
+            ).fetchone()[0]
+        )
+
+    redeemed_total = c.execute(
+        "SELECT redemptions FROM offer_totals WHERE offer_id = ?", (e.offer_id,)
+    ).fetchone()
+    total = int(redeemed_total[0]) if redeemed_total else 0
+    if offer.budget and total >= offer.budget:
+        return f"offer_id: {e.offer_id!r} has used its budget of {offer.budget} redemptions"
+    if offer.single_use and count(f"user_id = ? AND kind = {REDEMPTION}", e.user_id):
+        return f"offer_id: {e.offer_id!r} is single-use and this user redeemed it already"
+    if e.kind == IMPRESSION:
+        if offer.max_per_user and (
+            count(f"user_id = ? AND kind = {IMPRESSION}", e.user_id) >= offer.max_per_user
+        ):
+            return f"offer_id: {e.offer_id!r} reached its cap of {offer.max_per_user} per user"
+        if (
+            offer.max_per_session
+            and e.session_id
+            and count(f"session_id = ? AND kind = {IMPRESSION}", e.session_id)
+            >= offer.max_per_session
+        ):
+            return (
+                f"offer_id: {e.offer_id!r} reached its cap of {offer.max_per_session} per session"
+            )
+    return None
+
+
+def _migration_4(conn: sqlite3.Connection) -> None:
+    """Offers (definitions as JSON) and the offer log (impressions, redemptions,
+    holdout exposures), one row per idempotency key."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS offers (offer_id TEXT PRIMARY KEY, definition TEXT NOT NULL,"
+        " version INTEGER NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS offer_log (log_id TEXT PRIMARY KEY, offer_id TEXT NOT NULL,"
+        " user_id TEXT NOT NULL, session_id TEXT, kind INTEGER NOT NULL, arm INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS offer_log_user ON offer_log(offer_id, user_id, kind)")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS offer_log_session ON offer_log(offer_id, session_id, kind)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS offer_log_kind ON offer_log(offer_id, kind, arm)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS offer_totals (offer_id TEXT PRIMARY KEY,"
+        " impressions INTEGER NOT NULL DEFAULT 0, redemptions INTEGER NOT NULL DEFAULT 0)"
+    )
+
+
+_MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
 
 
 def _session_params(s: SessionRecord) -> tuple:

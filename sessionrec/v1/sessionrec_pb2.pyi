@@ -36,6 +36,21 @@ class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     END_REASON_UNSPECIFIED: _ClassVar[EndReason]
     CLOSED: _ClassVar[EndReason]
     TIMEOUT: _ClassVar[EndReason]
+
+class OfferKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OFFER_KIND_UNSPECIFIED: _ClassVar[OfferKind]
+    PERCENT_OFF: _ClassVar[OfferKind]
+    AMOUNT_OFF: _ClassVar[OfferKind]
+    FREE_SHIPPING: _ClassVar[OfferKind]
+    BUNDLE: _ClassVar[OfferKind]
+    CUSTOM_OFFER: _ClassVar[OfferKind]
+
+class UserSegment(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANY_USER: _ClassVar[UserSegment]
+    NEW_USER: _ClassVar[UserSegment]
+    RETURNING_USER: _ClassVar[UserSegment]
 PLATFORM_UNSPECIFIED: Platform
 IOS: Platform
 ANDROID: Platform
@@ -54,6 +69,15 @@ CUSTOM: EventType
 END_REASON_UNSPECIFIED: EndReason
 CLOSED: EndReason
 TIMEOUT: EndReason
+OFFER_KIND_UNSPECIFIED: OfferKind
+PERCENT_OFF: OfferKind
+AMOUNT_OFF: OfferKind
+FREE_SHIPPING: OfferKind
+BUNDLE: OfferKind
+CUSTOM_OFFER: OfferKind
+ANY_USER: UserSegment
+NEW_USER: UserSegment
+RETURNING_USER: UserSegment
 
 class StartSessionRequest(_message.Message):
     __slots__ = ("user_id", "platform", "app_version", "session_id", "started_at")
@@ -78,7 +102,7 @@ class StartSessionResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "session_id", "user_id", "type", "item_id", "screen", "dwell_ms", "value", "timestamp", "properties")
+    __slots__ = ("event_id", "session_id", "user_id", "type", "item_id", "screen", "dwell_ms", "value", "timestamp", "properties", "offer_id")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +120,7 @@ class Event(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     session_id: str
     user_id: str
@@ -106,7 +131,8 @@ class Event(_message.Message):
     value: float
     timestamp: _timestamp_pb2.Timestamp
     properties: _containers.ScalarMap[str, str]
-    def __init__(self, event_id: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., item_id: _Optional[str] = ..., screen: _Optional[str] = ..., dwell_ms: _Optional[int] = ..., value: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    offer_id: str
+    def __init__(self, event_id: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., item_id: _Optional[str] = ..., screen: _Optional[str] = ..., dwell_ms: _Optional[int] = ..., value: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ..., offer_id: _Optional[str] = ...) -> None: ...
 
 class TrackEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -326,3 +352,154 @@ class ModelInfo(_message.Message):
     loaded_at: _timestamp_pb2.Timestamp
     status: str
     def __init__(self, version: _Optional[str] = ..., algorithm: _Optional[str] = ..., trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., users: _Optional[int] = ..., items: _Optional[int] = ..., interactions: _Optional[int] = ..., params_json: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ...) -> None: ...
+
+class OfferTarget(_message.Message):
+    __slots__ = ("item_ids", "categories", "whole_catalog")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_CATALOG_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    whole_catalog: bool
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[str]] = ..., whole_catalog: _Optional[bool] = ...) -> None: ...
+
+class OfferEligibility(_message.Message):
+    __slots__ = ("segment", "min_sessions", "lapsed_days", "platforms", "session_items", "cart_items")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    LAPSED_DAYS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CART_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    segment: UserSegment
+    min_sessions: int
+    lapsed_days: int
+    platforms: _containers.RepeatedScalarFieldContainer[Platform]
+    session_items: _containers.RepeatedScalarFieldContainer[str]
+    cart_items: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, segment: _Optional[_Union[UserSegment, str]] = ..., min_sessions: _Optional[int] = ..., lapsed_days: _Optional[int] = ..., platforms: _Optional[_Iterable[_Union[Platform, str]]] = ..., session_items: _Optional[_Iterable[str]] = ..., cart_items: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Offer(_message.Message):
+    __slots__ = ("offer_id", "title", "kind", "value", "target", "valid_from", "valid_until", "eligibility", "max_per_user", "max_per_session", "budget", "priority", "combinable", "single_use")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBILITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_USER_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    COMBINABLE_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_USE_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    title: str
+    kind: OfferKind
+    value: float
+    target: OfferTarget
+    valid_from: _timestamp_pb2.Timestamp
+    valid_until: _timestamp_pb2.Timestamp
+    eligibility: OfferEligibility
+    max_per_user: int
+    max_per_session: int
+    budget: int
+    priority: int
+    combinable: bool
+    single_use: bool
+    def __init__(self, offer_id: _Optional[str] = ..., title: _Optional[str] = ..., kind: _Optional[_Union[OfferKind, str]] = ..., value: _Optional[float] = ..., target: _Optional[_Union[OfferTarget, _Mapping]] = ..., valid_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., eligibility: _Optional[_Union[OfferEligibility, _Mapping]] = ..., max_per_user: _Optional[int] = ..., max_per_session: _Optional[int] = ..., budget: _Optional[int] = ..., priority: _Optional[int] = ..., combinable: _Optional[bool] = ..., single_use: _Optional[bool] = ...) -> None: ...
+
+class UpsertOffersRequest(_message.Message):
+    __slots__ = ("offers",)
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    offers: _containers.RepeatedCompositeFieldContainer[Offer]
+    def __init__(self, offers: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ...) -> None: ...
+
+class UpsertOffersResponse(_message.Message):
+    __slots__ = ("inserted", "updated", "rejected")
+    INSERTED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    inserted: int
+    updated: int
+    rejected: _containers.RepeatedCompositeFieldContainer[Rejection]
+    def __init__(self, inserted: _Optional[int] = ..., updated: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+
+class DeleteOfferRequest(_message.Message):
+    __slots__ = ("offer_id",)
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    def __init__(self, offer_id: _Optional[str] = ...) -> None: ...
+
+class DeleteOfferResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOffersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOffersResponse(_message.Message):
+    __slots__ = ("offers",)
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    offers: _containers.RepeatedCompositeFieldContainer[Offer]
+    def __init__(self, offers: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ...) -> None: ...
+
+class GetOffersRequest(_message.Message):
+    __slots__ = ("user_id", "session_id", "n", "context", "preview")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    n: int
+    context: _containers.ScalarMap[str, str]
+    preview: bool
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., n: _Optional[int] = ..., context: _Optional[_Mapping[str, str]] = ..., preview: _Optional[bool] = ...) -> None: ...
+
+class RankedOffer(_message.Message):
+    __slots__ = ("offer_id", "score", "reason", "expires_at", "title", "kind", "value")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    score: float
+    reason: str
+    expires_at: _timestamp_pb2.Timestamp
+    title: str
+    kind: OfferKind
+    value: float
+    def __init__(self, offer_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., title: _Optional[str] = ..., kind: _Optional[_Union[OfferKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
+
+class GetOffersResponse(_message.Message):
+    __slots__ = ("offers", "holdout")
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    offers: _containers.RepeatedCompositeFieldContainer[RankedOffer]
+    holdout: bool
+    def __init__(self, offers: _Optional[_Iterable[_Union[RankedOffer, _Mapping]]] = ..., holdout: _Optional[bool] = ...) -> None: ...
+
+class GetOfferReportRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OfferReport(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

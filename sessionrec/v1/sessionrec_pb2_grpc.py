@@ -614,3 +614,268 @@ class AdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class OfferServiceStub:
+    """------------------------------------------------------------------ offers
+
+    Offers: personalized, eligible, capped, with a holdout to measure uplift.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.UpsertOffers = channel.unary_unary(
+                '/sessionrec.v1.OfferService/UpsertOffers',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertOffersRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertOffersResponse.FromString,
+                _registered_method=True)
+        self.DeleteOffer = channel.unary_unary(
+                '/sessionrec.v1.OfferService/DeleteOffer',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteOfferRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteOfferResponse.FromString,
+                _registered_method=True)
+        self.ListOffers = channel.unary_unary(
+                '/sessionrec.v1.OfferService/ListOffers',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.ListOffersRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.ListOffersResponse.FromString,
+                _registered_method=True)
+        self.GetOffers = channel.unary_unary(
+                '/sessionrec.v1.OfferService/GetOffers',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetOffersRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetOffersResponse.FromString,
+                _registered_method=True)
+        self.GetOfferReport = channel.unary_unary(
+                '/sessionrec.v1.OfferService/GetOfferReport',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetOfferReportRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.OfferReport.FromString,
+                _registered_method=True)
+
+
+class OfferServiceServicer:
+    """------------------------------------------------------------------ offers
+
+    Offers: personalized, eligible, capped, with a holdout to measure uplift.
+    """
+
+    def UpsertOffers(self, request, context):
+        """Inserts or replaces offers. Valid offers are stored in one transaction;
+        invalid ones are listed in `rejected` (existing offers are untouched); if
+        none is valid the call fails with INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteOffer(self, request, context):
+        """NOT_FOUND for an unknown offer. Its history (impressions, redemptions) stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOffers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOffers(self, request, context):
+        """The best n offers for the user now: only eligible offers within their
+        validity window, caps and budget, ranked by the user's predicted affinity
+        to the offer's target (model + live session) times its value times a
+        Thompson draw of its redemption rate. Returned offers are recorded as
+        impressions (unless `preview`), atomically with the cap checks. Users of
+        the holdout group get no offers (`holdout` is true).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOfferReport(self, request, context):
+        """Per offer: impressions, redemptions, redemption rate with a confidence
+        interval, conversion and revenue of treated vs holdout users, uplift.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OfferServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'UpsertOffers': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertOffers,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertOffersRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.UpsertOffersResponse.SerializeToString,
+            ),
+            'DeleteOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteOffer,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteOfferRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteOfferResponse.SerializeToString,
+            ),
+            'ListOffers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOffers,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.ListOffersRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.ListOffersResponse.SerializeToString,
+            ),
+            'GetOffers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOffers,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetOffersRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetOffersResponse.SerializeToString,
+            ),
+            'GetOfferReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOfferReport,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetOfferReportRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.OfferReport.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sessionrec.v1.OfferService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sessionrec.v1.OfferService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class OfferService:
+    """------------------------------------------------------------------ offers
+
+    Offers: personalized, eligible, capped, with a holdout to measure uplift.
+    """
+
+    @staticmethod
+    def UpsertOffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.OfferService/UpsertOffers',
+            sessionrec_dot_v1_dot_sessionrec__pb2.UpsertOffersRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.UpsertOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.OfferService/DeleteOffer',
+            sessionrec_dot_v1_dot_sessionrec__pb2.DeleteOfferRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.DeleteOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.OfferService/ListOffers',
+            sessionrec_dot_v1_dot_sessionrec__pb2.ListOffersRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.ListOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.OfferService/GetOffers',
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetOffersRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOfferReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.OfferService/GetOfferReport',
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetOfferReportRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.OfferReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -421,7 +421,7 @@ def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> No
     finally:
         store.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     check.close()
 
 
@@ -449,7 +449,7 @@ def test_a_version_2_file_gains_an_empty_catalog_keeping_its_events(tmp_path: Pa
         store.close()
     check = sqlite3.connect(path)
     try:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {r[1] for r in check.execute("PRAGMA table_info(items)")}
         assert {"item_id", "categories", "price", "available", "version"} <= columns
         indexes = {r[1] for r in check.execute("PRAGMA index_list(items)")}

@@ -1,0 +1,396 @@
+"""The offers engine: which offers a user may see now, ranked, capped, measured.
+
+``OfferEngine.get_offers``:
+
+1. The holdout: a stable share of users (hash of the user id) gets no offers;
+   the offers they would have got are logged as counterfactual exposures, so
+   the report can compare treated and holdout users per offer.
+2. Eligibility: validity window, segment (new/returning), minimum sessions,
+   lapsed days, platform, items viewed in the live session or in the cart.
+3. Limits: per-user and per-session impression caps, the redemption budget,
+   single use (read from the offer log).
+4. Ranking: ``priority`` first, then affinity x value x a Thompson draw of the
+   offer's redemption rate (Beta(1 + redemptions, 1 + impressions -
+   redemptions)): new offers get a chance, losing ones fade. Affinity mixes the
+   model's scores of the target items (the live-session blend when there is
+   one) with the share of the live session spent on the target.
+5. Combining: an offer that may not be combined is shown alone.
+6. Impressions: the returned offers are recorded in one write transaction that
+   checks the caps again, so concurrent calls never exceed them (``preview``
+   leaves recording to the client's OFFER_IMPRESSION events, checked the same way).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.catalog import Catalog
+from service.recommender import ModelHolder, live_since_ms, requested_session
+from service.validation import require_id
+from sessionrec.errors import InvalidArgument, SessionrecError
+from sessionrec.events import EventRecord, EventType, ItemEvent
+from sessionrec.offer_report import arm_stats, build_report
+from sessionrec.offers import (
+    HOLDOUT,
+    IMPRESSION,
+    REDEMPTION,
+    TREATED,
+    Offer,
+    in_holdout,
+    offer_from_dict,
+)
+from sessionrec.store import OfferCounts, OfferLogEntry, Store
+
+MAX_OFFERS = 100
+DAY_MS = 24 * 3600 * 1000
+#: Affinity = BASE + MODEL_SHARE x model score of the target + SESSION_SHARE x
+#: share of the live session on the target; a neutral 0.5 where unknown.
+BASE, MODEL_SHARE, SESSION_SHARE = 0.2, 0.4, 0.4
+
+
+@dataclass(frozen=True)
+class RankedOffer:
+    offer: Offer
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class OffersResult:
+    offers: list[RankedOffer]
+    holdout: bool
+
+
+@dataclass(frozen=True)
+class OfferRejection:
+    index: int
+    error: SessionrecError
+
+
+@dataclass
+class _Context:
+    """What eligibility and affinity need to know about the user right now."""
+
+    now_ms: int
+    session_id: str | None
+    platform: int
+    live_items: list[str]  # item ids of the live session's events, in time order
+    cart: set[str]
+    sessions: int
+    last_before_ms: int | None
+    history: list[ItemEvent]
+    live_since: int | None
+
+
+class OfferEngine:
+    def __init__(
+        self,
+        store: Store,
+        models: ModelHolder,
+        catalog: Catalog,
+        *,
+        holdout_share: float = 0.1,
+        session_timeout_s: float = 1800.0,
+        live_session_boost: float = 5.0,
+        history_limit: int = 500,
+        seed: int | None = None,
+    ):
+        self.store = store
+        self.models = models
+        self.catalog = catalog
+        self.holdout_share = holdout_share
+        self.timeout_ms = int(session_timeout_s * 1000)
+        self.live_boost = live_session_boost
+        self.history_limit = history_limit
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        self._cache: tuple[int, dict[str, Offer]] = (-1, {})
+        self._cache_lock = threading.Lock()
+
+    # ------------------------------------------------------------ definitions
+    def offers(self) -> dict[str, Offer]:
+        version = self.store.offers_version()
+        cached_version, offers = self._cache
+        if version != cached_version:
+            with self._cache_lock:
+                offers = {o.offer_id: o for o in self.store.list_offers()}
+                self._cache = (version, offers)
+        return offers
+
+    def upsert(self, raw: Sequence[Mapping[str, Any]]) -> tuple[int, int, list[OfferRejection]]:
+        """Validates every offer (targets must name known items or categories);
+        stores the valid ones, lists the others. No valid one: the first error."""
+        if not raw:
+            raise InvalidArgument("offers: must not be empty")
+        if len(raw) > 1000:
+            raise InvalidArgument(f"offers: at most 1000 per call, got {len(raw)}")
+        valid: dict[str, Offer] = {}
+        rejected: list[OfferRejection] = []
+        for index, data in enumerate(raw):
+            where = f"offers[{index}]"
+            try:
+                offer = offer_from_dict(data, where)
+                self._check_target(offer, where)
+                if offer.offer_id in valid:
+                    raise InvalidArgument(f"{where}.offer_id: repeated in this request")
+                valid[offer.offer_id] = offer
+            except SessionrecError as exc:
+                rejected.append(OfferRejection(index, exc))
+        if not valid:
+            raise rejected[0].error
+        inserted, updated = self.store.upsert_offers(list(valid.values()))
+        return inserted, updated, rejected
+
+    def delete(self, offer_id: str) -> bool:
+        require_id(offer_id, "offer_id")
+        return self.store.delete_offer(offer_id)
+
+    def _check_target(self, offer: Offer, where: str) -> None:
+        snapshot = self.catalog.snapshot
+        loaded = self.models.current
+        model_items = loaded.artifact.items if loaded is not None else None
+        for i, item in enumerate(offer.target.item_ids):
+            if snapshot.get(item) is None and (model_items is None or item not in model_items):
+                raise InvalidArgument(f"{where}.target.item_ids[{i}]: unknown item {item!r}")
+        if offer.target.categories:
+            known = {c for item in snapshot.items.values() for c in item.categories}
+            for i, category in enumerate(offer.target.categories):
+                if category not in known:
+                    raise InvalidArgument(
+                        f"{where}.target.categories[{i}]: unknown category {category!r}"
+                    )
+
+    # --------------------------------------------------------------- serving
+    def get_offers(
+        self, user_id: str, n: int, *, session_id: str = "", preview: bool = False
+    ) -> OffersResult:
+        require_id(user_id, "user_id")
+        if not 1 <= n <= MAX_OFFERS:
+            raise InvalidArgument(f"n: must be between 1 and {MAX_OFFERS}, got {n}")
+        session = requested_session(self.store, user_id, session_id)
+        ctx = self._context(user_id, session)
+        holdout = in_holdout(user_id, self.holdout_share)
+        offers = self.offers()
+        candidates = [o for o in offers.values() if o.valid_at(ctx.now_ms) and _eligible(o, ctx)]
+        counts = self.store.offer_counts([o.offer_id for o in candidates], user_id, ctx.session_id)
+        candidates = [o for o in candidates if _within_limits(o, counts[o.offer_id])]
+        ranked = self._rank(candidates, counts, ctx)
+        chosen = _combine(ranked, n)
+        if holdout:
+            # What this user would have got: its first exposure starts the
+            # holdout user's observation window (one row per user and offer).
+            self.store.record_offer_log(
+                [
+                    OfferLogEntry(
+                        f"holdout:{r.offer.offer_id}:{user_id}",
+                        r.offer.offer_id,
+                        user_id,
+                        ctx.session_id,
+                        IMPRESSION,
+                        ctx.now_ms,
+                        HOLDOUT,
+                    )
+                    for r in chosen
+                ],
+                offers,
+            )
+            return OffersResult([], holdout=True)
+        if not preview and chosen:
+            outcome = self.store.record_offer_log(
+                [
+                    OfferLogEntry(
+                        f"served:{uuid.uuid4().hex}",
+                        r.offer.offer_id,
+                        user_id,
+                        ctx.session_id,
+                        IMPRESSION,
+                        ctx.now_ms,
+                        TREATED,
+                    )
+                    for r in chosen
+                ],
+                offers,
+            )
+            # A concurrent call took the last slot of a cap: that offer is not shown.
+            chosen = [r for r, why in zip(chosen, outcome, strict=True) if why is None]
+        return OffersResult(chosen, holdout=False)
+
+    def _context(self, user_id: str, session: Any) -> _Context:
+        now = time.time_ns() // 1_000_000
+        live_since = live_since_ms(self.store, user_id, session, self.timeout_ms)
+        if session is None and live_since is not None:
+            session = self.store.find_open_session(user_id)
+        history = self.store.user_item_events(user_id, self.history_limit)
+        live_events = sorted(
+            (e for e in history if live_since is not None and e.ts_ms >= live_since),
+            key=lambda e: e.ts_ms,
+        )
+        cart: set[str] = set()
+        for e in live_events:
+            if e.type == EventType.ADD_TO_CART:
+                cart.add(e.item_id)
+            elif e.type == EventType.PURCHASE:
+                cart.discard(e.item_id)
+        started = session.started_at_ms if session is not None else now
+        sessions, last_before = self.store.user_session_stats(user_id, started)
+        return _Context(
+            now_ms=now,
+            session_id=session.session_id if session is not None else None,
+            platform=int(session.platform) if session is not None else 0,
+            live_items=[e.item_id for e in live_events],
+            cart=cart,
+            sessions=sessions,
+            last_before_ms=last_before,
+            history=history,
+            live_since=live_since,
+        )
+
+    def _rank(
+        self, offers: list[Offer], counts: Mapping[str, OfferCounts], ctx: _Context
+    ) -> list[RankedOffer]:
+        if not offers:
+            return []
+        loaded = self.models.current
+        affinity = None
+        members: dict[str, np.ndarray] = {}
+        numbers: Mapping[str, int] = {}
+        if loaded is not None:
+            artifact = loaded.artifact
+            affinity = artifact.affinity(
+                ctx.history, live_since_ms=ctx.live_since, live_boost=self.live_boost
+            )
+            view = self.catalog.view(artifact.version, artifact.items.ids, artifact.popularity)
+            members, numbers = view.members, view.number
+        snapshot = self.catalog.snapshot
+        with self._rng_lock:
+            draws = [
+                float(
+                    self._rng.beta(
+                        1 + counts[o.offer_id].redemptions,
+                        1 + max(counts[o.offer_id].impressions - counts[o.offer_id].redemptions, 0),
+                    )
+                )
+                for o in offers
+            ]
+        ranked = []
+        for offer, draw in zip(offers, draws, strict=True):
+            target = offer.target
+            if target.whole_catalog:
+                model_part, on_target = 0.5, 0.5
+                reason = "for everyone"
+            else:
+                if target.item_ids:
+                    wanted = set(target.item_ids)
+                    idx = np.asarray([numbers[i] for i in target.item_ids if i in numbers])
+                    hits = [i for i in ctx.live_items if i in wanted]
+                    label = "items"
+                else:
+                    cats = set(target.categories)
+                    parts = [members[c] for c in target.categories if c in members]
+                    idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+                    hits = [i for i in ctx.live_items if cats & set(snapshot.categories(i))]
+                    label = "/".join(target.categories)
+                model_part = (
+                    float(affinity[idx.astype(np.int64)].max())
+                    if affinity is not None and len(idx)
+                    else 0.5
+                )
+                on_target = len(hits) / len(ctx.live_items) if ctx.live_items else 0.0
+                if hits:
+                    reason = f"you viewed {len(hits)} {label} this session"
+                elif affinity is not None and model_part >= 0.5:
+                    reason = f"matches {label} you like"
+                else:
+                    reason = f"offer on {label}"
+            fit = BASE + MODEL_SHARE * model_part + SESSION_SHARE * on_target
+            ranked.append(RankedOffer(offer, fit * offer.value * draw, reason))
+        ranked.sort(key=lambda r: (-r.offer.priority, -r.score, r.offer.offer_id))
+        return ranked
+
+    def report(self, confidence: float = 0.95) -> dict[str, Any]:
+        """Per offer: impressions, redemptions and their rate, treated vs holdout
+        conversion and revenue, uplift (``sessionrec.offer_report``)."""
+        return offer_report(self.store, self.holdout_share, confidence)
+
+    # ------------------------------------------------------ events and report
+    def record_events(self, records: Sequence[EventRecord]) -> list[str | None]:
+        """OFFER_IMPRESSION / OFFER_REDEEMED events against their offers' limits
+        (``SessionManager``'s offer recorder)."""
+        offers = self.offers()
+        entries = []
+        reasons: list[str | None] = []
+        for r in records:
+            offer_id = r.properties.get("offer_id", "")
+            offer = offers.get(offer_id)
+            kind = REDEMPTION if r.type == EventType.OFFER_REDEEMED else IMPRESSION
+            if offer is None:
+                reasons.append(f"offer_id: unknown offer {offer_id!r}")
+                continue
+            if not offer.valid_at(r.ts_ms) and kind == REDEMPTION:
+                reasons.append(f"offer_id: {offer_id!r} is not valid at the event's time")
+                continue
+            arm = HOLDOUT if in_holdout(r.user_id, self.holdout_share) else TREATED
+            entries.append(
+                OfferLogEntry(r.event_id, offer_id, r.user_id, r.session_id, kind, r.ts_ms, arm)
+            )
+            reasons.append(None)
+        recorded = iter(self.store.record_offer_log(entries, offers))
+        return [next(recorded) if why is None else why for why in reasons]
+
+
+def offer_report(store: Store, holdout_share: float, confidence: float = 0.95) -> dict[str, Any]:
+    titles = {o.offer_id: o.title for o in store.list_offers()}
+    stats = arm_stats(store.offer_outcomes(), titles)
+    return build_report(stats, holdout_share=holdout_share, confidence=confidence)
+
+
+def _eligible(offer: Offer, ctx: _Context) -> bool:
+    e = offer.eligibility
+    returning = ctx.last_before_ms is not None
+    if e.segment == "NEW_USER" and returning:
+        return False
+    if e.segment == "RETURNING_USER" and not returning:
+        return False
+    if e.min_sessions and ctx.sessions < e.min_sessions:
+        return False
+    if e.lapsed_days and (
+        ctx.last_before_ms is None or ctx.now_ms - ctx.last_before_ms < e.lapsed_days * DAY_MS
+    ):
+        return False
+    if e.platforms and ctx.platform not in e.platforms:
+        return False
+    if e.session_items and not set(e.session_items) & set(ctx.live_items):
+        return False
+    return not (e.cart_items and not set(e.cart_items) & ctx.cart)
+
+
+def _within_limits(offer: Offer, c: OfferCounts) -> bool:
+    if offer.budget and c.redemptions >= offer.budget:
+        return False
+    if offer.single_use and c.user_redemptions:
+        return False
+    if offer.max_per_user and c.user_impressions >= offer.max_per_user:
+        return False
+    return not (offer.max_per_session and c.session_impressions >= offer.max_per_session)
+
+
+def _combine(ranked: list[RankedOffer], n: int) -> list[RankedOffer]:
+    """Best first; an offer that may not be combined is shown alone."""
+    chosen: list[RankedOffer] = []
+    for r in ranked:
+        if len(chosen) >= n:
+            break
+        if not chosen:
+            chosen.append(r)
+            if not r.offer.combinable:
+                break
+        elif r.offer.combinable:
+            chosen.append(r)
+    return chosen
