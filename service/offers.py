@@ -9,11 +9,12 @@
    lapsed days, platform, items viewed in the live session or in the cart.
 3. Limits: per-user and per-session impression caps, the redemption budget,
    single use (read from the offer log).
-4. Ranking: ``priority`` first, then affinity x value x a Thompson draw of the
-   offer's redemption rate (Beta(1 + redemptions, 1 + impressions -
-   redemptions)): new offers get a chance, losing ones fade. Affinity mixes the
-   model's scores of the target items (the live-session blend when there is
-   one) with the share of the live session spent on the target.
+4. Ranking: ``priority`` first, then affinity x value x a tempered Thompson
+   draw of the offer's redemption rate (Beta(1 + redemptions, 1 + impressions -
+   redemptions) ** 0.25): new offers get a chance, losing ones fade. Affinity
+   multiplies the model's best score among the target's items (the
+   live-session blend when there is one) with the share of the live session
+   spent on the target.
 5. Combining: an offer that may not be combined is shown alone.
 6. Impressions: the returned offers are recorded in one write transaction that
    checks the caps again, so concurrent calls never exceed them (``preview``
@@ -50,9 +51,14 @@ from sessionrec.store import OfferCounts, OfferLogEntry, Store
 
 MAX_OFFERS = 100
 DAY_MS = 24 * 3600 * 1000
-#: Affinity = BASE + MODEL_SHARE x model score of the target + SESSION_SHARE x
-#: share of the live session on the target; a neutral 0.5 where unknown.
-BASE, MODEL_SHARE, SESSION_SHARE = 0.2, 0.4, 0.4
+#: Affinity = (FLOOR + (1 - FLOOR) x the model's best score among the target's
+#: items) x (FLOOR + (1 - FLOOR) x the share of the live session on the target);
+#: a neutral 0.5 for what is unknown (no model, no session, whole catalog).
+FLOOR = 0.25
+#: The Thompson draw enters as draw ** TEMPER: the bandit still orders offers of
+#: equal fit by their sampled rates, but a fresh offer's uniform draw cannot
+#: overturn a strong affinity as often.
+TEMPER = 0.25
 
 
 @dataclass(frozen=True)
@@ -302,15 +308,15 @@ class OfferEngine:
                     if affinity is not None and len(idx)
                     else 0.5
                 )
-                on_target = len(hits) / len(ctx.live_items) if ctx.live_items else 0.0
+                on_target = len(hits) / len(ctx.live_items) if ctx.live_items else 0.5
                 if hits:
                     reason = f"you viewed {len(hits)} {label} this session"
                 elif affinity is not None and model_part >= 0.5:
                     reason = f"matches {label} you like"
                 else:
                     reason = f"offer on {label}"
-            fit = BASE + MODEL_SHARE * model_part + SESSION_SHARE * on_target
-            ranked.append(RankedOffer(offer, fit * offer.value * draw, reason))
+            fit = (FLOOR + (1 - FLOOR) * model_part) * (FLOOR + (1 - FLOOR) * on_target)
+            ranked.append(RankedOffer(offer, fit * offer.value * draw**TEMPER, reason))
         ranked.sort(key=lambda r: (-r.offer.priority, -r.score, r.offer.offer_id))
         return ranked
 

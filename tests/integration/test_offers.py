@@ -342,3 +342,67 @@ def test_the_cli_imports_yaml_lists_and_writes_the_report(synthetic_copy, tmp_pa
     assert html.read_text().startswith("<!DOCTYPE html>")
     bad = run_cli("offers", "import", "--db", url, str(tmp_path / "missing.yaml"))
     assert bad.returncode == 2 and "missing.yaml" in bad.stderr
+
+
+def test_the_readme_example(tmp_path, start_server):
+    """The worked example of the README, on a fresh store without a model."""
+    srv = start_server(tmp_path / "shop.db", tmp_path / "models")
+    catalog_stub = pb_grpc.CatalogServiceStub(srv.channel)
+    offers = pb_grpc.OfferServiceStub(srv.channel)
+    catalog_stub.UpsertItems(
+        pb.UpsertItemsRequest(
+            items=[
+                pb.Item(item_id="runner-1", categories=["shoes"], price=80),
+                pb.Item(item_id="runner-2", categories=["shoes"], price=95),
+                pb.Item(item_id="novel-1", categories=["books"], price=15),
+            ]
+        ),
+        timeout=10,
+    )
+    offers.UpsertOffers(
+        pb.UpsertOffersRequest(
+            offers=[
+                pb.Offer(
+                    offer_id="shoes-15",
+                    kind=pb.PERCENT_OFF,
+                    value=15,
+                    combinable=True,
+                    target=pb.OfferTarget(categories=["shoes"]),
+                ),
+                pb.Offer(
+                    offer_id="books-15",
+                    kind=pb.PERCENT_OFF,
+                    value=15,
+                    combinable=True,
+                    target=pb.OfferTarget(categories=["books"]),
+                ),
+                pb.Offer(
+                    offer_id="free-ship",
+                    kind=pb.FREE_SHIPPING,
+                    value=5,
+                    combinable=True,
+                    target=pb.OfferTarget(whole_catalog=True),
+                    max_per_session=1,
+                ),
+            ]
+        ),
+        timeout=10,
+    )
+    firsts = []
+    for user in ["ana"] + [f"shopper-{k}" for k in range(19)]:
+        sid = start(srv, user)
+        track(srv, *[view(i, session_id=sid) for i in ("runner-1", "runner-2")])
+        reply = offers.GetOffers(pb.GetOffersRequest(user_id=user, session_id=sid, n=3), timeout=10)
+        if reply.holdout:
+            continue
+        firsts.append(reply.offers[0].offer_id)
+        if user == "ana":
+            assert reply.offers[0].offer_id == "shoes-15"
+            assert reply.offers[0].reason == "you viewed 2 shoes this session"
+            assert {o.offer_id for o in reply.offers} == {"shoes-15", "books-15", "free-ship"}
+            redeemed = track(
+                srv, pb.Event(session_id=sid, type=pb.OFFER_REDEEMED, offer_id="shoes-15")
+            )
+            assert redeemed.accepted == 1
+    assert len(firsts) >= 15  # the 10% holdout takes a few
+    assert firsts.count("shoes-15") >= len(firsts) - 1, firsts
