@@ -215,28 +215,40 @@ class ModelArtifact:
         if len(recommended) == 0 or self.session is None:
             return []
         now = max(time.time_ns() // 1_000_000, int(ts.max()))
+        recent_first = list(dict.fromkeys(reversed(live.tolist())))[:20]
+        # When and how each of those items was last touched (only they are named).
+        wanted = np.isin(numbers, recent_first)
         last_seen: dict[int, int] = {}
         verbs: dict[int, int] = {}
-        for num, t, typ in zip(numbers.tolist(), ts.tolist(), types.tolist(), strict=True):
-            if num >= 0 and t >= last_seen.get(num, -1):
+        for num, t, typ in zip(
+            numbers[wanted].tolist(), ts[wanted].tolist(), types[wanted].tolist(), strict=True
+        ):
+            if t >= last_seen.get(num, -1):
                 last_seen[num] = t
                 verbs[num] = max(typ, verbs.get(num, typ))
         rules = self.session.rules.rules
-        recent_first = list(dict.fromkeys(reversed(live.tolist())))[:20]
         links = rules[recent_first][:, recommended].toarray()  # live x recommended
-        fallback = self._explain(row, numbers, types, recommended) if row.nnz else None
+        linked = links > 0
+        unlinked = np.flatnonzero(~linked.any(axis=0))
+        fallback: dict[int, str] = {}
+        if len(unlinked) and row.nnz:  # the model explains only what no rule does
+            fallback = dict(
+                zip(
+                    unlinked.tolist(),
+                    self._explain(row, numbers, types, recommended[unlinked]),
+                    strict=True,
+                )
+            )
         reasons = []
         for r in range(len(recommended)):
-            found = np.flatnonzero(links[:, r] > 0)
+            found = np.flatnonzero(linked[:, r])
             if len(found):
                 src = recent_first[int(found[0])]
                 verb = _VERBS.get(EventType(verbs.get(src, EventType.ITEM_VIEW)), "viewed")
                 ago = _ago(now - last_seen.get(src, now))
                 reasons.append(f"because you {verb} {self.items.id(src)} {ago}")
-            elif fallback is not None:
-                reasons.append(fallback[r])
             else:
-                reasons.append("popular in sessions like yours")
+                reasons.append(fallback.get(r, "popular in sessions like yours"))
         return reasons
 
     def _popular(self, row: Any, n: int, excluded: list[int]) -> Recommendation:
