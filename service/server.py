@@ -19,6 +19,7 @@ from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine
 from service.servicers import (
     AdminServicer,
+    AnalyticsServicer,
     CatalogServicer,
     OfferServicer,
     RecommendationServicer,
@@ -39,6 +40,7 @@ SERVICE_NAMES = tuple(
         "RecommendationService",
         "CatalogService",
         "OfferService",
+        "AnalyticsService",
         "AdminService",
     )
 )
@@ -126,6 +128,9 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     pb_grpc.add_RecommendationServiceServicer_to_server(RecommendationServicer(engine), server)
     pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
     pb_grpc.add_OfferServiceServicer_to_server(OfferServicer(offers), server)
+    pb_grpc.add_AnalyticsServiceServicer_to_server(
+        AnalyticsServicer(store, engine, offers, config), server
+    )
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(models), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

@@ -16,10 +16,12 @@ from service.interceptors import status_for
 from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine, Scored
 from service.sessions import IncomingEvent, SessionManager
+from sessionrec.config import Config
 from sessionrec.errors import InvalidArgument, NotFound
 from sessionrec.events import SessionRecord
 from sessionrec.items import ItemRecord
 from sessionrec.offers import Offer
+from sessionrec.store import Store, sqlite_path_from_url
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -288,6 +290,104 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
 
 def offer_message(offer: Offer) -> pb.Offer:
     return json_format.ParseDict(offer.to_dict(), pb.Offer())
+
+
+class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        recommender: RecommendationEngine,
+        offers: OfferEngine,
+        config: Config,
+    ):
+        self.store = store
+        self.recommender = recommender
+        self.offers = offers
+        self.config = config
+
+    def GetSessionStats(self, request, context):
+        from sessionrec.analytics import screen_anomalies, session_stats
+
+        start = end = None
+        try:
+            if request.HasField("start"):
+                start = milliseconds(request.start)
+            if request.HasField("end"):
+                end = milliseconds(request.end)
+        except ValueError as exc:
+            raise InvalidArgument(f"start/end: {exc}") from None
+        if start is not None and end is not None and end <= start:
+            raise InvalidArgument("end: must be after start")
+        if request.skip_below_ms < 0:
+            raise InvalidArgument("skip_below_ms: must be >= 0")
+        if request.platform not in pb.Platform.values():
+            raise InvalidArgument(f"platform: unknown platform {request.platform}")
+        path = sqlite_path_from_url(self.store.url)
+        platform = request.platform or None
+        version = request.app_version or None
+        skip = int(request.skip_below_ms) or 3000
+        stats = session_stats(
+            path,
+            start_ms=start,
+            end_ms=end,
+            platform=platform,
+            app_version=version,
+            skip_below_ms=skip,
+        )
+        out = stats.to_dict()
+        if start is not None and end is not None:
+            changes = screen_anomalies(
+                path,
+                start_ms=start,
+                end_ms=end,
+                platform=platform,
+                app_version=version,
+                skip_below_ms=skip,
+            )
+            out["anomalies"] = [c.to_dict() for c in changes]
+        return pb.SessionStatsResponse(
+            sessions=stats.sessions,
+            users=stats.users,
+            sessions_per_user=stats.sessions_per_user or 0.0,
+            duration_p50_ms=stats.duration_p50_ms or 0.0,
+            duration_p90_ms=stats.duration_p90_ms or 0.0,
+            duration_p99_ms=stats.duration_p99_ms or 0.0,
+            bounce_rate=stats.bounce_rate or 0.0,
+            json=json.dumps(out, allow_nan=False),
+        )
+
+    def GetPushCandidates(self, request, context):
+        from service.push import push_candidates
+
+        if request.lapse_days < 0 or request.limit < 0:
+            raise InvalidArgument("lapse_days, limit: must be >= 0")
+        c = self.config
+        found = push_candidates(
+            self.store,
+            self.recommender,
+            self.offers,
+            lapse_days=request.lapse_days or 7.0,
+            quiet_hours=(c.push_quiet_start_hour, c.push_quiet_end_hour),
+            max_per_user=c.push_max_per_user,
+            cap_window_days=c.push_cap_window_days,
+            limit=request.limit or 1000,
+            record=not request.dry_run,
+        )
+        return pb.GetPushCandidatesResponse(
+            candidates=[
+                pb.PushCandidate(
+                    user_id=p.user_id,
+                    reason=p.reason,
+                    days_since_last_session=p.days_since_last_session,
+                    item_id=p.item_id,
+                    item_reason=p.item_reason,
+                    offer_id=p.offer_id,
+                    send_at=timestamp(p.send_at_ms),
+                    active_hour=p.active_hour,
+                )
+                for p in found
+            ]
+        )
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):

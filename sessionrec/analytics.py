@@ -77,6 +77,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from sessionrec.errors import InvalidArgument
 from sessionrec.events import EndReason, EventType
 
 __all__ = [
@@ -85,8 +86,10 @@ __all__ = [
     "RETENTION_DAYS",
     "TOP_ITEMS",
     "RetentionPoint",
+    "ScreenChange",
     "ScreenStats",
     "SessionStats",
+    "screen_anomalies",
     "screen_flows",
     "session_stats",
 ]
@@ -529,3 +532,102 @@ def screen_flows(
             params,
         ).fetchall()
     return [(str(a), str(b), int(k)) for a, b, k in rows]
+
+
+@dataclass(frozen=True)
+class ScreenChange:
+    """How a screen's dwell and skip rate moved against the previous period."""
+
+    screen: str
+    views: int
+    previous_views: int
+    skip_rate: float | None
+    previous_skip_rate: float | None
+    dwell_median_ms: float | None
+    previous_dwell_median_ms: float | None
+
+    @property
+    def skip_rate_change(self) -> float | None:
+        """Percentage points (as a fraction): +0.2 means 20 points more skips."""
+        if self.skip_rate is None or self.previous_skip_rate is None:
+            return None
+        return self.skip_rate - self.previous_skip_rate
+
+    @property
+    def dwell_change(self) -> float | None:
+        """Relative change of the median dwell: -0.5 means half as long."""
+        if not self.previous_dwell_median_ms or self.dwell_median_ms is None:
+            return None
+        return self.dwell_median_ms / self.previous_dwell_median_ms - 1.0
+
+    @property
+    def strength(self) -> float:
+        """How much it moved: skip-rate points plus the size of the dwell change
+        (both fractions), the ranking key of :func:`screen_anomalies`."""
+        return abs(self.skip_rate_change or 0.0) + abs(self.dwell_change or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "screen": self.screen,
+            "views": self.views,
+            "previous_views": self.previous_views,
+            "skip_rate": self.skip_rate,
+            "previous_skip_rate": self.previous_skip_rate,
+            "skip_rate_change": self.skip_rate_change,
+            "dwell_median_ms": self.dwell_median_ms,
+            "previous_dwell_median_ms": self.previous_dwell_median_ms,
+            "dwell_change": self.dwell_change,
+            "strength": self.strength,
+        }
+
+
+def screen_anomalies(
+    db_path: DbPath,
+    *,
+    start_ms: int,
+    end_ms: int,
+    platform: int | None = None,
+    app_version: str | None = None,
+    skip_below_ms: int = 3000,
+    min_views: int = 20,
+    top: int = 10,
+) -> list[ScreenChange]:
+    """Screens whose skip rate or median dwell moved most in ``[start_ms, end_ms)``
+    against the period of the same length just before: the "users are struggling
+    here" signal. Only screens with at least ``min_views`` views in both periods
+    count; ranked by :attr:`ScreenChange.strength`, the ``top`` first."""
+    if end_ms <= start_ms:
+        raise InvalidArgument("end_ms: must be after start_ms")
+    if min_views < 1 or top < 1:
+        raise InvalidArgument("min_views, top: must be >= 1")
+    length = end_ms - start_ms
+    now, before = (
+        session_stats(
+            db_path,
+            start_ms=a,
+            end_ms=b,
+            platform=platform,
+            app_version=app_version,
+            skip_below_ms=skip_below_ms,
+        )
+        for a, b in ((start_ms, end_ms), (start_ms - length, start_ms))
+    )
+    previous = {s.screen: s for s in before.screens}
+    changes = []
+    for s in now.screens:
+        p = previous.get(s.screen)
+        if p is None or s.views < min_views or p.views < min_views:
+            continue
+        changes.append(
+            ScreenChange(
+                s.screen,
+                s.views,
+                p.views,
+                s.skip_rate,
+                p.skip_rate,
+                s.dwell_median_ms,
+                p.dwell_median_ms,
+            )
+        )
+    changes.sort(key=lambda c: (-c.strength, c.screen))
+    return changes[:top]

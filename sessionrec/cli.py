@@ -627,12 +627,192 @@ def cmd_offers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push_candidates(args: argparse.Namespace) -> int:
+    import dataclasses
+    import datetime as dt
+
+    from service.push import plan_push
+    from service.recommender import RecommendationEngine
+    from sessionrec.store import open_store
+
+    config = _config(args, models_dir=args.models)
+    quiet: tuple[int, int] | None = (
+        getattr(config, "push_quiet_start_hour", 22),
+        getattr(config, "push_quiet_end_hour", 8),
+    )
+    if args.quiet_hours is not None:  # START-END (UTC, [start, end)) or none
+        text = args.quiet_hours.strip().lower()
+        first, sep, last = text.partition("-")
+        if text in {"none", "off"}:
+            quiet = None
+        elif sep and first.strip().isdigit() and last.strip().isdigit():
+            quiet = (int(first), int(last))
+        else:
+            raise SessionrecError(
+                f"--quiet-hours: expected START-END hours like 22-8 or none, got {text!r}"
+            )
+    max_per_user = args.max_per_user
+    if max_per_user is None:
+        max_per_user = getattr(config, "push_max_per_user", 1)
+    window = args.cap_window_days
+    if window is None:
+        window = getattr(config, "push_cap_window_days", 7.0)
+    out = Path(args.out)
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        offers = _offer_engine(config, store)
+        recommender = RecommendationEngine(
+            store,
+            offers.models,
+            catalog=offers.catalog,
+            session_timeout_s=config.session_timeout_s,
+        )
+        # Opened before planning: a bad --out fails before anything is recorded.
+        with out.open("w") as fh:
+            try:
+                plan = plan_push(
+                    store,
+                    recommender,
+                    offers,
+                    lapse_days=args.lapse_days,
+                    rhythm_factor=args.rhythm_factor,
+                    min_sessions=args.min_sessions,
+                    quiet_hours=quiet,
+                    max_per_user=max_per_user,
+                    cap_window_days=window,
+                    limit=args.limit,
+                    record=not args.dry_run,
+                )
+            except BaseException:
+                fh.close()
+                out.unlink(missing_ok=True)
+                raise
+            for c in plan.candidates:
+                row = dataclasses.asdict(c)
+                sent = dt.datetime.fromtimestamp(c.send_at_ms / 1000, dt.UTC)
+                row["send_at"] = sent.isoformat().replace("+00:00", "Z")
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    now = dt.datetime.fromtimestamp(plan.now_ms / 1000, dt.UTC)
+    summary = {
+        **plan.summary(),
+        "recorded": 0 if args.dry_run else len(plan.candidates),
+        "dry_run": bool(args.dry_run),
+        "now": now.isoformat().replace("+00:00", "Z"),
+        "out": str(out),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: the session analytics page of a store (:mod:`sessionrec.analytics_report`)."""
+    from sessionrec.store import sqlite_path_from_url
+
+    bounds: dict[str, int | None] = {}
+    for flag, text in (("--from", args.start), ("--to", args.end)):
+        bounds[flag] = None
+        if text is not None:
+            from sessionrec.analytics_report import parse_iso_ms
+
+            try:
+                bounds[flag] = parse_iso_ms(text)
+            except ValueError as exc:
+                raise SessionrecError(f"{flag}: {exc}") from None
+    start, end = bounds["--from"], bounds["--to"]
+    if start is not None and end is not None and start >= end:
+        raise SessionrecError(f"--from: must be before --to ({args.start} >= {args.end})")
+    config = _config(args)
+    if not config.db_url.startswith("sqlite:"):
+        raise SessionrecError(f"--db: the report reads SQLite store files, got {config.db_url!r}")
+    db_file = Path(sqlite_path_from_url(config.db_url))
+    if not db_file.is_file():
+        raise SessionrecError(f"--db: no store file at {db_file}")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise SessionrecError(f"--out: no such directory {out.parent}")
+    from sessionrec.analytics_report import PLATFORMS, write_report
+
+    _stderr(f"report: reading {db_file}")
+    try:
+        stats = write_report(
+            out,
+            db_file,
+            start_ms=start,
+            end_ms=end,
+            platform=None if args.platform is None else PLATFORMS[args.platform],
+            app_version=args.app_version,
+        )
+    except ValueError as exc:
+        raise SessionrecError(str(exc)) from exc
+    _stderr(f"report: {out} ({stats['sessions']} sessions)")
+    print(json.dumps(stats, indent=2, allow_nan=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sessionrec",
         description="Sessions in, trained models out, real-time recommendations back.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "push-candidates",
+        help="lapsing users to bring back with a push: when, with which item and offer",
+    )
+    _add_db(p)
+    p.add_argument("--models", default=None, help="models directory (the item to show)")
+    p.add_argument("--out", required=True, help="JSONL file: one candidate per line")
+    p.add_argument(
+        "--lapse-days", type=float, default=7.0, help="no session for this long: lapsing (7)"
+    )
+    p.add_argument(
+        "--rhythm-factor",
+        type=float,
+        default=3.0,
+        help="also lapsing: silent for this many times the user's median gap (3)",
+    )
+    p.add_argument("--min-sessions", type=int, default=2, help="sessions a user needs (2)")
+    p.add_argument(
+        "--quiet-hours",
+        default=None,
+        help="UTC hours START-END without pushes, e.g. 22-8, or none (default: the config's)",
+    )
+    p.add_argument("--max-per-user", type=int, default=None, help="pushes per cap window (1)")
+    p.add_argument("--cap-window-days", type=float, default=None, help="the cap's window (7)")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many candidates (1000)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="write the file, record nothing in push_log"
+    )
+    p.set_defaults(func=cmd_push_candidates)
+
+    p = sub.add_parser(
+        "report", help="session analytics of a store as one HTML page (stats JSON to stdout)"
+    )
+    _add_db(p)
+    p.add_argument("--out", required=True, metavar="PATH", help="the HTML page to write")
+    p.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        metavar="ISO",
+        help="sessions starting at or after this date/time (ISO 8601; UTC unless a zone is given)",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        default=None,
+        metavar="ISO",
+        help="sessions starting before this date/time (ISO 8601; UTC unless a zone is given)",
+    )
+    p.add_argument(
+        "--platform",
+        type=str.upper,
+        choices=["IOS", "ANDROID", "WEB", "OTHER"],
+        default=None,
+        help="only sessions of this platform",
+    )
+    p.add_argument("--app-version", default=None, help="only sessions of this app version")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("offers", help="offer definitions and the uplift report")
     offers = p.add_subparsers(dest="action", required=True)

@@ -53,6 +53,12 @@ class Config:
     cold_item_share: float = 0.1
     #: Share of users (stable hash of the user id) who get no offers, to measure uplift.
     offer_holdout_share: float = 0.1
+    #: Push candidates: no sends in [start, end) UTC hours, at most max_per_user
+    #: pushes per user in any cap window.
+    push_quiet_start_hour: int = 22
+    push_quiet_end_hour: int = 8
+    push_max_per_user: int = 1
+    push_cap_window_days: float = 7.0
     #: How often the catalog cache checks the store for changes made elsewhere
     #: (the CLI, another server); this server's own upserts show at once (0: never).
     catalog_refresh_interval_s: float = 5.0
@@ -127,7 +133,18 @@ class Config:
                 "offer_holdout_share: must be a number >= 0 and < 1, "
                 f"got {self.offer_holdout_share}"
             )
-        for name in ("max_events_per_call", "max_items_per_call", "workers", "history_limit"):
+        for name in ("push_quiet_start_hour", "push_quiet_end_hour"):
+            if not 0 <= getattr(self, name) <= 23:
+                raise ConfigError(f"{name}: must be an hour 0..23, got {getattr(self, name)}")
+        if not (math.isfinite(self.push_cap_window_days) and self.push_cap_window_days > 0):
+            raise ConfigError("push_cap_window_days: must be a finite number > 0")
+        for name in (
+            "max_events_per_call",
+            "max_items_per_call",
+            "workers",
+            "history_limit",
+            "push_max_per_user",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:

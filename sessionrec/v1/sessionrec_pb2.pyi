@@ -503,3 +503,73 @@ class OfferReport(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class GetSessionStatsRequest(_message.Message):
+    __slots__ = ("start", "end", "platform", "app_version", "skip_below_ms")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    APP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SKIP_BELOW_MS_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    platform: Platform
+    app_version: str
+    skip_below_ms: int
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., skip_below_ms: _Optional[int] = ...) -> None: ...
+
+class SessionStatsResponse(_message.Message):
+    __slots__ = ("sessions", "users", "sessions_per_user", "duration_p50_ms", "duration_p90_ms", "duration_p99_ms", "bounce_rate", "json")
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_PER_USER_FIELD_NUMBER: _ClassVar[int]
+    DURATION_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_P90_MS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    BOUNCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    sessions: int
+    users: int
+    sessions_per_user: float
+    duration_p50_ms: float
+    duration_p90_ms: float
+    duration_p99_ms: float
+    bounce_rate: float
+    json: str
+    def __init__(self, sessions: _Optional[int] = ..., users: _Optional[int] = ..., sessions_per_user: _Optional[float] = ..., duration_p50_ms: _Optional[float] = ..., duration_p90_ms: _Optional[float] = ..., duration_p99_ms: _Optional[float] = ..., bounce_rate: _Optional[float] = ..., json: _Optional[str] = ...) -> None: ...
+
+class GetPushCandidatesRequest(_message.Message):
+    __slots__ = ("lapse_days", "limit", "dry_run")
+    LAPSE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    lapse_days: float
+    limit: int
+    dry_run: bool
+    def __init__(self, lapse_days: _Optional[float] = ..., limit: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class PushCandidate(_message.Message):
+    __slots__ = ("user_id", "reason", "days_since_last_session", "item_id", "item_reason", "offer_id", "send_at", "active_hour")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DAYS_SINCE_LAST_SESSION_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_REASON_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEND_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_HOUR_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    reason: str
+    days_since_last_session: float
+    item_id: str
+    item_reason: str
+    offer_id: str
+    send_at: _timestamp_pb2.Timestamp
+    active_hour: int
+    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ..., days_since_last_session: _Optional[float] = ..., item_id: _Optional[str] = ..., item_reason: _Optional[str] = ..., offer_id: _Optional[str] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_hour: _Optional[int] = ...) -> None: ...
+
+class GetPushCandidatesResponse(_message.Message):
+    __slots__ = ("candidates",)
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[PushCandidate]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[PushCandidate, _Mapping]]] = ...) -> None: ...

@@ -879,3 +879,136 @@ class OfferService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AnalyticsServiceStub:
+    """--------------------------------------------------------------- analytics
+
+    What sessions say, and whom to bring back when.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetSessionStats = channel.unary_unary(
+                '/sessionrec.v1.AnalyticsService/GetSessionStats',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetSessionStatsRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.SessionStatsResponse.FromString,
+                _registered_method=True)
+        self.GetPushCandidates = channel.unary_unary(
+                '/sessionrec.v1.AnalyticsService/GetPushCandidates',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetPushCandidatesRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetPushCandidatesResponse.FromString,
+                _registered_method=True)
+
+
+class AnalyticsServiceServicer:
+    """--------------------------------------------------------------- analytics
+
+    What sessions say, and whom to bring back when.
+    """
+
+    def GetSessionStats(self, request, context):
+        """Session statistics of the sessions starting in [start, end) (open-ended
+        when unset), optionally of one platform / app version: counts, length
+        percentiles and histogram, bounce rate, screens with dwell and skip rate,
+        top items, entry/exit screens, hour x weekday activity, retention by
+        first-session cohort, end reasons; plus the screens whose skip rate or
+        dwell moved most against the previous period of the same length.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPushCandidates(self, request, context):
+        """Users who are lapsing, each with the best item and eligible offer, a
+        reason and a send time in their most active hour (quiet hours and a
+        per-user cap honoured).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AnalyticsServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetSessionStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSessionStats,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetSessionStatsRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.SessionStatsResponse.SerializeToString,
+            ),
+            'GetPushCandidates': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushCandidates,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetPushCandidatesRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetPushCandidatesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sessionrec.v1.AnalyticsService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sessionrec.v1.AnalyticsService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AnalyticsService:
+    """--------------------------------------------------------------- analytics
+
+    What sessions say, and whom to bring back when.
+    """
+
+    @staticmethod
+    def GetSessionStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.AnalyticsService/GetSessionStats',
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetSessionStatsRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.SessionStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushCandidates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.AnalyticsService/GetPushCandidates',
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetPushCandidatesRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.GetPushCandidatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
