@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -35,7 +36,13 @@ import numpy as np
 from service.catalog import Catalog
 from service.recommender import ModelHolder, live_since_ms, requested_session
 from service.validation import require_id
-from sessionrec.errors import InvalidArgument, SessionrecError
+from sessionrec.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SessionrecError,
+)
 from sessionrec.events import EventRecord, EventType, ItemEvent
 from sessionrec.offer_report import arm_stats, build_report
 from sessionrec.offers import (
@@ -186,16 +193,24 @@ class OfferEngine:
         offers = self.offers()
         candidates = [o for o in offers.values() if o.valid_at(ctx.now_ms) and _eligible(o, ctx)]
         counts = self.store.offer_counts([o.offer_id for o in candidates], user_id, ctx.session_id)
-        candidates = [o for o in candidates if _within_limits(o, counts[o.offer_id])]
+        candidates = [
+            o
+            for o in candidates
+            if _within_limits(o, counts[o.offer_id])
+            and not (o.max_per_session and ctx.session_id is None)  # nothing to cap against
+        ]
         ranked = self._rank(candidates, counts, ctx)
         chosen = _combine(ranked, n)
         if holdout:
             # What this user would have got: its first exposure starts the
             # holdout user's observation window (one row per user and offer).
+            # A preview shows nothing, so it exposes nobody, holdout or not.
+            if preview:
+                return OffersResult([], holdout=True)
             self.store.record_offer_log(
                 [
                     OfferLogEntry(
-                        f"holdout:{r.offer.offer_id}:{user_id}",
+                        _holdout_log_id(r.offer.offer_id, user_id),
                         r.offer.offer_id,
                         user_id,
                         ctx.session_id,
@@ -326,29 +341,47 @@ class OfferEngine:
         return offer_report(self.store, self.holdout_share, confidence)
 
     # ------------------------------------------------------ events and report
-    def record_events(self, records: Sequence[EventRecord]) -> list[str | None]:
+    def record_events(self, records: Sequence[EventRecord]) -> list[SessionrecError | None]:
         """OFFER_IMPRESSION / OFFER_REDEEMED events against their offers' limits
-        (``SessionManager``'s offer recorder)."""
+        (``SessionManager``'s offer recorder): None when counted, else the error
+        (NOT_FOUND unknown offer, FAILED_PRECONDITION outside its validity window
+        now, RESOURCE_EXHAUSTED over a cap or the budget)."""
         offers = self.offers()
+        now = time.time_ns() // 1_000_000
         entries = []
-        reasons: list[str | None] = []
+        errors: list[SessionrecError | None] = []
         for r in records:
             offer_id = r.properties.get("offer_id", "")
             offer = offers.get(offer_id)
             kind = REDEMPTION if r.type == EventType.OFFER_REDEEMED else IMPRESSION
             if offer is None:
-                reasons.append(f"offer_id: unknown offer {offer_id!r}")
+                errors.append(NotFound(f"offer_id: unknown offer {offer_id!r}"))
                 continue
-            if not offer.valid_at(r.ts_ms) and kind == REDEMPTION:
-                reasons.append(f"offer_id: {offer_id!r} is not valid at the event's time")
+            # Validity is judged when the event arrives: a back-dated timestamp
+            # cannot redeem an offer that has expired.
+            if not offer.valid_at(now):
+                errors.append(FailedPrecondition(f"offer_id: {offer_id!r} is not valid now"))
                 continue
             arm = HOLDOUT if in_holdout(r.user_id, self.holdout_share) else TREATED
             entries.append(
                 OfferLogEntry(r.event_id, offer_id, r.user_id, r.session_id, kind, r.ts_ms, arm)
             )
-            reasons.append(None)
+            errors.append(None)
         recorded = iter(self.store.record_offer_log(entries, offers))
-        return [next(recorded) if why is None else why for why in reasons]
+        out: list[SessionrecError | None] = []
+        for error in errors:
+            if error is None:
+                why = next(recorded)
+                error = ResourceExhausted(why) if why is not None else None
+            out.append(error)
+        return out
+
+
+def _holdout_log_id(offer_id: str, user_id: str) -> str:
+    """One counterfactual exposure per (offer, user); hashed so that no pair of
+    ids (nor a client's event id) can collide with another pair."""
+    digest = hashlib.sha256(f"{offer_id}\0{user_id}".encode()).hexdigest()
+    return f"holdout:{digest}"
 
 
 def offer_report(store: Store, holdout_share: float, confidence: float = 0.95) -> dict[str, Any]:

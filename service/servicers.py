@@ -7,6 +7,7 @@ Errors are raised as domain exceptions and mapped to status codes by
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +18,13 @@ from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine, Scored
 from service.sessions import IncomingEvent, SessionManager
 from sessionrec.config import Config
-from sessionrec.errors import InvalidArgument, NotFound
+from sessionrec.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SessionrecError,
+    Unavailable,
+)
 from sessionrec.events import SessionRecord
 from sessionrec.items import ItemRecord
 from sessionrec.offers import Offer
@@ -326,17 +333,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         platform = request.platform or None
         version = request.app_version or None
         skip = int(request.skip_below_ms) or 3000
-        stats = session_stats(
-            path,
-            start_ms=start,
-            end_ms=end,
-            platform=platform,
-            app_version=version,
-            skip_below_ms=skip,
-        )
-        out = stats.to_dict()
-        if start is not None and end is not None:
-            changes = screen_anomalies(
+        try:
+            stats = session_stats(
                 path,
                 start_ms=start,
                 end_ms=end,
@@ -344,7 +342,24 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 app_version=version,
                 skip_below_ms=skip,
             )
-            out["anomalies"] = [c.to_dict() for c in changes]
+            out = stats.to_dict()
+            if start is not None and end is not None:
+                changes = screen_anomalies(
+                    path,
+                    start_ms=start,
+                    end_ms=end,
+                    platform=platform,
+                    app_version=version,
+                    skip_below_ms=skip,
+                    current=stats,
+                )
+                out["anomalies"] = [c.to_dict() for c in changes]
+        except sqlite3.OperationalError as exc:  # locked or busy: try again later
+            raise Unavailable(f"store: {exc}") from exc
+        except (InvalidArgument, SessionrecError):
+            raise
+        except (ValueError, OSError, sqlite3.Error) as exc:  # no file, not a store
+            raise FailedPrecondition(f"store: {exc}") from exc
         return pb.SessionStatsResponse(
             sessions=stats.sessions,
             users=stats.users,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from service.periodic import PeriodicTask
 from service.validation import check_id, require_id
-from sessionrec.errors import InvalidArgument, NotFound, ResourceExhausted, SessionrecError
+from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
 from sessionrec.events import (
     ITEM_REQUIRED,
     MAX_DWELL_MS,
@@ -77,8 +77,8 @@ class IncomingEvent:
 
 
 #: Records offer events against their offers' caps and budgets (one per record,
-#: None when counted, else why it was refused); set by the server.
-OfferRecorder = Callable[[Sequence[EventRecord]], list[str | None]]
+#: None when counted, else the error refusing it); set by the server.
+OfferRecorder = Callable[[Sequence[EventRecord]], list[SessionrecError | None]]
 OFFER_EVENTS = (EventType.OFFER_IMPRESSION, EventType.OFFER_REDEEMED)
 
 
@@ -236,11 +236,11 @@ class SessionManager:
         if not offer_records or self.offer_recorder is None:
             return valid
         refused: set[str] = set()
-        for record, reason in zip(offer_records, self.offer_recorder(offer_records), strict=True):
-            if reason is not None:
+        for record, error in zip(offer_records, self.offer_recorder(offer_records), strict=True):
+            if error is not None:
                 refused.add(record.event_id)
                 index = next(i for i, r in enumerate(records) if r is record)
-                rejected.append(Rejection(index, ResourceExhausted(f"events[{index}].{reason}")))
+                rejected.append(Rejection(index, type(error)(f"events[{index}].{error}")))
                 records[index] = None
         rejected.sort(key=lambda r: r.index)
         return [r for r in valid if r.event_id not in refused]
@@ -278,6 +278,8 @@ class SessionManager:
         if etype in OFFER_EVENTS:
             if not e.offer_id:
                 raise InvalidArgument(f"{where}.offer_id: required for {etype.name}")
+            if not e.event_id:  # counting is idempotent on it: a retry must not count twice
+                raise InvalidArgument(f"{where}.event_id: required for {etype.name}")
             check_id(e.offer_id, f"{where}.offer_id")
             properties["offer_id"] = e.offer_id
         elif e.offer_id:

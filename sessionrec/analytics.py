@@ -556,15 +556,22 @@ class ScreenChange:
     @property
     def dwell_change(self) -> float | None:
         """Relative change of the median dwell: -0.5 means half as long."""
-        if not self.previous_dwell_median_ms or self.dwell_median_ms is None:
+        if self.previous_dwell_median_ms is None or self.dwell_median_ms is None:
             return None
+        if self.previous_dwell_median_ms <= 0:
+            return None if self.dwell_median_ms <= 0 else math.inf
         return self.dwell_median_ms / self.previous_dwell_median_ms - 1.0
 
     @property
     def strength(self) -> float:
-        """How much it moved: skip-rate points plus the size of the dwell change
-        (both fractions), the ranking key of :func:`screen_anomalies`."""
-        return abs(self.skip_rate_change or 0.0) + abs(self.dwell_change or 0.0)
+        """How much it moved, the ranking key of :func:`screen_anomalies`: skip-rate
+        points plus |log2| of the dwell ratio (halving and doubling weigh the
+        same, 1.0; a median moving from or to 0 counts as 4)."""
+        dwell = 0.0
+        if self.dwell_median_ms is not None and self.previous_dwell_median_ms is not None:
+            a, b = self.dwell_median_ms, self.previous_dwell_median_ms
+            dwell = abs(math.log2(a / b)) if a > 0 and b > 0 else (0.0 if a == b else 4.0)
+        return abs(self.skip_rate_change or 0.0) + dwell
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -576,7 +583,11 @@ class ScreenChange:
             "skip_rate_change": self.skip_rate_change,
             "dwell_median_ms": self.dwell_median_ms,
             "previous_dwell_median_ms": self.previous_dwell_median_ms,
-            "dwell_change": self.dwell_change,
+            "dwell_change": (
+                None
+                if self.dwell_change is None or math.isinf(self.dwell_change)
+                else self.dwell_change
+            ),
             "strength": self.strength,
         }
 
@@ -591,18 +602,22 @@ def screen_anomalies(
     skip_below_ms: int = 3000,
     min_views: int = 20,
     top: int = 10,
+    current: SessionStats | None = None,
 ) -> list[ScreenChange]:
     """Screens whose skip rate or median dwell moved most in ``[start_ms, end_ms)``
     against the period of the same length just before: the "users are struggling
-    here" signal. Only screens with at least ``min_views`` views in both periods
-    count; ranked by :attr:`ScreenChange.strength`, the ``top`` first."""
+    here" signal. Only screens with at least ``min_views`` views of known dwell in
+    both periods count (skip rate and dwell come from those); ranked by
+    :attr:`ScreenChange.strength`, the ``top`` first. ``current``: the stats of
+    ``[start_ms, end_ms)`` with the same filters, when already computed."""
     if end_ms <= start_ms:
         raise InvalidArgument("end_ms: must be after start_ms")
     if min_views < 1 or top < 1:
         raise InvalidArgument("min_views, top: must be >= 1")
     length = end_ms - start_ms
-    now, before = (
-        session_stats(
+
+    def stats(a: int, b: int) -> SessionStats:
+        return session_stats(
             db_path,
             start_ms=a,
             end_ms=b,
@@ -610,13 +625,14 @@ def screen_anomalies(
             app_version=app_version,
             skip_below_ms=skip_below_ms,
         )
-        for a, b in ((start_ms, end_ms), (start_ms - length, start_ms))
-    )
+
+    now = current if current is not None else stats(start_ms, end_ms)
+    before = stats(start_ms - length, start_ms)
     previous = {s.screen: s for s in before.screens}
     changes = []
     for s in now.screens:
         p = previous.get(s.screen)
-        if p is None or s.views < min_views or p.views < min_views:
+        if p is None or s.dwell_known < min_views or p.dwell_known < min_views:
             continue
         changes.append(
             ScreenChange(

@@ -602,7 +602,8 @@ class SQLiteStore(Store):
     def upsert_offers(self, offers: Sequence[Offer]) -> tuple[int, int]:
         inserted = updated = 0
         with self._transaction() as c:
-            version = int(c.execute("SELECT COALESCE(MAX(version), 0) FROM offers").fetchone()[0])
+            c.execute("UPDATE offers_meta SET version = version + 1 WHERE id = 1")
+            version = int(c.execute("SELECT version FROM offers_meta WHERE id = 1").fetchone()[0])
             for offer in offers:
                 version += 1
                 known = c.execute(
@@ -621,7 +622,10 @@ class SQLiteStore(Store):
 
     def delete_offer(self, offer_id: str) -> bool:
         with self._transaction() as c:
-            return c.execute("DELETE FROM offers WHERE offer_id = ?", (offer_id,)).rowcount > 0
+            gone = c.execute("DELETE FROM offers WHERE offer_id = ?", (offer_id,)).rowcount > 0
+            if gone:
+                c.execute("UPDATE offers_meta SET version = version + 1 WHERE id = 1")
+            return gone
 
     def list_offers(self) -> list[Offer]:
         with self._read() as c:
@@ -630,10 +634,7 @@ class SQLiteStore(Store):
 
     def offers_version(self) -> int:
         with self._read() as c:
-            top = int(c.execute("SELECT COALESCE(MAX(version), 0) FROM offers").fetchone()[0])
-            count = int(c.execute("SELECT COUNT(*) FROM offers").fetchone()[0])
-        # Upserts raise MAX(version); a delete lowers the count.
-        return top * 1_000_003 + count
+            return int(c.execute("SELECT version FROM offers_meta WHERE id = 1").fetchone()[0])
 
     def offer_counts(
         self, offer_ids: Sequence[str], user_id: str, session_id: str | None
@@ -732,6 +733,7 @@ class SQLiteStore(Store):
                                COALESCE(SUM(e.value), 0) AS revenue
                         FROM first f LEFT JOIN events e ON e.user_id = f.user_id
                              AND e.type = {purchase} AND e.ts_ms >= f.first_ms
+                             AND e.item_id IS NOT NULL
                         GROUP BY f.offer_id, f.arm, f.user_id)
                     SELECT offer_id, arm, COUNT(*), SUM(purchases > 0), SUM(revenue)
                     FROM bought GROUP BY offer_id, arm"""
@@ -879,9 +881,10 @@ def _offer_limit(c: sqlite3.Connection, e: OfferLogEntry, offer: Offer) -> str |
             count(f"user_id = ? AND kind = {IMPRESSION}", e.user_id) >= offer.max_per_user
         ):
             return f"offer_id: {e.offer_id!r} reached its cap of {offer.max_per_user} per user"
+        if offer.max_per_session and not e.session_id:
+            return f"offer_id: {e.offer_id!r} is capped per session and needs one"
         if (
             offer.max_per_session
-            and e.session_id
             and count(f"session_id = ? AND kind = {IMPRESSION}", e.session_id)
             >= offer.max_per_session
         ):
@@ -908,6 +911,12 @@ def _migration_4(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS offer_log_session ON offer_log(offer_id, session_id, kind)"
     )
     conn.execute("CREATE INDEX IF NOT EXISTS offer_log_kind ON offer_log(offer_id, kind, arm)")
+    # One change counter for every upsert and delete (caches compare it).
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS offers_meta (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " version INTEGER NOT NULL)"
+    )
+    conn.execute("INSERT OR IGNORE INTO offers_meta (id, version) VALUES (1, 0)")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS offer_totals (offer_id TEXT PRIMARY KEY,"
         " impressions INTEGER NOT NULL DEFAULT 0, redemptions INTEGER NOT NULL DEFAULT 0)"

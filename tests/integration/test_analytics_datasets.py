@@ -166,3 +166,28 @@ def test_diginetica_session_stats_match_an_independent_computation(tmp_path: Pat
     want = expected_stats(events, lambda user, _rows: sessions_by_user[user])
     srv = start_server(db, tmp_path / "models")
     assert_matches(stats(srv), want, "TIMEOUT")
+
+
+def test_get_session_stats_bad_input_and_anomalies(synthetic_copy, start_server) -> None:
+    import grpc
+
+    from .support import assert_status, ts
+
+    srv = start_server(synthetic_copy.db_path, synthetic_copy.models_dir)
+    stub = pb_grpc.AnalyticsServiceStub(srv.channel)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    now = 2_000_000_000_000
+    assert_status(
+        stub.GetSessionStats,
+        pb.GetSessionStatsRequest(start=ts(now), end=ts(now - 1)),
+        invalid,
+        "end",
+    )
+    assert_status(
+        stub.GetSessionStats, pb.GetSessionStatsRequest(skip_below_ms=-1), invalid, "skip_below_ms"
+    )
+    assert_status(stub.GetSessionStats, pb.GetSessionStatsRequest(platform=42), invalid, "platform")
+    # A time range adds the anomalies (empty here: the synthetic store has no screens).
+    got = stats(srv, start=ts(0), end=ts(now))
+    assert got["anomalies"] == [] and got["sessions"] == 60
+    assert "anomalies" not in stats(srv)

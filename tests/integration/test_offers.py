@@ -401,8 +401,48 @@ def test_the_readme_example(tmp_path, start_server):
             assert reply.offers[0].reason == "you viewed 2 shoes this session"
             assert {o.offer_id for o in reply.offers} == {"shoes-15", "books-15", "free-ship"}
             redeemed = track(
-                srv, pb.Event(session_id=sid, type=pb.OFFER_REDEEMED, offer_id="shoes-15")
+                srv,
+                pb.Event(
+                    session_id=sid,
+                    type=pb.OFFER_REDEEMED,
+                    offer_id="shoes-15",
+                    event_id="ana-redeem-1",
+                ),
             )
             assert redeemed.accepted == 1
     assert len(firsts) >= 15  # the 10% holdout takes a few
     assert firsts.count("shoes-15") >= len(firsts) - 1, firsts
+
+
+def test_offer_event_errors_say_what_is_wrong(srv):
+    upsert(srv, offer("live"), offer("per-session", max_per_session=1))
+    reply = track(
+        srv,
+        pb.Event(type=pb.OFFER_REDEEMED, offer_id="ghost", user_id="u1", event_id="g1"),
+        view("a01", user_id="u1"),
+    )
+    assert reply.rejected[0].code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert reply.rejected[0].reason.startswith("events[0].offer_id: unknown offer")
+    assert_status(
+        srv.sessions.TrackEvents,
+        pb.TrackEventsRequest(
+            events=[pb.Event(type=pb.OFFER_REDEEMED, offer_id="live", user_id="u1")]
+        ),
+        INVALID,
+        "events[0].event_id",
+    )
+    # Without a session, a per-session capped offer is not offered at all.
+    assert ids(get(srv, "u03", preview=True)) == ["live"]
+
+
+def test_a_holdout_preview_exposes_nobody(synthetic_copy, start_server):
+    srv = start_server(synthetic_copy.db_path, synthetic_copy.models_dir, offer_holdout_share=0.99)
+    stub = pb_grpc.OfferServiceStub(srv.channel)
+    stub.UpsertOffers(pb.UpsertOffersRequest(offers=[offer("all")]), timeout=10)
+    user = next(f"u{u:02d}" for u in range(60) if in_holdout(f"u{u:02d}", 0.99))
+    assert stub.GetOffers(pb.GetOffersRequest(user_id=user, n=1, preview=True), timeout=10).holdout
+    report = json.loads(stub.GetOfferReport(pb.GetOfferReportRequest(), timeout=10).json)
+    assert report["offers"] == []
+    stub.GetOffers(pb.GetOffersRequest(user_id=user, n=1), timeout=10)
+    report = json.loads(stub.GetOfferReport(pb.GetOfferReportRequest(), timeout=10).json)
+    assert report["offers"][0]["holdout"]["users"] == 1

@@ -29,6 +29,7 @@ from sessionrec.analytics import (
     screen_flows,
     session_stats,
 )
+from sessionrec.errors import InvalidArgument
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.store import Store, open_store
 
@@ -619,3 +620,51 @@ def test_random_store_has_about_2000_events(random_db: Path) -> None:
     finally:
         conn.close()
     assert 2000 <= n < 2100
+
+
+def test_screen_anomalies_rank_the_screen_that_moved(db_path: Path, store: Store) -> None:
+    """Week 1: checkout views last 20 s, home 5 s. Week 2: checkout views last
+    1 s (all skips), home unchanged; "rare" has too few known dwells to judge."""
+    from sessionrec.analytics import screen_anomalies
+
+    week = 7 * DAY
+    screen_type = int(EventType.SCREEN_VIEW)
+    n = 0
+    for period, checkout_dwell in ((0, 20_000), (1, 1_000)):
+        for k in range(30):
+            n += 1
+            at = T0 + period * week + k * H
+            sid = f"s{n}"
+            store.append_events(
+                [
+                    ev(f"{sid}-a", sid, f"u{k}", screen_type, at, screen="home", dwell=5_000),
+                    ev(
+                        f"{sid}-b",
+                        sid,
+                        f"u{k}",
+                        screen_type,
+                        at + 1,
+                        screen="checkout",
+                        dwell=checkout_dwell,
+                    ),
+                    ev(
+                        f"{sid}-c",
+                        sid,
+                        f"u{k}",
+                        screen_type,
+                        at + 2,
+                        screen="rare",
+                        dwell=100 if k < 3 else None,
+                    ),
+                ],
+                [session(sid, f"u{k}", at)],
+            )
+    changes = screen_anomalies(db_path, start_ms=T0 + week, end_ms=T0 + 2 * week, min_views=20)
+    assert [c.screen for c in changes] == ["checkout", "home"]
+    checkout, home = changes
+    assert checkout.skip_rate_change == pytest.approx(1.0)
+    assert checkout.dwell_change == pytest.approx(1_000 / 20_000 - 1)
+    assert checkout.strength == pytest.approx(1.0 + math.log2(20))
+    assert home.strength == 0.0 and home.views == home.previous_views == 30
+    with pytest.raises(InvalidArgument, match="end_ms"):
+        screen_anomalies(db_path, start_ms=T0, end_ms=T0)

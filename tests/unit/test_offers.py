@@ -168,3 +168,22 @@ def test_offers_upsert_list_delete(store: Store) -> None:
     assert store.list_offers()[0].value == 20
     assert store.delete_offer("o2") and not store.delete_offer("o2")
     assert len({v0, v1, v2, store.offers_version()}) == 4
+
+
+def test_the_offers_version_moves_on_every_change(store: Store) -> None:
+    """Deleting the newest offer and adding another must not give back an old
+    version (caches compare it)."""
+    store.upsert_offers([offer_from_dict(offer(offer_id="a"))])
+    store.upsert_offers([offer_from_dict(offer(offer_id="b"))])
+    seen = {store.offers_version()}
+    assert store.delete_offer("b")
+    seen.add(store.offers_version())
+    store.upsert_offers([offer_from_dict(offer(offer_id="c"))])
+    seen.add(store.offers_version())
+    assert len(seen) == 3
+
+
+def test_a_per_session_cap_needs_a_session(store: Store) -> None:
+    o = offer_from_dict(offer(max_per_session=1))
+    (why,) = store.record_offer_log([entry("i1", session=None)], {"o1": o})  # type: ignore[arg-type]
+    assert why is not None and "needs one" in why
