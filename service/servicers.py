@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -68,14 +69,19 @@ def milliseconds(ts: Timestamp) -> int:
         raise ValueError(f"out of range ({exc})") from None
 
 
+def optional_ms(message: Any, name: str) -> tuple[int | None, str]:
+    """A Timestamp field as epoch ms (None when unset), and why it could not be
+    read ("" when it could): the domain layer reports it naming the field."""
+    if not message.HasField(name):
+        return None, ""
+    try:
+        return milliseconds(getattr(message, name)), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
 def incoming_event(e: pb.Event) -> IncomingEvent:
-    ts_ms: int | None = None
-    error = ""
-    if e.HasField("timestamp"):
-        try:
-            ts_ms = milliseconds(e.timestamp)
-        except ValueError as exc:
-            error = str(exc)
+    ts_ms, error = optional_ms(e, "timestamp")
     return IncomingEvent(
         event_id=e.event_id,
         session_id=e.session_id,
@@ -111,13 +117,7 @@ def diversity(request: pb.RecommendRequest | pb.SimilarItemsRequest) -> Diversit
 
 
 def incoming_item(item: pb.Item) -> IncomingItem:
-    created_at_ms: int | None = None
-    error = ""
-    if item.HasField("created_at"):
-        try:
-            created_at_ms = milliseconds(item.created_at)
-        except ValueError as exc:
-            error = str(exc)
+    created_at_ms, error = optional_ms(item, "created_at")
     return IncomingItem(
         item_id=item.item_id,
         title=item.title,
@@ -315,14 +315,11 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     def GetSessionStats(self, request, context):
         from sessionrec.analytics import screen_anomalies, session_stats
 
-        start = end = None
-        try:
-            if request.HasField("start"):
-                start = milliseconds(request.start)
-            if request.HasField("end"):
-                end = milliseconds(request.end)
-        except ValueError as exc:
-            raise InvalidArgument(f"start/end: {exc}") from None
+        start, start_error = optional_ms(request, "start")
+        end, end_error = optional_ms(request, "end")
+        if start_error or end_error:
+            name = "start" if start_error else "end"
+            raise InvalidArgument(f"{name}: {start_error or end_error}")
         if start is not None and end is not None and end <= start:
             raise InvalidArgument("end: must be after start")
         if request.skip_below_ms < 0:

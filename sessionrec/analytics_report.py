@@ -18,9 +18,6 @@ gives a page, with "no data" notes in place of the plots.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from sessionrec.analytics import EXIT, DbPath, screen_flows, session_stats
+from sessionrec.html_page import escape as _e
+from sessionrec.html_page import page_start
+from sessionrec.html_page import png as _png
 
 __all__ = [
     "DEFAULT_TITLE",
@@ -65,34 +64,6 @@ GREY = "#8c959f"
 GREEN = "#1a7f37"
 ORANGE = "#bf8700"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
-       color: #1f2328; background: #f6f8fa; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 19px; margin: 32px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 12px 0 4px; }
-p.sub { color: #59636e; margin: 0 0 16px; }
-p.note { color: #59636e; font-size: 13px; margin: 4px 0 12px; }
-p.nodata { color: #59636e; font-style: italic; border: 1px dashed #d0d7de; border-radius: 6px;
-           padding: 16px; text-align: center; margin: 12px 0 20px; }
-figure { margin: 12px 0 20px; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
-figcaption { color: #59636e; font-size: 13px; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
-th { background: #f6f8fa; }
-td.l, th.l { text-align: left; }
-td { white-space: nowrap; }
-td.t { white-space: normal; max-width: 360px; overflow-wrap: anywhere; }
-.cards { display: flex; gap: 12px; flex-wrap: wrap; margin: 8px 0 8px; }
-.card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 14px; min-width: 140px; }
-.card b { display: block; font-size: 22px; }
-.card span { color: #59636e; font-size: 12px; }
-.cols { display: flex; gap: 32px; flex-wrap: wrap; align-items: flex-start; }
-"""
 
 
 # -- entry points ------------------------------------------------------------------------------
@@ -183,12 +154,7 @@ def render_html(
     ``max_steps`` screen views of each session). All text is escaped."""
     sessions = _int(stats.get("sessions"))
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{CSS}</style></head><body><main>",
-        f"<h1>{_e(title)}</h1>",
+        *page_start(title),
         f'<p class="sub">{_e(_subtitle(stats, period))}</p>',
         _cards(stats),
     ]
@@ -209,10 +175,6 @@ def render_html(
 
 
 # -- formatting --------------------------------------------------------------------------------
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _is_num(value: Any) -> bool:
@@ -563,13 +525,6 @@ def _end_reasons_section(stats: Mapping[str, Any]) -> list[str]:
 
 
 # -- plots -------------------------------------------------------------------------------------
-
-
-def _png(fig: Figure) -> str:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _duration_figure(labels: Sequence[str], counts: Sequence[int]) -> str:

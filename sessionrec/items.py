@@ -62,7 +62,7 @@ class ItemUpsertResult:
     catalog_version: int
 
 
-def _check_text(value: str, where: str, limit: int, *, required: bool = False) -> str:
+def check_text(value: str, where: str, limit: int, *, required: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{where}: expected a string, got {type(value).__name__}")
     if required and not value:
@@ -75,7 +75,7 @@ def _check_text(value: str, where: str, limit: int, *, required: bool = False) -
 
 
 def check_category(value: str, where: str) -> str:
-    return _check_text(value, where, MAX_CATEGORY, required=True)
+    return check_text(value, where, MAX_CATEGORY, required=True)
 
 
 def check_item(
@@ -92,8 +92,8 @@ def check_item(
     """A store-ready item; ``InvalidArgument`` names the field (``where`` is its
     prefix, e.g. ``items[3]``)."""
     prefix = f"{where}." if where else ""
-    _check_text(item_id, f"{prefix}item_id", MAX_ITEM_ID, required=True)
-    _check_text(title, f"{prefix}title", MAX_TITLE)
+    check_text(item_id, f"{prefix}item_id", MAX_ITEM_ID, required=True)
+    check_text(title, f"{prefix}title", MAX_TITLE)
     if isinstance(categories, str):
         raise InvalidArgument(f"{prefix}categories: expected a list of names")
     if len(categories) > MAX_CATEGORIES:

@@ -21,9 +21,6 @@ Beta-Bernoulli Thompson-sampling draw of an offer's redemption rate.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -34,8 +31,11 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from sessionrec.html_page import escape as _e
+from sessionrec.html_page import page_start
+from sessionrec.html_page import png as _png
 
 __all__ = [
     "OfferArmStats",
@@ -300,27 +300,6 @@ def build_report(
 
 # -- HTML --------------------------------------------------------------------------------------
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
-       color: #1f2328; background: #f6f8fa; }
-main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 19px; margin: 32px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
-p.sub { color: #59636e; margin: 0 0 16px; }
-p.note { color: #59636e; font-size: 13px; margin: 4px 0 12px; }
-figure { margin: 12px 0 20px; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
-figcaption { color: #59636e; font-size: 13px; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
-th { background: #f6f8fa; }
-td.l, th.l { text-align: left; }
-td { white-space: nowrap; }
-td.t { white-space: normal; max-width: 260px; overflow-wrap: anywhere; }
-td .ci { color: #59636e; font-size: 10px; }
-tr.total td { font-weight: 600; background: #f6f8fa; }
-"""
 
 TREATED_COLOR = "#0969da"
 HOLDOUT_COLOR = "#bf8700"
@@ -373,12 +352,7 @@ def render_html(report: Mapping[str, Any], *, title: str = "sessionrec offers re
         sub.append(f"holdout share {share:.1%}")
     sub.append(f"confidence {level}")
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{CSS}</style></head><body><main>",
-        f"<h1>{_e(title)}</h1>",
+        *page_start(title),
         f'<p class="sub">{_e(" · ".join(sub))}</p>',
     ]
     for heading, png, caption in figures:
@@ -402,13 +376,6 @@ def render_html(report: Mapping[str, Any], *, title: str = "sessionrec offers re
 
 
 # -- plots -------------------------------------------------------------------------------------
-
-
-def _png(fig: Figure) -> str:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _num(value: Any) -> float:
@@ -536,10 +503,6 @@ def _revenue_figure(offers: Sequence[Mapping[str, Any]]) -> str:
 
 
 # -- tables ------------------------------------------------------------------------------------
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

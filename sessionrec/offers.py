@@ -17,6 +17,7 @@ from typing import Any
 
 from sessionrec.errors import InvalidArgument
 from sessionrec.events import MAX_TS_MS
+from sessionrec.items import check_text
 
 KINDS = ("PERCENT_OFF", "AMOUNT_OFF", "FREE_SHIPPING", "BUNDLE", "CUSTOM_OFFER")
 SEGMENTS = ("ANY_USER", "NEW_USER", "RETURNING_USER")
@@ -141,8 +142,10 @@ def offer_from_dict(data: Mapping[str, Any], where: str = "offer") -> Offer:
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise InvalidArgument(f"{where}.{unknown[0]}: unknown field")
-    offer_id = _text(data.get("offer_id", ""), f"{where}.offer_id", MAX_OFFER_ID, required=True)
-    title = _text(data.get("title", ""), f"{where}.title", MAX_TITLE)
+    offer_id = check_text(
+        data.get("offer_id", ""), f"{where}.offer_id", MAX_OFFER_ID, required=True
+    )
+    title = check_text(data.get("title", ""), f"{where}.title", MAX_TITLE)
     kind = _choice(data.get("kind", ""), f"{where}.kind", KINDS, required=True)
     value = _number(data.get("value", 0.0), f"{where}.value")
     if value <= 0:
@@ -210,18 +213,6 @@ def _eligibility(data: Any, where: str) -> Eligibility:
     )
 
 
-def _text(value: Any, where: str, limit: int, *, required: bool = False) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{where}: expected a string, got {type(value).__name__}")
-    if required and not value:
-        raise InvalidArgument(f"{where}: required")
-    if len(value) > limit:
-        raise InvalidArgument(f"{where}: longer than {limit} characters")
-    if any(ord(ch) < 32 for ch in value):
-        raise InvalidArgument(f"{where}: contains control characters")
-    return value
-
-
 def _texts(values: Any, where: str) -> tuple[str, ...]:
     if values is None:
         return ()
@@ -230,7 +221,7 @@ def _texts(values: Any, where: str) -> tuple[str, ...]:
     if len(values) > MAX_TARGETS:
         raise InvalidArgument(f"{where}: more than {MAX_TARGETS} entries")
     out = tuple(
-        _text(v, f"{where}[{i}]", MAX_OFFER_ID, required=True) for i, v in enumerate(values)
+        check_text(v, f"{where}[{i}]", MAX_OFFER_ID, required=True) for i, v in enumerate(values)
     )
     if len(set(out)) != len(out):
         raise InvalidArgument(f"{where}: repeated entry")

@@ -8,9 +8,6 @@ against the catalog; then every number in a table and the run's parameters.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sessionrec.html_page import escape as _e
+from sessionrec.html_page import page_start
+from sessionrec.html_page import png as _png
 from training.evaluate import EvaluationResult
 from training.metrics import CATALOG_POPULARITY_PERCENTILE, POPULARITY, RANKING_METRICS
 
@@ -35,29 +34,6 @@ LABELS = {
     "coverage": "Catalog coverage",
     POPULARITY: "Popularity percentile",
 }
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
-       color: #1f2328; background: #f6f8fa; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 19px; margin: 32px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
-p.sub { color: #59636e; margin: 0 0 16px; }
-p.note { color: #59636e; font-size: 13px; margin: 4px 0 12px; }
-figure { margin: 12px 0 20px; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
-figcaption { color: #59636e; font-size: 13px; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
-th { background: #f6f8fa; }
-td.l, th.l { text-align: left; }
-td { white-space: nowrap; }
-td .ci { color: #59636e; font-size: 10px; }
-.cards { display: flex; gap: 12px; flex-wrap: wrap; }
-.card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 14px; min-width: 150px; }
-.card b { display: block; font-size: 22px; }
-.card span { color: #59636e; font-size: 12px; }
-"""
 
 
 def write_html_report(
@@ -104,12 +80,7 @@ def render_html(results: Sequence[EvaluationResult], *, run: Mapping[str, Any], 
         ),
     ]
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{CSS}</style></head><body><main>",
-        f"<h1>{_e(title)}</h1>",
+        *page_start(title),
         f'<p class="sub">{_e(_subtitle(run))}</p>',
         _cards(results, main_k),
     ]
@@ -138,13 +109,6 @@ def render_html(results: Sequence[EvaluationResult], *, run: Mapping[str, Any], 
 def _colors(n: int) -> list[str]:
     palette = ["#0969da", "#bf8700", "#1a7f37", "#cf222e", "#8250df", "#57606a", "#e16f24"]
     return [palette[i % len(palette)] for i in range(n)]
-
-
-def _png(fig: Figure) -> str:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _interval(result: EvaluationResult, k: int, name: str) -> tuple[float, float] | None:
@@ -305,10 +269,6 @@ def _popularity_figure(results: Sequence[EvaluationResult], k: int) -> str:
 
 
 # -- tables ------------------------------------------------------------------------------------
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _fmt(value: float, digits: int = 4) -> str:
