@@ -330,6 +330,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         platform = request.platform or None
         version = request.app_version or None
         skip = int(request.skip_below_ms) or 3000
+        if request.segment not in pb.UserSegment.values():
+            raise InvalidArgument(f"segment: unknown segment {request.segment}")
+        segment = pb.UserSegment.Name(request.segment) if request.segment else None
         try:
             stats = session_stats(
                 path,
@@ -338,6 +341,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 platform=platform,
                 app_version=version,
                 skip_below_ms=skip,
+                segment=segment,
             )
             out = stats.to_dict()
             if start is not None and end is not None:
@@ -349,6 +353,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     app_version=version,
                     skip_below_ms=skip,
                     current=stats,
+                    segment=segment,
                 )
                 out["anomalies"] = [c.to_dict() for c in changes]
         except sqlite3.OperationalError as exc:  # locked or busy: try again later

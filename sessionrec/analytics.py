@@ -190,6 +190,7 @@ class SessionStats:
     retention_cohort: int
     retention: tuple[RetentionPoint, ...]
     end_reasons: dict[str, int] = field(hash=False)
+    segment: str | None = None
 
     @property
     def sessions_per_user(self) -> float | None:
@@ -208,6 +209,7 @@ class SessionStats:
                 "end_ms": self.end_ms,
                 "platform": self.platform,
                 "app_version": self.app_version,
+                "segment": self.segment,
             },
             "skip_below_ms": self.skip_below_ms,
             "now_ms": self.now_ms,
@@ -275,12 +277,30 @@ def _read_only(db_path: DbPath) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+#: User segments a selection can keep: the user's first session ever, or a later one.
+SEGMENTS = ("NEW_USER", "RETURNING_USER")
+
+
 def _selection(
-    start_ms: int | None, end_ms: int | None, platform: int | None, app_version: str | None
+    start_ms: int | None,
+    end_ms: int | None,
+    platform: int | None,
+    app_version: str | None,
+    segment: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The ``sel`` CTE (selected sessions) and its parameters."""
     where: list[str] = []
     params: list[Any] = []
+    if segment is not None:
+        if segment not in SEGMENTS:
+            raise InvalidArgument(
+                f"segment: expected one of {', '.join(SEGMENTS)}, got {segment!r}"
+            )
+        first = (
+            "started_at_ms = (SELECT MIN(s2.started_at_ms) FROM sessions s2"
+            " WHERE s2.user_id = sessions.user_id)"
+        )
+        where.append(first if segment == "NEW_USER" else f"NOT ({first})")
     if start_ms is not None:
         where.append("started_at_ms >= ?")
         params.append(int(start_ms))
@@ -323,11 +343,14 @@ def session_stats(
     skip_below_ms: int = 3000,
     now_ms: int | None = None,
     retention_days: Sequence[int] = RETENTION_DAYS,
+    segment: str | None = None,
 ) -> SessionStats:
     """Statistics of the sessions that start in ``[start_ms, end_ms)`` (and match
     ``platform``/``app_version`` when given), read from the store file ``db_path``.
 
     ``now_ms`` (default: the current time) decides which retention days are over.
+    ``segment``: only sessions that are their user's first session ever
+    (``NEW_USER``), or only the later ones (``RETURNING_USER``).
     """
     if skip_below_ms < 0:
         raise ValueError("skip_below_ms: must be >= 0")
@@ -335,7 +358,7 @@ def session_stats(
     if any(d < 1 for d in days):
         raise ValueError("retention_days: each must be >= 1")
     now = _now_ms() if now_ms is None else int(now_ms)
-    cte, sp = _selection(start_ms, end_ms, platform, app_version)
+    cte, sp = _selection(start_ms, end_ms, platform, app_version, segment)
     with _read_only(db_path) as c:
         per_session = np.array(
             c.execute(
@@ -490,6 +513,7 @@ def session_stats(
         retention_cohort=len(cohort),
         retention=tuple(retention),
         end_reasons=end_reasons,
+        segment=segment,
     )
 
 
@@ -603,6 +627,7 @@ def screen_anomalies(
     min_views: int = 20,
     top: int = 10,
     current: SessionStats | None = None,
+    segment: str | None = None,
 ) -> list[ScreenChange]:
     """Screens whose skip rate or median dwell moved most in ``[start_ms, end_ms)``
     against the period of the same length just before: the "users are struggling
@@ -624,6 +649,7 @@ def screen_anomalies(
             platform=platform,
             app_version=app_version,
             skip_below_ms=skip_below_ms,
+            segment=segment,
         )
 
     now = current if current is not None else stats(start_ms, end_ms)

@@ -505,18 +505,20 @@ class OfferReport(_message.Message):
     def __init__(self, json: _Optional[str] = ...) -> None: ...
 
 class GetSessionStatsRequest(_message.Message):
-    __slots__ = ("start", "end", "platform", "app_version", "skip_below_ms")
+    __slots__ = ("start", "end", "platform", "app_version", "skip_below_ms", "segment")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SKIP_BELOW_MS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
     platform: Platform
     app_version: str
     skip_below_ms: int
-    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., skip_below_ms: _Optional[int] = ...) -> None: ...
+    segment: UserSegment
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., skip_below_ms: _Optional[int] = ..., segment: _Optional[_Union[UserSegment, str]] = ...) -> None: ...
 
 class SessionStatsResponse(_message.Message):
     __slots__ = ("sessions", "users", "sessions_per_user", "duration_p50_ms", "duration_p90_ms", "duration_p99_ms", "bounce_rate", "json")

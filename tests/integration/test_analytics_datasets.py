@@ -191,3 +191,7 @@ def test_get_session_stats_bad_input_and_anomalies(synthetic_copy, start_server)
     got = stats(srv, start=ts(0), end=ts(now))
     assert got["anomalies"] == [] and got["sessions"] == 60
     assert "anomalies" not in stats(srv)
+    # One session per synthetic user: all are first sessions.
+    assert stats(srv, segment=pb.NEW_USER)["sessions"] == 60
+    assert stats(srv, segment=pb.RETURNING_USER)["sessions"] == 0
+    assert_status(stub.GetSessionStats, pb.GetSessionStatsRequest(segment=9), invalid, "segment")

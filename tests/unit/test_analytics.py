@@ -668,3 +668,16 @@ def test_screen_anomalies_rank_the_screen_that_moved(db_path: Path, store: Store
     assert home.strength == 0.0 and home.views == home.previous_views == 30
     with pytest.raises(InvalidArgument, match="end_ms"):
         screen_anomalies(db_path, start_ms=T0, end_ms=T0)
+
+
+def test_segments_split_first_sessions_from_later_ones(hand_db: Path) -> None:
+    every = session_stats(hand_db, now_ms=T0 + 400 * DAY)
+    new = session_stats(hand_db, now_ms=T0 + 400 * DAY, segment="NEW_USER")
+    returning = session_stats(hand_db, now_ms=T0 + 400 * DAY, segment="RETURNING_USER")
+    # u1 (A, B), u2 (C, F), u3 (D), u4 (E): four first sessions, two later ones.
+    assert (every.sessions, every.users) == (6, 4)
+    assert (new.sessions, new.users) == (4, 4)
+    assert (returning.sessions, returning.users) == (2, 2)
+    assert new.to_dict()["filters"]["segment"] == "NEW_USER"
+    with pytest.raises(InvalidArgument, match="segment"):
+        session_stats(hand_db, segment="VIP")
