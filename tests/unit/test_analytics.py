@@ -504,6 +504,7 @@ def expected_stats(
             "end_ms": end_ms,
             "platform": platform,
             "app_version": app_version,
+            "segment": None,
         },
         "skip_below_ms": skip_below_ms,
         "now_ms": now_ms,

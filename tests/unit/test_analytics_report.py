@@ -304,6 +304,7 @@ def test_cli_writes_the_page_and_prints_the_stats(
         "end_ms": parse_iso_ms("2024-03-01"),
         "platform": 1,
         "app_version": None,
+        "segment": None,
     }
     assert str(out) in done.stderr
     text = out.read_text(encoding="utf-8")
