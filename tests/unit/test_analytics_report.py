@@ -8,17 +8,14 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import random
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from html_support import Page, chromium, screenshot
 from matplotlib import image as mpimg
 
 from sessionrec.analytics import screen_flows, session_stats
@@ -34,7 +31,6 @@ from sessionrec.cli import main
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.store import open_store
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 #: Session length, activity, skip rate, screen flows, retention.
 PLOTS = 5
 SCREEN = int(EventType.SCREEN_VIEW)
@@ -50,14 +46,6 @@ HOSTILE_ITEM = '<img src=x onerror="alert(2)">'
 MATH_SCREEN = "$x^2$ & co"
 SCREENS = ["home", "list", "detail", "search", HOSTILE_SCREEN, MATH_SCREEN]
 ITEMS = ["i1", "i2", "i3", HOSTILE_ITEM]
-
-
-def chromium() -> str | None:
-    for name in CHROMIUM_CANDIDATES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 def build_store(url: str, seed: int = 5) -> dict[str, Any]:
@@ -102,44 +90,6 @@ def build_store(url: str, seed: int = 5) -> dict[str, Any]:
         for sid, at, reason in ends:
             store.end_session(sid, at, reason, derive_last_dwell=False)
     return {"events": len(events), "sessions": len(sessions)}
-
-
-class Page(HTMLParser):
-    """The tags of interest of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.images: list[str] = []
-        self.external: list[str] = []
-        self.tables: list[str] = []
-        self.cells: list[str] = []
-        self.text: list[str] = []
-        self._in_cell = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        values = dict(attrs)
-        if tag == "img":
-            self.images.append(values.get("src") or "")
-        if tag == "table":
-            self.tables.append(values.get("class") or "")
-        if tag in ("script", "link", "iframe") or (
-            tag != "img" and any(k in ("src", "href") for k in values)
-        ):
-            self.external.append(tag)
-        if tag in ("td", "th"):
-            self._in_cell = True
-            self.cells.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th"):
-            self._in_cell = False
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-        if self._in_cell:
-            self.cells[-1] += data
 
 
 def parse(text: str) -> Page:
@@ -345,31 +295,9 @@ def test_the_page_renders_in_headless_chromium(
     report: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     path, _ = report
-    shot = tmp_path / "shot.png"
-    command = [
-        str(chromium()),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2400",
-        path.resolve().as_uri(),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert shot.is_file(), done.stderr[-2000:]
-    assert shot.stat().st_size > 20_000
-    pixels = mpimg.imread(shot)
-    assert pixels.shape[:2] == (2400, 1200)
+    pixels = screenshot(path, tmp_path)
     assert np.ptp(pixels[..., :3]) > 0.5  # not all one colour
     # the page's white column and grey margins both show, and much of it is drawn on
     rgb = pixels[..., :3]
     assert (rgb.std(axis=2) < 0.02).mean() < 0.995
     assert (rgb.mean(axis=2) < 0.9).mean() > 0.01  # text, plots: not an empty white page
-    keep = os.environ.get("SESSIONREC_KEEP_SCREENSHOT")  # to look at it
-    if keep:
-        shutil.copyfile(shot, keep)

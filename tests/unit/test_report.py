@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import shutil
-import subprocess
 from dataclasses import replace
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from html_support import Page, chromium, screenshot
 from matplotlib import image as mpimg
 
 from sessionrec.events import EventType
@@ -23,7 +20,6 @@ from training.report import write_html_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
 
-CHROMIUM = "/usr/bin/chromium"
 PLOTS = 4  # metrics with intervals, NDCG against k, per-user NDCG, popularity bias
 
 
@@ -53,42 +49,6 @@ def synthetic_events(seed: int = 0, n_users: int = 120) -> EventColumns:
         np.full(n, -1, dtype=np.int64),
         np.asarray([r[2] for r in rows], dtype=np.int64),
     )
-
-
-class Page(HTMLParser):
-    """The tags of interest of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.images: list[str] = []
-        self.external: list[str] = []
-        self.tables: list[str] = []
-        self.cells: list[str] = []
-        self._in_cell = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        values = dict(attrs)
-        if tag == "img":
-            self.images.append(values.get("src") or "")
-        if tag == "table":
-            self.tables.append(values.get("class") or "")
-        if tag in ("script", "link", "iframe") or (
-            tag != "img" and any(k in ("src", "href") for k in values)
-        ):
-            self.external.append(tag)
-        if tag in ("td", "th"):
-            self._in_cell = True
-            self.cells.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th"):
-            self._in_cell = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_cell:
-            self.cells[-1] += data
 
 
 @pytest.fixture(scope="module")
@@ -174,29 +134,7 @@ def test_the_report_needs_results_with_metrics_at_k(
         write_html_report(tmp_path / "r.html", [replace(results[0], at=None)])
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary found")
 def test_the_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
-    shot = tmp_path / "shot.png"
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2400",
-        report.resolve().as_uri(),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert shot.is_file(), done.stderr[-2000:]
-    assert shot.stat().st_size > 20_000
-    pixels = mpimg.imread(shot)
-    assert pixels.shape[:2] == (2400, 1200)
+    pixels = screenshot(report, tmp_path)
     assert np.ptp(pixels[..., :3]) > 0.5  # not all one colour
-    keep = os.environ.get("SESSIONREC_KEEP_SCREENSHOT")  # to look at it
-    if keep:
-        shutil.copyfile(shot, keep)
