@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from service.catalog import Catalog
-from service.recommender import ModelHolder, live_since_ms, requested_session
+from service.recommender import ModelHolder, live_session, requested_session
 from service.validation import require_id
 from sessionrec.errors import (
     FailedPrecondition,
@@ -245,9 +245,9 @@ class OfferEngine:
 
     def _context(self, user_id: str, session: Any) -> _Context:
         now = time.time_ns() // 1_000_000
-        live_since = live_since_ms(self.store, user_id, session, self.timeout_ms)
+        found, live_since = live_session(self.store, user_id, session, self.timeout_ms)
         if session is None and live_since is not None:
-            session = self.store.find_open_session(user_id)
+            session = found  # the user's open session is the live one
         history = self.store.user_item_events(user_id, self.history_limit)
         live_events = sorted(
             (e for e in history if live_since is not None and e.ts_ms >= live_since),

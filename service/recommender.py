@@ -166,11 +166,11 @@ def requested_session(store: Store, user_id: str, session_id: str) -> SessionRec
     return session
 
 
-def live_since_ms(
+def live_session(
     store: Store, user_id: str, session: SessionRecord | None, timeout_ms: int
-) -> int | None:
-    """Start of the user's live session (the named one, else their open one) when
-    it is still open and active within the timeout; None otherwise."""
+) -> tuple[SessionRecord | None, int | None]:
+    """The session a request is about (the named one, else the user's open one)
+    and its start when it is still open and active within the timeout (else None)."""
     if session is None:
         session = store.find_open_session(user_id)
     live = (
@@ -178,7 +178,7 @@ def live_since_ms(
         and session.is_open
         and session.last_seen_ms >= time.time_ns() // 1_000_000 - timeout_ms
     )
-    return session.started_at_ms if live and session is not None else None
+    return session, session.started_at_ms if live and session is not None else None
 
 
 class RecommendationEngine:
@@ -228,7 +228,7 @@ class RecommendationEngine:
         loaded = self.models.current
         if loaded is None:
             return self._store_popular(n, seen, item_filter, diversity, history_ids)
-        live_since = live_since_ms(self.store, user_id, session, self.timeout_ms)
+        _, live_since = live_session(self.store, user_id, session, self.timeout_ms)
         artifact = loaded.artifact
         view = self.catalog.view(artifact.version, artifact.items.ids, artifact.popularity)
         rec = artifact.recommend(

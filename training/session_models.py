@@ -67,7 +67,7 @@ def sessions_from_events(
     keep = numbers >= 0
     if weights is not None:
         keep &= positive_events(events, weights)
-    codes, _ = _factorize(events.session_id[keep])
+    _, codes = Vocabulary.factorize(events.session_id[keep])
     numbers = numbers[keep]
     ts = events.ts_ms[keep]
     order = np.argsort(codes, kind="stable")  # stable: time order within a session
@@ -88,16 +88,6 @@ def positive_events(events: EventColumns, weights: EventWeights) -> np.ndarray:
     """Which events count as interest: a positive type/dwell weight (recency and
     time decay only scale weights, so they are left out)."""
     return np.asarray(weights.weigh(events.type, events.dwell_ms) > 0)
-
-
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[Any]]:
-    mapping: dict[Any, int] = {}
-    codes = np.fromiter(
-        (mapping.setdefault(v, len(mapping)) for v in values.tolist()),
-        dtype=np.int64,
-        count=len(values),
-    )
-    return codes, list(mapping)
 
 
 class SessionKNN:
