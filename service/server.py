@@ -7,6 +7,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from service.catalog import Catalog
 from service.interceptors import ErrorMappingInterceptor
 from service.offers import OfferEngine
+from service.periodic import PeriodicTask
 from service.recommender import ModelHolder, RecommendationEngine
 from service.servicers import (
     AdminServicer,
@@ -27,7 +29,7 @@ from service.servicers import (
 )
 from service.sessions import SessionManager
 from sessionrec.config import Config
-from sessionrec.store import Store, open_store
+from sessionrec.store import Store, open_store, sqlite_path_from_url
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -59,6 +61,7 @@ class SessionrecServer:
     engine: RecommendationEngine
     health: health.HealthServicer
     catalog: Catalog
+    analytics_refresh: PeriodicTask | None = None
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -77,10 +80,27 @@ class SessionrecServer:
         self.sessions.stop()
         self.models.stop()
         self.catalog.stop()
+        if self.analytics_refresh is not None:
+            self.analytics_refresh.stop()
         self.store.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+#: Most analytics days one background refresh builds (the newest first).
+ANALYTICS_DAYS_PER_REFRESH = 64
+
+
+def refresh_analytics_days(store: Store) -> None:
+    """Builds the analytics days that changed since the last run, so that
+    GetSessionStats finds them cached."""
+    from sessionrec.analytics import refresh_days
+
+    path = sqlite_path_from_url(store.url)
+    built = refresh_days(path, store.cache_analytics_days, limit=ANALYTICS_DAYS_PER_REFRESH)
+    if built:
+        log.debug("analytics: built %d changed days", built)
 
 
 def create_server(config: Config, *, store: Store | None = None) -> tuple[SessionrecServer, int]:
@@ -163,6 +183,13 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         health=health_servicer,
         catalog=catalog,
     )
+    if config.analytics_refresh_interval_s > 0 and store.url.startswith("sqlite:"):
+        running.analytics_refresh = PeriodicTask(
+            "analytics-refresh",
+            config.analytics_refresh_interval_s,
+            partial(refresh_analytics_days, store),
+        )
+        running.analytics_refresh.start()
     running.set_serving(False)
     server.start()
     sessions.start_reaper(config.reaper_interval_s)

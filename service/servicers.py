@@ -342,6 +342,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 app_version=version,
                 skip_below_ms=skip,
                 segment=segment,
+                cache=self.store.cache_analytics_days,
             )
             out = stats.to_dict()
             if start is not None and end is not None:
@@ -354,6 +355,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     skip_below_ms=skip,
                     current=stats,
                     segment=segment,
+                    cache=self.store.cache_analytics_days,
                 )
                 out["anomalies"] = [c.to_dict() for c in changes]
         except sqlite3.OperationalError as exc:  # locked or busy: try again later

@@ -77,8 +77,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from sessionrec.analytics_days import DAY_MS, CacheWriter, DayColumns, build_stale, load_days
 from sessionrec.errors import InvalidArgument
-from sessionrec.events import EndReason, EventType
+from sessionrec.events import EndReason
 
 __all__ = [
     "DURATION_BIN_EDGES_S",
@@ -88,14 +89,15 @@ __all__ = [
     "RetentionPoint",
     "ScreenChange",
     "ScreenStats",
+    "SessionData",
     "SessionStats",
+    "load_session_data",
+    "refresh_days",
     "screen_anomalies",
     "screen_flows",
     "session_stats",
 ]
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 #: Lower edges (seconds) of the duration histogram's bins; the last bin is open.
 DURATION_BIN_EDGES_S: tuple[int, ...] = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
 #: Days after the first session at which retention is measured.
@@ -105,10 +107,6 @@ TOP_ITEMS = 20
 #: The pseudo-screen that ends a flow.
 EXIT = "(exit)"
 
-_SCREEN = int(EventType.SCREEN_VIEW)
-_ITEM = int(EventType.ITEM_VIEW)
-_VIEWS_SQL = f"{_SCREEN}, {_ITEM}"
-_IN_SEL = "session_id IN (SELECT session_id FROM sel)"
 
 DbPath = str | PathLike[str]
 
@@ -281,46 +279,6 @@ def _read_only(db_path: DbPath) -> Iterator[sqlite3.Connection]:
 SEGMENTS = ("NEW_USER", "RETURNING_USER")
 
 
-def _selection(
-    start_ms: int | None,
-    end_ms: int | None,
-    platform: int | None,
-    app_version: str | None,
-    segment: str | None = None,
-) -> tuple[str, list[Any]]:
-    """The ``sel`` CTE (selected sessions) and its parameters."""
-    where: list[str] = []
-    params: list[Any] = []
-    if segment is not None:
-        if segment not in SEGMENTS:
-            raise InvalidArgument(
-                f"segment: expected one of {', '.join(SEGMENTS)}, got {segment!r}"
-            )
-        first = (
-            "started_at_ms = (SELECT MIN(s2.started_at_ms) FROM sessions s2"
-            " WHERE s2.user_id = sessions.user_id)"
-        )
-        where.append(first if segment == "NEW_USER" else f"NOT ({first})")
-    if start_ms is not None:
-        where.append("started_at_ms >= ?")
-        params.append(int(start_ms))
-    if end_ms is not None:
-        where.append("started_at_ms < ?")
-        params.append(int(end_ms))
-    if platform is not None:
-        where.append("platform = ?")
-        params.append(int(platform))
-    if app_version is not None:
-        where.append("app_version = ?")
-        params.append(str(app_version))
-    cond = (" WHERE " + " AND ".join(where)) if where else ""
-    cte = (
-        "sel AS (SELECT session_id, user_id, started_at_ms, last_event_at_ms, ended_at_ms,"
-        f" end_reason FROM sessions{cond})"
-    )
-    return cte, params
-
-
 def _float(x: Any) -> float | None:
     if x is None:
         return None
@@ -330,6 +288,107 @@ def _float(x: Any) -> float | None:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """The columns of the sessions starting in a period (and matching the filters),
+    with every user's first and last session start in the whole store: what
+    :func:`session_stats` and :func:`screen_flows` compute from. Build it with
+    :func:`load_session_data`."""
+
+    columns: DayColumns
+    #: Which session rows of ``columns`` are selected.
+    selected: np.ndarray
+    #: Every user of the store (sorted) with their first and last session start.
+    users: np.ndarray
+    first_ms: np.ndarray
+    last_ms: np.ndarray
+    start_ms: int | None
+    end_ms: int | None
+    platform: int | None
+    app_version: str | None
+    segment: str | None
+
+
+def load_session_data(
+    db_path: DbPath,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    platform: int | None = None,
+    app_version: str | None = None,
+    segment: str | None = None,
+    cache: CacheWriter | None = None,
+) -> SessionData:
+    """Reads what the statistics of the sessions starting in ``[start_ms, end_ms)``
+    need, in one snapshot of the store file: the cached analytics days (building
+    the days that changed since, and handing them to ``cache`` to keep), and the
+    users' first and last session starts."""
+    if segment is not None and segment not in SEGMENTS:
+        raise InvalidArgument(f"segment: expected one of {', '.join(SEGMENTS)}, got {segment!r}")
+    with _read_only(db_path) as c:
+        c.execute("BEGIN")
+        try:
+            columns, built = load_days(c, start_ms, end_ms)
+            users = c.execute(
+                "SELECT user_id, MIN(started_at_ms), MAX(started_at_ms) FROM sessions"
+                " GROUP BY user_id"
+            ).fetchall()
+        finally:
+            c.execute("COMMIT")
+    if cache is not None and built:
+        cache(built)
+    ids = np.array([u for u, _, _ in users], dtype=str) if users else np.array([], dtype="<U1")
+    first = np.array([f for _, f, _ in users], dtype=np.int64)
+    last = np.array([m for _, _, m in users], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")  # numpy's order, whatever SQLite's collation
+    ids, first, last = ids[order], first[order], last[order]
+
+    keep = np.ones(columns.sessions, dtype=bool)
+    if start_ms is not None:
+        keep &= columns.s_start >= start_ms
+    if end_ms is not None:
+        keep &= columns.s_start < end_ms
+    if platform is not None:
+        keep &= columns.s_platform == int(platform)
+    if app_version is not None:
+        keep &= columns.s_version == str(app_version)
+    if segment is not None:
+        is_first = columns.s_start == first[np.searchsorted(ids, columns.s_user)]
+        keep &= is_first if segment == "NEW_USER" else ~is_first
+    return SessionData(
+        columns, keep, ids, first, last, start_ms, end_ms, platform, app_version, segment
+    )
+
+
+def refresh_days(db_path: DbPath, cache: CacheWriter, *, limit: int | None = None) -> int:
+    """Builds the analytics days that changed since they were cached (the most
+    recent first, at most ``limit``) and hands them to ``cache``. Returns how
+    many were built."""
+    with _read_only(db_path) as c:
+        c.execute("BEGIN")
+        try:
+            built = build_stale(c, limit)
+        finally:
+            c.execute("COMMIT")
+    if built:
+        cache(built)
+    return len(built)
+
+
+def _group_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For sorted ``keys``: the distinct keys, where each run starts, and its length."""
+    if not len(keys):
+        empty = np.array([], dtype=np.int64)
+        return keys, empty, empty
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], starts, np.diff(np.r_[starts, len(keys)])
+
+
+def _ranked(names: np.ndarray, counts: np.ndarray) -> tuple[tuple[str, int], ...]:
+    pairs = ((str(s), int(k)) for s, k in zip(names.tolist(), counts.tolist(), strict=True) if k)
+    return tuple(sorted(pairs, key=lambda p: (-p[1], p[0])))
 
 
 # ------------------------------------------------------------------ stats
@@ -344,13 +403,17 @@ def session_stats(
     now_ms: int | None = None,
     retention_days: Sequence[int] = RETENTION_DAYS,
     segment: str | None = None,
+    cache: CacheWriter | None = None,
+    data: SessionData | None = None,
 ) -> SessionStats:
     """Statistics of the sessions that start in ``[start_ms, end_ms)`` (and match
     ``platform``/``app_version`` when given), read from the store file ``db_path``.
 
     ``now_ms`` (default: the current time) decides which retention days are over.
     ``segment``: only sessions that are their user's first session ever
-    (``NEW_USER``), or only the later ones (``RETURNING_USER``).
+    (``NEW_USER``), or only the later ones (``RETURNING_USER``). ``cache``: keeps
+    the analytics days this call had to build (see :mod:`sessionrec.analytics_days`).
+    ``data``: what :func:`load_session_data` read for the same filters, if at hand.
     """
     if skip_below_ms < 0:
         raise ValueError("skip_below_ms: must be >= 0")
@@ -358,94 +421,20 @@ def session_stats(
     if any(d < 1 for d in days):
         raise ValueError("retention_days: each must be >= 1")
     now = _now_ms() if now_ms is None else int(now_ms)
-    cte, sp = _selection(start_ms, end_ms, platform, app_version, segment)
-    with _read_only(db_path) as c:
-        per_session = np.array(
-            c.execute(
-                f"""WITH {cte}, counts AS (
-                    SELECT session_id, COUNT(*) AS n, SUM(type IN ({_VIEWS_SQL})) AS views
-                    FROM events WHERE {_IN_SEL} GROUP BY session_id)
-                SELECT MAX(0, MAX(sel.last_event_at_ms,
-                                  COALESCE(sel.ended_at_ms, sel.last_event_at_ms))
-                              - sel.started_at_ms),
-                       COALESCE(counts.n, 0), COALESCE(counts.views, 0)
-                FROM sel LEFT JOIN counts ON counts.session_id = sel.session_id""",
-                sp,
-            ).fetchall(),
-            dtype=np.int64,
-        ).reshape(-1, 3)
-        users = int(
-            c.execute(f"WITH {cte} SELECT COUNT(DISTINCT user_id) FROM sel", sp).fetchone()[0]
+    if data is None:
+        data = load_session_data(
+            db_path,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            platform=platform,
+            app_version=app_version,
+            segment=segment,
+            cache=cache,
         )
-        reasons = c.execute(
-            f"WITH {cte} SELECT end_reason, COUNT(*) FROM sel GROUP BY end_reason", sp
-        ).fetchall()
-        screen_rows = c.execute(
-            f"""WITH {cte}
-            SELECT screen, COUNT(*), COUNT(dwell_ms), COALESCE(SUM(dwell_ms), 0),
-                   COALESCE(SUM(dwell_ms < ?), 0)
-            FROM events WHERE type = {_SCREEN} AND screen IS NOT NULL AND {_IN_SEL}
-            GROUP BY screen ORDER BY COUNT(*) DESC, screen""",
-            [*sp, int(skip_below_ms)],
-        ).fetchall()
-        medians = dict(
-            c.execute(
-                f"""WITH {cte}
-                SELECT screen, AVG(dwell_ms) FROM (
-                    SELECT screen, dwell_ms,
-                           ROW_NUMBER() OVER (PARTITION BY screen ORDER BY dwell_ms) AS rn,
-                           COUNT(*) OVER (PARTITION BY screen) AS n
-                    FROM events WHERE type = {_SCREEN} AND screen IS NOT NULL
-                      AND dwell_ms IS NOT NULL AND {_IN_SEL})
-                WHERE rn IN ((n + 1) / 2, (n + 2) / 2) GROUP BY screen""",
-                sp,
-            ).fetchall()
-        )
-        top_items = c.execute(
-            f"""WITH {cte}
-            SELECT item_id, COUNT(*) AS n FROM events
-            WHERE type = {_ITEM} AND item_id IS NOT NULL AND {_IN_SEL}
-            GROUP BY item_id ORDER BY n DESC, item_id LIMIT {TOP_ITEMS}""",
-            sp,
-        ).fetchall()
-        ends = c.execute(
-            f"""WITH {cte}
-            SELECT screen, SUM(rf = 1), SUM(rl = 1) FROM (
-                SELECT screen,
-                       ROW_NUMBER() OVER (PARTITION BY session_id ORDER BY ts_ms, seq) AS rf,
-                       ROW_NUMBER() OVER (PARTITION BY session_id
-                                          ORDER BY ts_ms DESC, seq DESC) AS rl
-                FROM events WHERE type = {_SCREEN} AND screen IS NOT NULL AND {_IN_SEL})
-            WHERE rf = 1 OR rl = 1 GROUP BY screen""",
-            sp,
-        ).fetchall()
-        # Hour index floor(ts_ms / 1 h), also for times before 1970 (SQLite's % and /
-        # truncate towards zero).
-        hours = np.array(
-            c.execute(
-                f"""WITH {cte}
-                SELECT (ts_ms - ((ts_ms % {HOUR_MS}) + {HOUR_MS}) % {HOUR_MS}) / {HOUR_MS} AS h,
-                       COUNT(*)
-                FROM events WHERE {_IN_SEL} GROUP BY h""",
-                sp,
-            ).fetchall(),
-            dtype=np.int64,
-        ).reshape(-1, 2)
-        cohort = np.array(
-            c.execute(
-                f"""WITH {cte}, firsts AS (
-                    SELECT user_id, MIN(started_at_ms) AS first_ms, MAX(started_at_ms) AS last_ms
-                    FROM sessions GROUP BY user_id)
-                SELECT f.first_ms, f.last_ms FROM firsts f
-                WHERE EXISTS (SELECT 1 FROM sel
-                              WHERE sel.user_id = f.user_id AND sel.started_at_ms = f.first_ms)""",
-                sp,
-            ).fetchall(),
-            dtype=np.int64,
-        ).reshape(-1, 2)
-
-    durations, n_events, n_views = per_session[:, 0], per_session[:, 1], per_session[:, 2]
-    n = len(per_session)
+    col, sel = data.columns, data.selected
+    n = int(sel.sum())
+    durations = col.s_duration[sel]
+    n_events = col.s_events[sel]
     pcts: list[float | None] = [None, None, None]
     ev_mean: float | None = None
     ev_p50: float | None = None
@@ -457,12 +446,67 @@ def session_stats(
     bins = np.searchsorted(edges_ms, durations, side="right") - 1
     histogram = np.bincount(bins, minlength=len(edges_ms))
 
-    activity = np.zeros((7, 24), dtype=np.int64)
-    if len(hours):
-        h = hours[:, 0]
-        np.add.at(activity, ((h // 24 + 3) % 7, h % 24), hours[:, 1])  # 1970-01-01: Thursday
+    # Screens: views grouped by screen, known dwell sorted inside each group.
+    in_sel = sel[col.v_session]
+    codes, dwell = col.v_screen[in_sel], col.v_dwell[in_sel]
+    views = np.bincount(codes, minlength=len(col.screens))
+    known = dwell >= 0
+    order = np.lexsort((dwell[known], codes[known]))
+    k_codes, k_dwell = codes[known][order], dwell[known][order]
+    screen_rows = []
+    group_codes, starts, lengths = _group_sorted(k_codes)
+    by_code = {
+        int(g): (int(a), int(m)) for g, a, m in zip(group_codes, starts, lengths, strict=True)
+    }
+    for code in np.flatnonzero(views).tolist():
+        a, m = by_code.get(code, (0, 0))
+        group = k_dwell[a : a + m]
+        screen_rows.append(
+            ScreenStats(
+                screen=str(col.screens[code]),
+                views=int(views[code]),
+                dwell_known=m,
+                dwell_total_ms=int(group.sum()),
+                dwell_median_ms=(
+                    (int(group[(m - 1) // 2]) + int(group[m // 2])) / 2 if m else None
+                ),
+                skips=int(np.searchsorted(group, skip_below_ms, side="left")),
+            )
+        )
+    screen_rows.sort(key=lambda s: (-s.views, s.screen))
 
-    first, last = cohort[:, 0], cohort[:, 1]
+    # Top items, ties by item id: every item tied with the last one is named.
+    hashes, counts = np.unique(col.i_hash[sel[col.i_session]], return_counts=True)
+    top_items: list[tuple[str, int]] = []
+    if len(counts):
+        cutoff = np.sort(counts)[::-1][min(TOP_ITEMS, len(counts)) - 1]
+        contenders = counts >= cutoff
+        tied_hashes, tied_counts = hashes[contenders].tolist(), counts[contenders].tolist()
+        names = col.item_names(hashes[contenders])
+        top_items = sorted(
+            ((names[h], int(k)) for h, k in zip(tied_hashes, tied_counts, strict=True)),
+            key=lambda p: (-p[1], p[0]),
+        )[:TOP_ITEMS]
+
+    # Entry and exit screens: first and last screen view of each session.
+    v_sessions = col.v_session[in_sel]
+    entry = exit_ = np.zeros(len(col.screens), dtype=np.int64)
+    if len(v_sessions):
+        change = np.r_[True, v_sessions[1:] != v_sessions[:-1]]
+        entry = np.bincount(codes[change], minlength=len(col.screens))
+        exit_ = np.bincount(codes[np.r_[change[1:], True]], minlength=len(col.screens))
+
+    activity = np.zeros(7 * 24, dtype=np.int64)
+    in_act = sel[col.a_session]
+    np.add.at(activity, col.a_how[in_act], col.a_count[in_act])
+
+    # Retention of the users whose first session is selected.
+    cohort_users = np.unique(col.s_user[sel])
+    starts_sel = col.s_start[sel]
+    firsts_of_sel = data.first_ms[np.searchsorted(data.users, col.s_user[sel])]
+    cohort = np.unique(col.s_user[sel][starts_sel == firsts_of_sel])
+    at = np.searchsorted(data.users, cohort)
+    first, last = data.first_ms[at], data.last_ms[at]
     retention = []
     for d in days:
         due = first + d * DAY_MS
@@ -472,48 +516,36 @@ def session_stats(
         )
 
     end_reasons = {r.name: 0 for r in EndReason}
-    for code, count in reasons:
+    codes_end, count_end = np.unique(col.s_end[sel], return_counts=True)
+    for code, count in zip(codes_end.tolist(), count_end.tolist(), strict=True):
         name = EndReason(code).name if code in EndReason._value2member_map_ else f"UNKNOWN_{code}"
         end_reasons[name] = end_reasons.get(name, 0) + int(count)
 
-    def ranked(pairs: list[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
-        return tuple(sorted(((s, int(k)) for s, k in pairs if k), key=lambda p: (-p[1], p[0])))
-
     return SessionStats(
-        start_ms=start_ms,
-        end_ms=end_ms,
-        platform=platform,
-        app_version=app_version,
+        start_ms=data.start_ms,
+        end_ms=data.end_ms,
+        platform=data.platform,
+        app_version=data.app_version,
         skip_below_ms=int(skip_below_ms),
         now_ms=now,
         sessions=n,
-        users=users,
+        users=len(cohort_users),
         duration_p50_ms=_float(pcts[0]),
         duration_p90_ms=_float(pcts[1]),
         duration_p99_ms=_float(pcts[2]),
         duration_histogram=tuple(int(k) for k in histogram),
         events_per_session_mean=_float(ev_mean),
         events_per_session_p50=_float(ev_p50),
-        bounces=int((n_views <= 1).sum()),
-        screens=tuple(
-            ScreenStats(
-                screen=s,
-                views=int(v),
-                dwell_known=int(k),
-                dwell_total_ms=int(total),
-                dwell_median_ms=_float(medians.get(s)),
-                skips=int(skips),
-            )
-            for s, v, k, total, skips in screen_rows
-        ),
-        top_items=tuple((str(i), int(k)) for i, k in top_items),
-        entry_screens=ranked([(s, f) for s, f, _ in ends]),
-        exit_screens=ranked([(s, x) for s, _, x in ends]),
-        activity=tuple(tuple(int(v) for v in row) for row in activity),
+        bounces=int((col.s_views[sel] <= 1).sum()),
+        screens=tuple(screen_rows),
+        top_items=tuple(top_items),
+        entry_screens=_ranked(col.screens, entry),
+        exit_screens=_ranked(col.screens, exit_),
+        activity=tuple(tuple(int(v) for v in row) for row in activity.reshape(7, 24)),
         retention_cohort=len(cohort),
         retention=tuple(retention),
         end_reasons=end_reasons,
-        segment=segment,
+        segment=data.segment,
     )
 
 
@@ -526,6 +558,9 @@ def screen_flows(
     top: int | None = 20,
     platform: int | None = None,
     app_version: str | None = None,
+    segment: str | None = None,
+    cache: CacheWriter | None = None,
+    data: SessionData | None = None,
 ) -> list[tuple[str, str, int]]:
     """The most common screen-to-screen transitions of the selected sessions, as
     ``(from, to, count)`` sorted by count (then names), ``to`` = :data:`EXIT` where
@@ -535,27 +570,37 @@ def screen_flows(
         raise ValueError("max_steps: must be >= 1 (or None)")
     if top is not None and top < 1:
         raise ValueError("top: must be >= 1 (or None)")
-    cte, sp = _selection(start_ms, end_ms, platform, app_version)
-    params: list[Any] = [*sp, EXIT]  # in the order of the ? in the text below
-    steps = ""
+    if data is None:
+        data = load_session_data(
+            db_path,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            platform=platform,
+            app_version=app_version,
+            segment=segment,
+            cache=cache,
+        )
+    col = data.columns
+    in_sel = data.selected[col.v_session]
+    sessions, codes = col.v_session[in_sel], col.v_screen[in_sel]
+    if not len(codes):
+        return []
+    _, starts, lengths = _group_sorted(sessions)
+    rank = np.arange(len(codes)) - np.repeat(starts, lengths) + 1  # 1-based, per session
+    has_next = np.r_[sessions[1:] == sessions[:-1], False]
+    exit_code = len(col.screens)  # EXIT
+    dest = np.where(has_next, np.r_[codes[1:], exit_code], exit_code)
+    keep = np.ones(len(codes), dtype=bool)
     if max_steps is not None:
-        # A pair (rn, rn + 1) lies in the first max_steps views when rn < max_steps;
-        # an exit (no next view) when its view rn <= max_steps.
-        steps = "WHERE rn < ? OR (rn = ? AND nxt IS NULL)"
-        params += [int(max_steps), int(max_steps)]
-    params.append(-1 if top is None else int(top))  # LIMIT -1: no limit
-    with _read_only(db_path) as c:
-        rows = c.execute(
-            f"""WITH {cte}
-            SELECT screen, COALESCE(nxt, ?) AS dest, COUNT(*) AS n FROM (
-                SELECT screen, LEAD(screen) OVER w AS nxt, ROW_NUMBER() OVER w AS rn
-                FROM events WHERE type = {_SCREEN} AND screen IS NOT NULL AND {_IN_SEL}
-                WINDOW w AS (PARTITION BY session_id ORDER BY ts_ms, seq))
-            {steps}
-            GROUP BY screen, dest ORDER BY n DESC, screen, dest LIMIT ?""",
-            params,
-        ).fetchall()
-    return [(str(a), str(b), int(k)) for a, b, k in rows]
+        keep = (rank < max_steps) | ((rank == max_steps) & ~has_next)
+    pairs, counts = np.unique(codes[keep] * (exit_code + 1) + dest[keep], return_counts=True)
+    names = [*col.screens.tolist(), EXIT]
+    rows = [
+        (names[p // (exit_code + 1)], names[p % (exit_code + 1)], int(k))
+        for p, k in zip(pairs.tolist(), counts.tolist(), strict=True)
+    ]
+    rows.sort(key=lambda r: (-r[2], r[0], r[1]))
+    return rows if top is None else rows[:top]
 
 
 @dataclass(frozen=True)
@@ -628,6 +673,7 @@ def screen_anomalies(
     top: int = 10,
     current: SessionStats | None = None,
     segment: str | None = None,
+    cache: CacheWriter | None = None,
 ) -> list[ScreenChange]:
     """Screens whose skip rate or median dwell moved most in ``[start_ms, end_ms)``
     against the period of the same length just before: the "users are struggling
@@ -650,6 +696,7 @@ def screen_anomalies(
             app_version=app_version,
             skip_below_ms=skip_below_ms,
             segment=segment,
+            cache=cache,
         )
 
     now = current if current is not None else stats(start_ms, end_ms)

@@ -28,7 +28,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from sessionrec.analytics import EXIT, DbPath, screen_flows, session_stats
+from sessionrec.analytics import (
+    EXIT,
+    SEGMENTS,
+    DbPath,
+    load_session_data,
+    screen_flows,
+    session_stats,
+)
+from sessionrec.analytics_days import CacheWriter
 from sessionrec.html_page import escape as _e
 from sessionrec.html_page import page_start
 from sessionrec.html_page import png as _png
@@ -110,12 +118,15 @@ def write_report(
     end_ms: int | None = None,
     platform: int | None = None,
     app_version: str | None = None,
+    segment: str | None = None,
     title: str = DEFAULT_TITLE,
+    cache: CacheWriter | None = None,
 ) -> dict[str, Any]:
     """Computes the session statistics and screen flows of the store file (or
     ``sqlite:///`` URL) ``db`` for sessions starting in ``[start_ms, end_ms)``
-    (and of ``platform``/``app_version`` when given), writes the page to ``path``
-    and returns the statistics (``SessionStats.to_dict()``).
+    (and of ``platform``/``app_version``/``segment`` when given), writes the page
+    to ``path`` and returns the statistics (``SessionStats.to_dict()``).
+    ``cache`` keeps the analytics days that had to be built.
 
     Raises ``ValueError`` (an empty period, not a store) and ``FileNotFoundError``
     (no store file); nothing is written then."""
@@ -125,14 +136,19 @@ def write_report(
         )
     if platform is not None and platform not in PLATFORMS.values():
         raise ValueError(f"platform: unknown platform number {platform!r}")
-    filters: dict[str, Any] = {
-        "start_ms": start_ms,
-        "end_ms": end_ms,
-        "platform": platform,
-        "app_version": app_version,
-    }
-    stats = session_stats(db, **filters).to_dict()
-    flows = screen_flows(db, max_steps=FLOW_STEPS, top=FLOW_TOP, **filters)
+    if segment is not None and segment not in SEGMENTS:
+        raise ValueError(f"segment: expected one of {', '.join(SEGMENTS)}, got {segment!r}")
+    data = load_session_data(
+        db,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        platform=platform,
+        app_version=app_version,
+        segment=segment,
+        cache=cache,
+    )
+    stats = session_stats(db, data=data).to_dict()
+    flows = screen_flows(db, max_steps=FLOW_STEPS, top=FLOW_TOP, data=data)
     page = render_html(
         stats, flows, title=title, period=describe_period(start_ms, end_ms), max_steps=FLOW_STEPS
     )
@@ -229,6 +245,13 @@ def _subtitle(stats: Mapping[str, Any], period: str) -> str:
         bits.append(f"platform {names.get(platform, platform)}")
     if filters.get("app_version") is not None:
         bits.append(f"app version {filters['app_version']}")
+    segment = filters.get("segment")
+    if segment is not None:
+        bits.append(
+            {"NEW_USER": "first sessions only", "RETURNING_USER": "returning users only"}.get(
+                segment, str(segment)
+            )
+        )
     if _is_num(stats.get("skip_below_ms")):
         bits.append(f"a skip is a screen view shorter than {_fmt_ms(stats['skip_below_ms'])}")
     return " · ".join(bits)

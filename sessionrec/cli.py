@@ -705,7 +705,7 @@ def cmd_push_candidates(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``report``: the session analytics page of a store (:mod:`sessionrec.analytics_report`)."""
-    from sessionrec.store import sqlite_path_from_url
+    from sessionrec.store import open_store, sqlite_path_from_url
 
     bounds: dict[str, int | None] = {}
     for flag, text in (("--from", args.start), ("--to", args.end)):
@@ -732,17 +732,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sessionrec.analytics_report import PLATFORMS, write_report
 
     _stderr(f"report: reading {db_file}")
-    try:
-        stats = write_report(
-            out,
-            db_file,
-            start_ms=start,
-            end_ms=end,
-            platform=None if args.platform is None else PLATFORMS[args.platform],
-            app_version=args.app_version,
-        )
-    except ValueError as exc:
-        raise SessionrecError(str(exc)) from exc
+    # Opening the store brings its schema up to date; the days the report builds
+    # are kept for the next one (and for the server).
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        try:
+            stats = write_report(
+                out,
+                db_file,
+                start_ms=start,
+                end_ms=end,
+                platform=None if args.platform is None else PLATFORMS[args.platform],
+                app_version=args.app_version,
+                segment=args.segment,
+                cache=store.cache_analytics_days,
+            )
+        except ValueError as exc:
+            raise SessionrecError(str(exc)) from exc
     _stderr(f"report: {out} ({stats['sessions']} sessions)")
     print(json.dumps(stats, indent=2, allow_nan=False))
     return 0
@@ -812,6 +817,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only sessions of this platform",
     )
     p.add_argument("--app-version", default=None, help="only sessions of this app version")
+    p.add_argument(
+        "--segment",
+        type=str.upper,
+        choices=["NEW_USER", "RETURNING_USER"],
+        default=None,
+        help="only users' first sessions (NEW_USER) or only their later ones (RETURNING_USER)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("offers", help="offer definitions and the uplift report")

@@ -62,6 +62,9 @@ class Config:
     #: How often the catalog cache checks the store for changes made elsewhere
     #: (the CLI, another server); this server's own upserts show at once (0: never).
     catalog_refresh_interval_s: float = 5.0
+    #: How often the server builds the analytics days that changed (so that
+    #: GetSessionStats reads them ready-made); 0: never, queries build them.
+    analytics_refresh_interval_s: float = 60.0
     #: SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
@@ -120,10 +123,10 @@ class Config:
                 raise ConfigError(f"{name}: must be a finite number > 0, got {value}")
         if not (math.isfinite(self.model_poll_interval_s) and self.model_poll_interval_s >= 0):
             raise ConfigError("model_poll_interval_s: must be a finite number >= 0")
-        if not (
-            math.isfinite(self.catalog_refresh_interval_s) and self.catalog_refresh_interval_s >= 0
-        ):
-            raise ConfigError("catalog_refresh_interval_s: must be a finite number >= 0")
+        for name in ("catalog_refresh_interval_s", "analytics_refresh_interval_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
         if not (math.isfinite(self.cold_item_share) and 0 <= self.cold_item_share <= 1):
             raise ConfigError(
                 f"cold_item_share: must be a number between 0 and 1, got {self.cold_item_share}"

@@ -226,6 +226,14 @@ class Store(abc.ABC):
         """Per offer and arm: impressions, redemptions, exposed users, and those
         users' purchases after their first exposure (for the uplift report)."""
 
+    # ---------------------------------------------------------- analytics
+    @abc.abstractmethod
+    def cache_analytics_days(self, days: Sequence[tuple[int, int, bytes]]) -> int:
+        """Stores analytics columns built for ``(day, stamp, data)``, each only if
+        the day has not changed since (its stamp is still ``stamp``). Returns how
+        many were stored. Every write that changes a session or its events marks
+        the session's start day as changed."""
+
     @abc.abstractmethod
     def count_events(self) -> int: ...
 

@@ -46,7 +46,7 @@ from sessionrec.store.base import (
     Store,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
@@ -66,6 +66,16 @@ FROM (
 ) AS d
 WHERE events.seq = d.seq AND events.dwell_ms IS NULL AND d.gap IS NOT NULL
   AND events.type IN ({_VIEW_TYPES_SQL})
+"""
+DAY_MS = 86_400_000
+#: The UTC day number of ``started_at_ms`` (floor division, also before 1970:
+#: SQLite's ``/`` and ``%`` truncate towards zero).
+_START_DAY_SQL = f"(started_at_ms - ((started_at_ms % {DAY_MS}) + {DAY_MS}) % {DAY_MS}) / {DAY_MS}"
+# Marks the start day of a session as changed: its cached analytics columns
+# are dropped and its stamp raised (a cache built before cannot be stored).
+_MARK_DAY_SQL = f"""
+INSERT INTO analytics_days (day) SELECT {_START_DAY_SQL} FROM sessions WHERE session_id = ?
+ON CONFLICT (day) DO UPDATE SET stamp = stamp + 1, data = NULL
 """
 _TOTAL_DWELL_SQL = f"""
 UPDATE sessions SET total_dwell_ms = COALESCE((
@@ -241,6 +251,7 @@ class SQLiteStore(Store):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _session_params(session),
             )
+            _mark_days(c, [session.session_id])
             row = c.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?",
                 (session.session_id,),
@@ -303,6 +314,7 @@ class SQLiteStore(Store):
                     (ended_at_ms, session_id, ended_at_ms),
                 )
             self._finalize(c, [session_id])
+            _mark_days(c, [session_id])
             row = c.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
             ).fetchone()
@@ -325,6 +337,7 @@ class SQLiteStore(Store):
                     [(int(EndReason.TIMEOUT), sid) for sid in ids],
                 )
                 self._finalize(c, ids)
+                _mark_days(c, ids)
         return ids
 
     def _finalize(self, c: sqlite3.Connection, session_ids: Sequence[str]) -> None:
@@ -399,6 +412,9 @@ class SQLiteStore(Store):
                     [_session_params(s) for s in stored_new],
                 )
             if touched:
+                # A late event can move an open session's start to an earlier day:
+                # both the day it was on and the day it is on now change.
+                _mark_days(c, list(touched))
                 c.executemany(
                     """UPDATE sessions SET
                         event_count = event_count + ?,
@@ -422,6 +438,7 @@ class SQLiteStore(Store):
             to_finalize += close_sessions
             if to_finalize:
                 self._finalize(c, to_finalize)
+            _mark_days(c, [*touched, *close_sessions])
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
 
     @staticmethod
@@ -746,6 +763,18 @@ class SQLiteStore(Store):
             out.append(OfferOutcome(key[0], key[1], imp, red, n, conv, revenue))
         return out
 
+    # ----------------------------------------------------------- analytics
+    def cache_analytics_days(self, days: Sequence[tuple[int, int, bytes]]) -> int:
+        with self._transaction() as c:
+            stored = 0
+            for day, stamp, data in days:
+                stored += c.execute(
+                    "UPDATE analytics_days SET data = ? WHERE day = ? AND stamp = ?"
+                    " AND data IS NULL",
+                    (data, int(day), int(stamp)),
+                ).rowcount
+        return stored
+
     def count_events(self) -> int:
         with self._read() as c:
             return int(c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -923,7 +952,26 @@ def _migration_4(conn: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+def _migration_5(conn: sqlite3.Connection) -> None:
+    """Session analytics by start day: an index on the start, and per UTC day a
+    change stamp and the day's cached analytics columns (NULL: build again)."""
+    conn.execute("CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_at_ms)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS analytics_days (day INTEGER PRIMARY KEY,"
+        " stamp INTEGER NOT NULL DEFAULT 0, data BLOB)"
+    )
+    conn.execute(
+        f"INSERT OR IGNORE INTO analytics_days (day) SELECT DISTINCT {_START_DAY_SQL} FROM sessions"
+    )
+
+
+def _mark_days(c: sqlite3.Connection, session_ids: Sequence[str]) -> None:
+    """Marks the start days of these sessions as changed (inside a transaction)."""
+    if session_ids:
+        c.executemany(_MARK_DAY_SQL, [(sid,) for sid in dict.fromkeys(session_ids)])
+
+
+_MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
 
 
 def _session_params(s: SessionRecord) -> tuple:

@@ -84,6 +84,7 @@ def test_an_unparsable_environment_value_names_the_setting(name: str, raw: str) 
         ("cold_item_share", -0.1),
         ("cold_item_share", 1.5),
         ("catalog_refresh_interval_s", -1.0),
+        ("analytics_refresh_interval_s", -1.0),
         ("sqlite_synchronous", "SOMETIMES"),
         ("log_level", "LOUD"),
     ],
@@ -126,6 +127,7 @@ def test_replace_returns_a_new_validated_config() -> None:
         "grace_s",
         "model_poll_interval_s",
         "catalog_refresh_interval_s",
+        "analytics_refresh_interval_s",
         "cold_item_share",
     ],
 )
