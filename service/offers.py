@@ -91,7 +91,7 @@ class OfferRejection:
 class _Context:
     """What eligibility and affinity need to know about the user right now."""
 
-    now_ms: int
+    now_ms: int  # when eligibility is judged: now, or get_offers' at_ms
     session_id: str | None
     platform: int
     live_items: list[str]  # item ids of the live session's events, in time order
@@ -182,13 +182,28 @@ class OfferEngine:
 
     # --------------------------------------------------------------- serving
     def get_offers(
-        self, user_id: str, n: int, *, session_id: str = "", preview: bool = False
+        self,
+        user_id: str,
+        n: int,
+        *,
+        session_id: str = "",
+        preview: bool = False,
+        at_ms: int | None = None,
     ) -> OffersResult:
+        """The best ``n`` offers for the user now. ``at_ms`` (a preview only)
+        plans ahead: validity windows and lapsed-days eligibility are judged at
+        that time (e.g. a push's send time) instead of now; the user's sessions,
+        live session and the caps are what they are now."""
         require_id(user_id, "user_id")
         if not 1 <= n <= MAX_OFFERS:
             raise InvalidArgument(f"n: must be between 1 and {MAX_OFFERS}, got {n}")
+        if at_ms is not None:
+            if isinstance(at_ms, bool) or not isinstance(at_ms, int) or at_ms < 0:
+                raise InvalidArgument(f"at_ms: must be epoch milliseconds >= 0, got {at_ms!r}")
+            if not preview:
+                raise InvalidArgument("at_ms: only with preview (nothing is shown at another time)")
         session = requested_session(self.store, user_id, session_id)
-        ctx = self._context(user_id, session)
+        ctx = self._context(user_id, session, at_ms)
         holdout = in_holdout(user_id, self.holdout_share)
         offers = self.offers()
         candidates = [o for o in offers.values() if o.valid_at(ctx.now_ms) and _eligible(o, ctx)]
@@ -243,7 +258,7 @@ class OfferEngine:
             chosen = [r for r, why in zip(chosen, outcome, strict=True) if why is None]
         return OffersResult(chosen, holdout=False)
 
-    def _context(self, user_id: str, session: Any) -> _Context:
+    def _context(self, user_id: str, session: Any, at_ms: int | None = None) -> _Context:
         now = time.time_ns() // 1_000_000
         found, live_since = live_session(self.store, user_id, session, self.timeout_ms)
         if session is None and live_since is not None:
@@ -262,7 +277,7 @@ class OfferEngine:
         started = session.started_at_ms if session is not None else now
         sessions, last_before = self.store.user_session_stats(user_id, started)
         return _Context(
-            now_ms=now,
+            now_ms=now if at_ms is None else at_ms,
             session_id=session.session_id if session is not None else None,
             platform=int(session.platform) if session is not None else 0,
             live_items=[e.item_id for e in live_events],

@@ -16,14 +16,27 @@ push now. The rules:
 
 * **Never while active.** A user with an open session that received something
   within the recommender's session timeout is using the app: never a candidate.
-* **When.** ``active_hour`` is the UTC hour holding most of the user's session
-  starts (ties: the earliest hour). ``send_at_ms`` is the start of that hour,
-  the first such time strictly after ``now_ms``.
-* **Quiet hours.** ``quiet_hours=(start, end)`` is the UTC window
+* **Local time.** Clients may report the device's UTC offset at
+  ``StartSession`` (``sessions.utc_offset_min``, minutes east of UTC). Each
+  session start is read in its own session's local time; a session without an
+  offset is read with the user's *most recent known* offset (the offset of
+  their latest session, up to ``now_ms``, that reported one): a missing offset
+  most likely means an older client of the same user, who has not moved.
+  A user who never reported one is treated as living in UTC (offset 0, and
+  ``utc_offset_minutes`` is None in the candidate).
+* **When.** ``active_hour`` is the *local* hour holding most of the user's
+  session starts (ties: the earliest hour). ``send_at_ms`` is the next start
+  of that local hour strictly after ``now_ms``, converted to UTC with the
+  user's most recent known offset (``utc_offset_minutes``). Offsets that are
+  not whole hours (UTC+5:30) move the send time off the UTC hour. A change of
+  offset between now and the send time (daylight saving, travel) is not
+  foreseen: the offset is a number, not a time zone.
+* **Quiet hours.** ``quiet_hours=(start, end)`` is the *local* window
   ``[start, end)`` (it wraps midnight when start > end; start == end or None:
-  no quiet hours). A user whose active hour lies inside it is *left out of this
-  run* (logged), not moved: nobody is woken up, and nobody gets a push at an
-  hour they do not use the app. Such users come back when their habits move.
+  no quiet hours), compared with the local active hour. A user whose active
+  hour lies inside it is *left out of this run* (logged), not moved: nobody is
+  woken up, and nobody gets a push at an hour they do not use the app. Such
+  users come back when their habits move.
 * **Cap.** At most ``max_per_user`` pushes per user in any ``cap_window_days``
   window. Planned pushes are kept in the table ``push_log(user_id, planned_ms,
   created_ms)`` (created on the first recording). A user with ``max_per_user``
@@ -36,11 +49,27 @@ push now. The rules:
   connection that checks the cap again, so two concurrent runs never plan more
   than the cap (a user capped meanwhile is dropped from the result).
   ``record=False`` (a dry run) writes nothing.
+* **Delivery before recording.** ``deliver(candidates)``, when given, is
+  called with the final candidates *before* they are recorded: inside the
+  recording transaction, after the cap is checked again, so it gets exactly
+  what will be recorded. If it raises, nothing is recorded and the error
+  propagates (the CLI writes its JSONL file there: a file that could not be
+  written caps nobody). A dry run calls it too, with the candidates.
+* **Deadline.** ``should_stop()``, when given, is asked while the sessions
+  are read, before each user's item and offer, and before recording (once
+  more after the write lock is taken). Once it returns True the run stops
+  with ``DeadlineExceeded`` and records nothing: a caller who gave up is not
+  left with users capped for pushes it never received. (The gRPC servicer
+  passes "less than a small reserve of the call's deadline is left, or the
+  call was cancelled"; without gRPC pass e.g. ``lambda: time.monotonic() > t``.)
 * **Content.** ``item_id``/``item_reason``: the first item of
   ``RecommendationEngine.recommend(user, 1)``. ``offer_id``: the first offer of
-  ``OfferEngine.get_offers(user, 1, preview=True)`` (no engine: ""); a user in
-  the offers holdout gets "" without asking the engine, which would log a
-  counterfactual exposure for a push that is only being planned.
+  ``OfferEngine.get_offers(user, 1, preview=True, at_ms=send_at_ms)`` (no
+  engine: ""): validity windows and lapsed-days eligibility are evaluated at
+  the send time, so an offer that ends before the push goes out is never
+  attached (and one that starts by then may be). A user in the offers holdout
+  gets "" without asking the engine, which would log a counterfactual exposure
+  for a push that is only being planned.
 * **Order.** Days since the last session start, descending, then user id; at
   most ``limit`` candidates.
 
@@ -56,14 +85,20 @@ import sqlite3
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sessionrec.errors import FailedPrecondition, InvalidArgument, SessionrecError, Unavailable
+from sessionrec.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    SessionrecError,
+    Unavailable,
+)
 from sessionrec.offers import in_holdout
 from sessionrec.store import Store, sqlite_path_from_url
 
@@ -73,8 +108,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sessionrec.push")
 
-HOUR_MS = 3600 * 1000
+MINUTE_MS = 60 * 1000
+HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+#: ``should_stop`` is asked every this many SQLite virtual-machine steps while
+#: the sessions are read.
+_PROGRESS_STEPS = 20_000
 #: How long the recording transaction waits for the store's writer.
 BUSY_TIMEOUT_MS = 5000
 _PUSH_LOG_SQL = (
@@ -91,9 +130,12 @@ class PushCandidate:
     days_since_last_session: float
     item_id: str  # best item to show ("" if none)
     item_reason: str
-    offer_id: str  # best eligible offer ("" if none)
-    send_at_ms: int  # next start of active_hour (UTC) strictly after now
-    active_hour: int  # 0..23 UTC, the hour with most of the user's session starts
+    offer_id: str  # best offer eligible at send_at_ms ("" if none)
+    send_at_ms: int  # UTC epoch ms: the next start of the local active_hour after now
+    active_hour: int  # 0..23 local time, the hour with most of the user's session starts
+    #: The offset (minutes east of UTC) send_at_ms was computed with: the user's
+    #: most recent reported one; None: never reported, UTC assumed.
+    utc_offset_minutes: int | None = None
 
 
 @dataclass
@@ -118,6 +160,7 @@ class PushPlan:
             },
             "with_item": sum(1 for c in self.candidates if c.item_id),
             "with_offer": sum(1 for c in self.candidates if c.offer_id),
+            "with_utc_offset": sum(1 for c in self.candidates if c.utc_offset_minutes is not None),
         }
 
 
@@ -128,6 +171,7 @@ class _Lapsing:
     reason: str
     active_hour: int
     send_at_ms: int
+    utc_offset_min: int | None
 
 
 def push_candidates(
@@ -144,6 +188,8 @@ def push_candidates(
     cap_window_days: float = 7.0,
     limit: int = 1000,
     record: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    deliver: Callable[[list[PushCandidate]], None] | None = None,
 ) -> list[PushCandidate]:
     """The users to bring back now, most lapsed first (rules: the module docstring)."""
     return plan_push(
@@ -159,6 +205,8 @@ def push_candidates(
         cap_window_days=cap_window_days,
         limit=limit,
         record=record,
+        should_stop=should_stop,
+        deliver=deliver,
     ).candidates
 
 
@@ -176,6 +224,8 @@ def plan_push(
     cap_window_days: float = 7.0,
     limit: int = 1000,
     record: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    deliver: Callable[[list[PushCandidate]], None] | None = None,
 ) -> PushPlan:
     """``push_candidates`` with the counts of the users each rule left out."""
     quiet = _check_args(
@@ -189,6 +239,9 @@ def plan_push(
         limit,
         record,
     )
+    for name, fn in (("should_stop", should_stop), ("deliver", deliver)):
+        if fn is not None and not callable(fn):
+            raise InvalidArgument(f"{name}: must be callable or None, got {fn!r}")
     if recommender is None:
         raise InvalidArgument("recommender: required")
     path = _store_path(store)
@@ -196,10 +249,11 @@ def plan_push(
     plan = PushPlan(now_ms=now)
     timeout_ms = int(getattr(recommender, "timeout_ms", 1800 * 1000))
     since_ms = now - int(cap_window_days * DAY_MS)
+    stop = _Stop(should_stop)
 
-    with _read_only(path) as conn:
+    with _read_only(path, stop) as conn:
         lapsing = _lapsing_users(
-            conn, plan, now, lapse_days, rhythm_factor, min_sessions, quiet, timeout_ms
+            conn, plan, now, lapse_days, rhythm_factor, min_sessions, quiet, timeout_ms, stop
         )
         plan.lapsing = len(lapsing) + plan.skipped_quiet_hours
         counts = _cap_counts(conn, since_ms)
@@ -212,11 +266,17 @@ def plan_push(
         if len(chosen) >= limit:
             break
 
-    candidates = [_fill(u, recommender, offers) for u in chosen]
+    candidates: list[PushCandidate] = []
+    for user in chosen:
+        stop.check(f"after the content of {len(candidates)} of {len(chosen)} candidates")
+        candidates.append(_fill(user, recommender, offers))
+    stop.check(f"with all {len(candidates)} candidates planned, before recording")
     if record and candidates:
-        recorded = _record(path, candidates, since_ms, max_per_user)
+        recorded = _record(path, candidates, since_ms, max_per_user, stop, deliver)
         plan.skipped_cap += len(candidates) - len(recorded)
         candidates = recorded
+    elif deliver is not None:
+        deliver(list(candidates))
     plan.candidates = candidates
     log.info(
         "push candidates: %d (lapsing %d; left out: %d active, %d quiet hours, %d capped)",
@@ -227,6 +287,27 @@ def plan_push(
         plan.skipped_cap,
     )
     return plan
+
+
+class _Stop:
+    """``should_stop`` asked at the checkpoints; once it said yes it stays yes."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None):
+        self._ask = should_stop
+        self.stopped = False
+
+    def __call__(self) -> bool:
+        if not self.stopped and self._ask is not None and self._ask():
+            self.stopped = True
+        return self.stopped
+
+    def check(self, where: str) -> None:
+        if self():
+            log.info("push: stopped %s: the caller's deadline is (nearly) over", where)
+            raise DeadlineExceeded(
+                f"deadline: the caller's deadline is (nearly) over; push planning stopped "
+                f"{where}, nothing recorded"
+            )
 
 
 # --------------------------------------------------------------- arguments
@@ -296,10 +377,18 @@ def in_quiet_hours(hour: int, quiet: tuple[int, int] | None) -> bool:
     return hour >= start or hour < end
 
 
-def next_hour_start(now_ms: int, hour: int) -> int:
-    """The first start of UTC ``hour`` strictly after ``now_ms``."""
-    at = now_ms - now_ms % DAY_MS + hour * HOUR_MS
-    return at if at > now_ms else at + DAY_MS
+def local_hour(ts_ms: int, utc_offset_min: int = 0) -> int:
+    """The hour (0..23) on a clock ``utc_offset_min`` minutes ahead of UTC at ``ts_ms``."""
+    return ((ts_ms + utc_offset_min * MINUTE_MS) // HOUR_MS) % 24
+
+
+def next_hour_start(now_ms: int, hour: int, utc_offset_min: int = 0) -> int:
+    """The first start of ``hour`` on a clock ``utc_offset_min`` minutes ahead of
+    UTC strictly after ``now_ms``, as UTC epoch ms (offset 0: the UTC hour)."""
+    shift = utc_offset_min * MINUTE_MS
+    local_now = now_ms + shift
+    at = local_now - local_now % DAY_MS + hour * HOUR_MS
+    return (at if at > local_now else at + DAY_MS) - shift
 
 
 # ------------------------------------------------------------------- store
@@ -314,7 +403,7 @@ def _store_path(store: Store) -> str:
 
 
 @contextlib.contextmanager
-def _read_only(path: str) -> Iterator[sqlite3.Connection]:
+def _read_only(path: str, stop: _Stop) -> Iterator[sqlite3.Connection]:
     resolved = Path(path).resolve()
     if not resolved.is_file():
         raise FailedPrecondition(f"store: no SQLite file at {resolved}")
@@ -322,8 +411,13 @@ def _read_only(path: str) -> Iterator[sqlite3.Connection]:
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = 1")
+        # A long read is interrupted (OperationalError "interrupted") once the
+        # caller's deadline is over.
+        conn.set_progress_handler(stop, _PROGRESS_STEPS)
         yield conn
     except sqlite3.OperationalError as exc:
+        if stop.stopped:
+            stop.check("while reading the sessions")
         raise _translate(exc) from exc
     finally:
         conn.close()
@@ -363,20 +457,23 @@ def _lapsing_users(
     min_sessions: int,
     quiet: tuple[int, int] | None,
     timeout_ms: int,
+    stop: _Stop,
 ) -> list[_Lapsing]:
-    """Lapsing users who may get a push at their active hour, most lapsed first."""
+    """Lapsing users who may get a push at their local active hour, most lapsed first."""
     rows = conn.execute(
-        "SELECT user_id, started_at_ms, ended_at_ms, last_seen_ms FROM sessions"
+        "SELECT user_id, started_at_ms, ended_at_ms, last_seen_ms, utc_offset_min FROM sessions"
         " WHERE started_at_ms <= ? ORDER BY user_id, started_at_ms",
         (now,),
     )
     active_since = now - timeout_ms
     out: list[_Lapsing] = []
-    for user_id, group in groupby(rows, key=lambda r: r[0]):
+    for n, (user_id, group) in enumerate(groupby(rows, key=lambda r: r[0])):
+        if n % 1000 == 999:
+            stop.check(f"after reading the sessions of {n} users")
         sessions = list(group)
         if len(sessions) < min_sessions:
             continue
-        if any(ended is None and seen >= active_since for _, _, ended, seen in sessions):
+        if any(ended is None and seen >= active_since for _, _, ended, seen, _ in sessions):
             plan.skipped_active += 1
             continue
         starts = [int(r[1]) for r in sessions]
@@ -387,21 +484,29 @@ def _lapsing_users(
         dropped = usual is not None and days_since >= 1 and days_since > rhythm_factor * usual
         if not (lapsed or dropped):
             continue
-        hours = Counter((s // HOUR_MS) % 24 for s in starts)
+        # The most recent reported offset (sessions are in start order); it
+        # also stands in for the sessions that did not report one.
+        offset = next((int(r[4]) for r in reversed(sessions) if r[4] is not None), None)
+        fallback = offset or 0
+        hours = Counter(
+            local_hour(int(r[1]), fallback if r[4] is None else int(r[4])) for r in sessions
+        )
         top = max(hours.values())
-        active_hour = min(h for h, n in hours.items() if n == top)
+        active_hour = min(h for h, k in hours.items() if k == top)
         if in_quiet_hours(active_hour, quiet):
             plan.skipped_quiet_hours += 1
             log.debug(
-                "push: %s left out, active hour %02d:00 UTC is in quiet hours", user_id, active_hour
+                "push: %s left out, local active hour %02d:00 (UTC%+d min) is in quiet hours",
+                user_id,
+                active_hour,
+                fallback,
             )
             continue
         reason = f"no session for {_days(days_since)}"
         if usual is not None:
             reason += f" (usually every {usual:.1f} days)"
-        out.append(
-            _Lapsing(user_id, days_since, reason, active_hour, next_hour_start(now, active_hour))
-        )
+        send_at = next_hour_start(now, active_hour, fallback)
+        out.append(_Lapsing(user_id, days_since, reason, active_hour, send_at, offset))
     out.sort(key=lambda u: (-u.days_since, u.user_id))
     return out
 
@@ -426,7 +531,8 @@ def _fill(
         log.warning("push: no item for %s: %s", user.user_id, exc)
     if offers is not None and not in_holdout(user.user_id, offers.holdout_share):
         try:
-            result = offers.get_offers(user.user_id, 1, preview=True)
+            # Eligible when the push goes out, not only now.
+            result = offers.get_offers(user.user_id, 1, preview=True, at_ms=user.send_at_ms)
             if result.offers:
                 offer_id = result.offers[0].offer.offer_id
         except SessionrecError as exc:
@@ -440,15 +546,22 @@ def _fill(
         offer_id=offer_id,
         send_at_ms=user.send_at_ms,
         active_hour=user.active_hour,
+        utc_offset_minutes=user.utc_offset_min,
     )
 
 
 # --------------------------------------------------------------- recording
 def _record(
-    path: str, candidates: list[PushCandidate], since_ms: int, max_per_user: int
+    path: str,
+    candidates: list[PushCandidate],
+    since_ms: int,
+    max_per_user: int,
+    stop: _Stop,
+    deliver: Callable[[list[PushCandidate]], None] | None,
 ) -> list[PushCandidate]:
-    """Writes the candidates still under the cap to push_log (one transaction);
-    returns them. ``created_ms`` is the wall clock, whatever ``now_ms`` was."""
+    """Writes the candidates still under the cap to push_log (one transaction)
+    after handing them to ``deliver``; returns them. ``created_ms`` is the wall
+    clock, whatever ``now_ms`` was."""
     created = time.time_ns() // 1_000_000
     conn = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
@@ -463,6 +576,10 @@ def _record(
                 "INSERT INTO push_log (user_id, planned_ms, created_ms) VALUES (?, ?, ?)",
                 [(c.user_id, c.send_at_ms, created) for c in kept],
             )
+            # Waiting for the write lock may have used up the deadline.
+            stop.check("before recording (the store's write lock was busy)")
+            if deliver is not None:
+                deliver(list(kept))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -33,6 +33,10 @@ from sessionrec.store import Store, sqlite_path_from_url
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
+#: GetPushCandidates stops (DEADLINE_EXCEEDED, nothing recorded) once less than
+#: this much of the call's deadline is left: time to record and answer.
+PUSH_DEADLINE_RESERVE_S = 0.2
+
 
 def timestamp(ms: int) -> Timestamp:
     ts = Timestamp()
@@ -56,6 +60,8 @@ def session_message(s: SessionRecord) -> pb.Session:
     )
     if s.ended_at_ms is not None:
         msg.ended_at.CopyFrom(timestamp(s.ended_at_ms))
+    if s.utc_offset_min is not None:
+        msg.utc_offset_minutes = s.utc_offset_min
     return msg
 
 
@@ -173,6 +179,9 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             app_version=request.app_version,
             session_id=request.session_id,
             started_at_ms=started_at_ms,
+            utc_offset_minutes=(
+                request.utc_offset_minutes if request.HasField("utc_offset_minutes") else None
+            ),
         )
         return pb.StartSessionResponse(
             session_id=session.session_id, started_at=timestamp(session.started_at_ms)
@@ -381,6 +390,15 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         if request.lapse_days < 0 or request.limit < 0:
             raise InvalidArgument("lapse_days, limit: must be >= 0")
         c = self.config
+
+        def should_stop() -> bool:
+            # Stop while a reserve is left to answer: a caller who gave up
+            # (or cancelled) must not find users capped for pushes it never got.
+            remaining = context.time_remaining()
+            if remaining is not None and remaining < PUSH_DEADLINE_RESERVE_S:
+                return True
+            return not context.is_active()
+
         found = push_candidates(
             self.store,
             self.recommender,
@@ -391,6 +409,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             cap_window_days=c.push_cap_window_days,
             limit=request.limit or 1000,
             record=not request.dry_run,
+            should_stop=should_stop,
         )
         return pb.GetPushCandidatesResponse(
             candidates=[
@@ -403,6 +422,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     offer_id=p.offer_id,
                     send_at=timestamp(p.send_at_ms),
                     active_hour=p.active_hour,
+                    utc_offset_minutes=p.utc_offset_minutes,
                 )
                 for p in found
             ]

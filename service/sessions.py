@@ -51,6 +51,23 @@ MAX_PROPERTY_VALUE = 1024
 PLATFORMS = range(0, 5)
 
 
+#: Real UTC offsets lie within -12:00 .. +14:00; 14 hours either way is accepted.
+MAX_UTC_OFFSET_MIN = 14 * 60
+
+
+def check_utc_offset(minutes: int | None) -> None:
+    """A client-reported UTC offset in minutes (None: not reported)."""
+    if minutes is None:
+        return
+    if isinstance(minutes, bool) or not isinstance(minutes, int):
+        raise InvalidArgument(f"utc_offset_minutes: must be an integer, got {minutes!r}")
+    if not -MAX_UTC_OFFSET_MIN <= minutes <= MAX_UTC_OFFSET_MIN:
+        raise InvalidArgument(
+            f"utc_offset_minutes: must be between {-MAX_UTC_OFFSET_MIN} and "
+            f"{MAX_UTC_OFFSET_MIN}, got {minutes}"
+        )
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -123,11 +140,13 @@ class SessionManager:
         app_version: str = "",
         session_id: str = "",
         started_at_ms: int | None = None,
+        utc_offset_minutes: int | None = None,
     ) -> SessionRecord:
         require_id(user_id, "user_id")
         check_id(app_version, "app_version")
         if platform not in PLATFORMS:
             raise InvalidArgument(f"platform: unknown value {platform}")
+        check_utc_offset(utc_offset_minutes)
         now = now_ms()
         if started_at_ms is None:
             started_at_ms = now
@@ -142,6 +161,7 @@ class SessionManager:
                 last_seen_ms=now,
                 platform=platform,
                 app_version=app_version,
+                utc_offset_min=utc_offset_minutes,
             )
         )
         if session.user_id != user_id:

@@ -302,6 +302,8 @@ class SessionData:
     selected: np.ndarray
     #: Every user of the store (sorted) with their first and last session start.
     users: np.ndarray
+    #: Each session row's user, as an index into ``users``.
+    session_user: np.ndarray
     first_ms: np.ndarray
     last_ms: np.ndarray
     start_ms: int | None
@@ -345,6 +347,7 @@ def load_session_data(
     order = np.argsort(ids, kind="stable")  # numpy's order, whatever SQLite's collation
     ids, first, last = ids[order], first[order], last[order]
 
+    session_user = np.searchsorted(ids, columns.s_user)
     keep = np.ones(columns.sessions, dtype=bool)
     if start_ms is not None:
         keep &= columns.s_start >= start_ms
@@ -355,10 +358,20 @@ def load_session_data(
     if app_version is not None:
         keep &= columns.s_version == str(app_version)
     if segment is not None:
-        is_first = columns.s_start == first[np.searchsorted(ids, columns.s_user)]
+        is_first = columns.s_start == first[session_user]
         keep &= is_first if segment == "NEW_USER" else ~is_first
     return SessionData(
-        columns, keep, ids, first, last, start_ms, end_ms, platform, app_version, segment
+        columns,
+        keep,
+        ids,
+        session_user,
+        first,
+        last,
+        start_ms,
+        end_ms,
+        platform,
+        app_version,
+        segment,
     )
 
 
@@ -451,8 +464,13 @@ def session_stats(
     codes, dwell = col.v_screen[in_sel], col.v_dwell[in_sel]
     views = np.bincount(codes, minlength=len(col.screens))
     known = dwell >= 0
-    order = np.lexsort((dwell[known], codes[known]))
-    k_codes, k_dwell = codes[known][order], dwell[known][order]
+    k_codes, k_dwell = codes[known], dwell[known]
+    if len(k_dwell) and k_dwell.max() < 1 << 36:  # 795 days; always, but for odd imports
+        keys = np.sort((k_codes << 36) | k_dwell)  # one sort by (screen, dwell)
+        k_codes, k_dwell = keys >> 36, keys & ((1 << 36) - 1)
+    else:
+        order = np.lexsort((k_dwell, k_codes))
+        k_codes, k_dwell = k_codes[order], k_dwell[order]
     screen_rows = []
     group_codes, starts, lengths = _group_sorted(k_codes)
     by_code = {
@@ -501,12 +519,10 @@ def session_stats(
     np.add.at(activity, col.a_how[in_act], col.a_count[in_act])
 
     # Retention of the users whose first session is selected.
-    cohort_users = np.unique(col.s_user[sel])
-    starts_sel = col.s_start[sel]
-    firsts_of_sel = data.first_ms[np.searchsorted(data.users, col.s_user[sel])]
-    cohort = np.unique(col.s_user[sel][starts_sel == firsts_of_sel])
-    at = np.searchsorted(data.users, cohort)
-    first, last = data.first_ms[at], data.last_ms[at]
+    users_sel = data.session_user[sel]
+    cohort_users = np.unique(users_sel)
+    cohort = np.unique(users_sel[col.s_start[sel] == data.first_ms[users_sel]])
+    first, last = data.first_ms[cohort], data.last_ms[cohort]
     retention = []
     for d in days:
         due = first + d * DAY_MS

@@ -630,8 +630,10 @@ def cmd_offers(args: argparse.Namespace) -> int:
 def cmd_push_candidates(args: argparse.Namespace) -> int:
     import dataclasses
     import datetime as dt
+    import os
+    import secrets
 
-    from service.push import plan_push
+    from service.push import PushCandidate, plan_push
     from service.recommender import RecommendationEngine
     from sessionrec.store import open_store
 
@@ -640,7 +642,7 @@ def cmd_push_candidates(args: argparse.Namespace) -> int:
         getattr(config, "push_quiet_start_hour", 22),
         getattr(config, "push_quiet_end_hour", 8),
     )
-    if args.quiet_hours is not None:  # START-END (UTC, [start, end)) or none
+    if args.quiet_hours is not None:  # START-END (local hours, [start, end)) or none
         text = args.quiet_hours.strip().lower()
         first, sep, last = text.partition("-")
         if text in {"none", "off"}:
@@ -658,6 +660,34 @@ def cmd_push_candidates(args: argparse.Namespace) -> int:
     if window is None:
         window = getattr(config, "push_cap_window_days", 7.0)
     out = Path(args.out)
+    if not out.parent.is_dir():  # fail before planning
+        raise SessionrecError(f"--out: no such directory {out.parent}")
+    written: list[bool] = []
+
+    def write(candidates: list[PushCandidate]) -> None:
+        """The JSONL file, complete or not at all: a temp file next to it, renamed
+        over it. Called before anything is recorded (inside the recording
+        transaction), so a file that cannot be written caps nobody."""
+        rows = []
+        for c in candidates:
+            row = dataclasses.asdict(c)
+            sent = dt.datetime.fromtimestamp(c.send_at_ms / 1000, dt.UTC)
+            row["send_at"] = sent.isoformat().replace("+00:00", "Z")
+            rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+        # Not mkstemp: its 0600 would replace the usual (umask) mode of the file.
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.writelines(rows)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        written.append(True)
+
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
         offers = _offer_engine(config, store)
         recommender = RecommendationEngine(
@@ -666,31 +696,27 @@ def cmd_push_candidates(args: argparse.Namespace) -> int:
             catalog=offers.catalog,
             session_timeout_s=config.session_timeout_s,
         )
-        # Opened before planning: a bad --out fails before anything is recorded.
-        with out.open("w") as fh:
-            try:
-                plan = plan_push(
-                    store,
-                    recommender,
-                    offers,
-                    lapse_days=args.lapse_days,
-                    rhythm_factor=args.rhythm_factor,
-                    min_sessions=args.min_sessions,
-                    quiet_hours=quiet,
-                    max_per_user=max_per_user,
-                    cap_window_days=window,
-                    limit=args.limit,
-                    record=not args.dry_run,
-                )
-            except BaseException:
-                fh.close()
+        try:
+            plan = plan_push(
+                store,
+                recommender,
+                offers,
+                lapse_days=args.lapse_days,
+                rhythm_factor=args.rhythm_factor,
+                min_sessions=args.min_sessions,
+                quiet_hours=quiet,
+                max_per_user=max_per_user,
+                cap_window_days=window,
+                limit=args.limit,
+                record=not args.dry_run,
+                deliver=write,
+            )
+        except BaseException:
+            if written and not args.dry_run:
+                # Written, but the recording failed: a file nobody is capped for
+                # must not be sent.
                 out.unlink(missing_ok=True)
-                raise
-            for c in plan.candidates:
-                row = dataclasses.asdict(c)
-                sent = dt.datetime.fromtimestamp(c.send_at_ms / 1000, dt.UTC)
-                row["send_at"] = sent.isoformat().replace("+00:00", "Z")
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            raise
     now = dt.datetime.fromtimestamp(plan.now_ms / 1000, dt.UTC)
     summary = {
         **plan.summary(),
@@ -780,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet-hours",
         default=None,
-        help="UTC hours START-END without pushes, e.g. 22-8, or none (default: the config's)",
+        help="local hours START-END without pushes, e.g. 22-8, or none (default: the config's)",
     )
     p.add_argument("--max-per-user", type=int, default=None, help="pushes per cap window (1)")
     p.add_argument("--cap-window-days", type=float, default=None, help="the cap's window (7)")

@@ -53,8 +53,9 @@ class Config:
     cold_item_share: float = 0.1
     #: Share of users (stable hash of the user id) who get no offers, to measure uplift.
     offer_holdout_share: float = 0.1
-    #: Push candidates: no sends in [start, end) UTC hours, at most max_per_user
-    #: pushes per user in any cap window.
+    #: Push candidates: no sends in [start, end) hours of the user's local time
+    #: (UTC when the user never reported an offset), at most max_per_user pushes
+    #: per user in any cap window.
     push_quiet_start_hour: int = 22
     push_quiet_end_hour: int = 8
     push_max_per_user: int = 1

@@ -28,6 +28,11 @@ class Unavailable(SessionrecError):
     """A transient failure (database locked, disk full); retrying may succeed."""
 
 
+class DeadlineExceeded(SessionrecError):
+    """The caller's deadline passed (or was about to) before the work was done;
+    the work was stopped and nothing of it was kept."""
+
+
 class ResourceExhausted(SessionrecError):
     """A limit was hit (batch too large, rate limit)."""
 

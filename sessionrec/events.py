@@ -78,6 +78,9 @@ class SessionRecord:
     #: inactivity timeout runs from here, so late uploads of old events do not
     #: close a session that is still receiving them. 0: use last_event_at_ms.
     last_seen_ms: int = 0
+    #: The device's offset from UTC in minutes when the session started (120:
+    #: UTC+2), as the client reported it; None: not reported.
+    utc_offset_min: int | None = None
 
     def __post_init__(self) -> None:
         if not self.last_seen_ms:

@@ -50,8 +50,9 @@ SCHEMA_VERSION = 5
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
-    " ended_at_ms, end_reason, event_count, total_dwell_ms, last_seen_ms"
+    " ended_at_ms, end_reason, event_count, total_dwell_ms, last_seen_ms, utc_offset_min"
 )
+_SESSION_MARKS = ", ".join("?" * len(_SESSION_COLUMNS.split(",")))
 _ITEM_COLUMNS = (
     "item_id, title, categories, price, available, attributes, created_at_ms,"
     " updated_at_ms, version"
@@ -71,10 +72,13 @@ DAY_MS = 86_400_000
 #: The UTC day number of ``started_at_ms`` (floor division, also before 1970:
 #: SQLite's ``/`` and ``%`` truncate towards zero).
 _START_DAY_SQL = f"(started_at_ms - ((started_at_ms % {DAY_MS}) + {DAY_MS}) % {DAY_MS}) / {DAY_MS}"
-# Marks the start day of a session as changed: its cached analytics columns
-# are dropped and its stamp raised (a cache built before cannot be stored).
-_MARK_DAY_SQL = f"""
-INSERT INTO analytics_days (day) SELECT {_START_DAY_SQL} FROM sessions WHERE session_id = ?
+# Marks the start days of the sessions in a JSON array as changed: their cached
+# analytics columns are dropped and their stamps raised (a cache built before
+# cannot be stored any more).
+_MARK_DAYS_SQL = f"""
+INSERT INTO analytics_days (day)
+SELECT DISTINCT {_START_DAY_SQL} FROM sessions
+WHERE session_id IN (SELECT value FROM json_each(?))
 ON CONFLICT (day) DO UPDATE SET stamp = stamp + 1, data = NULL
 """
 _TOTAL_DWELL_SQL = f"""
@@ -99,6 +103,7 @@ def _session_from_row(row: Sequence) -> SessionRecord:
         event_count=row[8],
         total_dwell_ms=row[9],
         last_seen_ms=row[10],
+        utc_offset_min=row[11],
     )
 
 
@@ -247,8 +252,7 @@ class SQLiteStore(Store):
     def start_session(self, session: SessionRecord) -> SessionRecord:
         with self._transaction() as c:
             c.execute(
-                f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_MARKS})",
                 _session_params(session),
             )
             _mark_days(c, [session.session_id])
@@ -408,7 +412,7 @@ class SQLiteStore(Store):
             if stored_new:
                 c.executemany(
                     f"INSERT OR IGNORE INTO sessions ({_SESSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"VALUES ({_SESSION_MARKS})",
                     [_session_params(s) for s in stored_new],
                 )
             if touched:
@@ -954,7 +958,12 @@ def _migration_4(conn: sqlite3.Connection) -> None:
 
 def _migration_5(conn: sqlite3.Connection) -> None:
     """Session analytics by start day: an index on the start, and per UTC day a
-    change stamp and the day's cached analytics columns (NULL: build again)."""
+    change stamp and the day's cached analytics columns (NULL: build again).
+    Sessions keep the device's UTC offset (minutes, NULL: not reported), so
+    push times can follow the user's local clock."""
+    sessions = sqlite_utils.Database(conn).table("sessions")
+    if "utc_offset_min" not in sessions.columns_dict:
+        sessions.add_column("utc_offset_min", int)
     conn.execute("CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_at_ms)")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS analytics_days (day INTEGER PRIMARY KEY,"
@@ -968,7 +977,7 @@ def _migration_5(conn: sqlite3.Connection) -> None:
 def _mark_days(c: sqlite3.Connection, session_ids: Sequence[str]) -> None:
     """Marks the start days of these sessions as changed (inside a transaction)."""
     if session_ids:
-        c.executemany(_MARK_DAY_SQL, [(sid,) for sid in dict.fromkeys(session_ids)])
+        c.execute(_MARK_DAYS_SQL, (json.dumps(list(dict.fromkeys(session_ids))),))
 
 
 _MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
@@ -987,6 +996,7 @@ def _session_params(s: SessionRecord) -> tuple:
         s.event_count,
         s.total_dwell_ms,
         s.last_seen_ms,
+        s.utc_offset_min,
     )
 
 

@@ -80,18 +80,20 @@ NEW_USER: UserSegment
 RETURNING_USER: UserSegment
 
 class StartSessionRequest(_message.Message):
-    __slots__ = ("user_id", "platform", "app_version", "session_id", "started_at")
+    __slots__ = ("user_id", "platform", "app_version", "session_id", "started_at", "utc_offset_minutes")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_MINUTES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     platform: Platform
     app_version: str
     session_id: str
     started_at: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., session_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    utc_offset_minutes: int
+    def __init__(self, user_id: _Optional[str] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., session_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., utc_offset_minutes: _Optional[int] = ...) -> None: ...
 
 class StartSessionResponse(_message.Message):
     __slots__ = ("session_id", "started_at")
@@ -175,7 +177,7 @@ class GetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "user_id", "started_at", "ended_at", "duration_ms", "event_count", "end_reason", "platform", "app_version", "last_event_at", "active", "total_dwell_ms")
+    __slots__ = ("session_id", "user_id", "started_at", "ended_at", "duration_ms", "event_count", "end_reason", "platform", "app_version", "last_event_at", "active", "total_dwell_ms", "utc_offset_minutes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +190,7 @@ class Session(_message.Message):
     LAST_EVENT_AT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_DWELL_MS_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_MINUTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_id: str
     started_at: _timestamp_pb2.Timestamp
@@ -200,7 +203,8 @@ class Session(_message.Message):
     last_event_at: _timestamp_pb2.Timestamp
     active: bool
     total_dwell_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., end_reason: _Optional[_Union[EndReason, str]] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., last_event_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ..., total_dwell_ms: _Optional[int] = ...) -> None: ...
+    utc_offset_minutes: int
+    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., end_reason: _Optional[_Union[EndReason, str]] = ..., platform: _Optional[_Union[Platform, str]] = ..., app_version: _Optional[str] = ..., last_event_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ..., total_dwell_ms: _Optional[int] = ..., utc_offset_minutes: _Optional[int] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "session_id", "n", "include_seen", "filter", "max_per_category", "mmr_lambda")
@@ -551,7 +555,7 @@ class GetPushCandidatesRequest(_message.Message):
     def __init__(self, lapse_days: _Optional[float] = ..., limit: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class PushCandidate(_message.Message):
-    __slots__ = ("user_id", "reason", "days_since_last_session", "item_id", "item_reason", "offer_id", "send_at", "active_hour")
+    __slots__ = ("user_id", "reason", "days_since_last_session", "item_id", "item_reason", "offer_id", "send_at", "active_hour", "utc_offset_minutes")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DAYS_SINCE_LAST_SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -560,6 +564,7 @@ class PushCandidate(_message.Message):
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     SEND_AT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_HOUR_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_MINUTES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     reason: str
     days_since_last_session: float
@@ -568,7 +573,8 @@ class PushCandidate(_message.Message):
     offer_id: str
     send_at: _timestamp_pb2.Timestamp
     active_hour: int
-    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ..., days_since_last_session: _Optional[float] = ..., item_id: _Optional[str] = ..., item_reason: _Optional[str] = ..., offer_id: _Optional[str] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_hour: _Optional[int] = ...) -> None: ...
+    utc_offset_minutes: int
+    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ..., days_since_last_session: _Optional[float] = ..., item_id: _Optional[str] = ..., item_reason: _Optional[str] = ..., offer_id: _Optional[str] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_hour: _Optional[int] = ..., utc_offset_minutes: _Optional[int] = ...) -> None: ...
 
 class GetPushCandidatesResponse(_message.Message):
     __slots__ = ("candidates",)

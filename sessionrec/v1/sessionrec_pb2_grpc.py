@@ -924,9 +924,11 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPushCandidates(self, request, context):
-        """Users who are lapsing, each with the best item and eligible offer, a
-        reason and a send time in their most active hour (quiet hours and a
-        per-user cap honoured).
+        """Users who are lapsing, each with the best item and an offer eligible at
+        the send time, a reason and a send time in their most active local hour
+        (quiet hours in the user's local time and a per-user cap honoured).
+        Stops with DEADLINE_EXCEEDED, recording nothing, when the call's deadline
+        is about to pass.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

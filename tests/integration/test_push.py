@@ -2,7 +2,9 @@
 the lapse and rhythm rules, the active hour and send time, quiet hours, the
 per-user cap in ``push_log`` (and its window, moved with ``now_ms``), the item
 and offer from the real engines on the trained synthetic store, the
-``sessionrec push-candidates`` CLI, and argument checks."""
+``sessionrec push-candidates`` CLI, and argument checks; local time from the
+sessions' UTC offsets, offers judged at the send time, the caller's deadline,
+and a JSONL file written before anything is recorded."""
 
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ import pytest
 
 from service.catalog import Catalog
 from service.offers import OfferEngine
-from service.push import PushCandidate, push_candidates
+from service.push import PushCandidate, next_hour_start, plan_push, push_candidates
 from service.recommender import ModelHolder, RecommendationEngine
-from sessionrec.errors import FailedPrecondition, InvalidArgument
+from sessionrec.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.store import Store, open_store
 from tests.conftest import CLUSTER_A
@@ -48,9 +50,10 @@ def add_sessions(
     item: str = "i1",
     open_last: bool = False,
     received_ms: int | None = None,
+    offsets: Sequence[int | None] | None = None,
 ) -> None:
     """One closed session (a 5-minute item view) per start; the last one left
-    open when ``open_last``."""
+    open when ``open_last``; ``offsets[k]``: the UTC offset of session k."""
     for k, start in enumerate(starts):
         sid = f"{user}-s{start}"
         is_open = open_last and k == len(starts) - 1
@@ -61,6 +64,7 @@ def add_sessions(
             last_event_at_ms=start + 300_000,
             ended_at_ms=None if is_open else start + 300_000,
             end_reason=EndReason.OPEN if is_open else EndReason.CLOSED,
+            utc_offset_min=None if offsets is None else offsets[k],
         )
         event = EventRecord(f"{sid}-e", sid, user, int(EventType.ITEM_VIEW), start, item_id=item)
         result = store.append_events([event], [session], received_ms=received_ms or start)
