@@ -407,3 +407,324 @@ def test_get_push_candidates_through_grpc(tmp_path: Path, start_server) -> None:
     assert [c.user_id for c in again.candidates] == ["gone"]  # the dry run recorded nothing
     capped = stub.GetPushCandidates(pb.GetPushCandidatesRequest(), timeout=30)
     assert list(capped.candidates) == []  # one push per user per 7 days
+
+
+# -------------------------------------------------------------- local time
+def test_the_active_hour_and_send_time_follow_the_users_utc_offset(store, recommender):
+    # UTC+2, every session at 19:00 UTC: 21:00 local, pushed at 19:00 UTC today.
+    add_sessions(store, "east", [at(d, 19) for d in (20, 15, 10)], offsets=[120] * 3)
+    # Only the latest session reported +120: the older ones are read with it too.
+    add_sessions(store, "upgraded", [at(d, 19) for d in (20, 15, 10)], offsets=[None, None, 120])
+    # Summer time ended between sessions: 19:00 UTC at +120 and 20:00 UTC at +60
+    # are all 21:00 local; the push goes out at 21:00 of the latest offset.
+    add_sessions(store, "dst", [at(20, 19), at(15, 19), at(10, 20)], offsets=[120, 120, 60])
+    # UTC+5:30 at 15:30 UTC: 21:00 local.
+    add_sessions(store, "india", [at(d, 15, 30) for d in (20, 15, 10)], offsets=[330] * 3)
+    # Never reported an offset: UTC.
+    add_sessions(store, "unknown", [at(d, 19) for d in (20, 15, 10)])
+
+    got = run(store, recommender)
+
+    assert set(got) == {"east", "upgraded", "dst", "india", "unknown"}
+    for user in ("east", "upgraded"):
+        assert got[user].active_hour == 21
+        assert got[user].utc_offset_minutes == 120
+        assert got[user].send_at_ms == MIDNIGHT + 19 * HOUR  # 21:00 at UTC+2, after 12:30 UTC
+    assert (got["dst"].active_hour, got["dst"].utc_offset_minutes) == (21, 60)
+    assert got["dst"].send_at_ms == MIDNIGHT + 20 * HOUR
+    assert (got["india"].active_hour, got["india"].utc_offset_minutes) == (21, 330)
+    assert got["india"].send_at_ms == MIDNIGHT + 15 * HOUR + 30 * 60_000
+    assert (got["unknown"].active_hour, got["unknown"].utc_offset_minutes) == (19, None)
+    assert got["unknown"].send_at_ms == MIDNIGHT + 19 * HOUR
+
+
+def test_next_hour_start_in_local_time():
+    # 12:30 UTC is 14:30 at UTC+2: 14:00 local has passed (tomorrow, 12:00 UTC),
+    # 15:00 local is 13:00 UTC today.
+    assert next_hour_start(NOW, 14, 120) == MIDNIGHT + DAY + 12 * HOUR
+    assert next_hour_start(NOW, 15, 120) == MIDNIGHT + 13 * HOUR
+    # 12:30 UTC is 02:30 the next day at UTC+14; 01:00 there is 11:00 UTC tomorrow.
+    assert next_hour_start(NOW, 1, 840) == MIDNIGHT + DAY + 11 * HOUR
+    # 12:30 UTC is 00:30 at UTC-12: 23:00 there is 11:00 UTC tomorrow.
+    assert next_hour_start(NOW, 23, -720) == MIDNIGHT + DAY + 11 * HOUR
+    for offset in (-720, -300, 0, 330, 840):
+        for hour in range(24):
+            send = next_hour_start(NOW, hour, offset)
+            assert NOW < send <= NOW + DAY
+            assert ((send + offset * 60_000) // HOUR) % 24 == hour
+            assert (send + offset * 60_000) % HOUR == 0
+
+
+def test_quiet_hours_are_local(store, recommender):
+    # 20:00 UTC is outside 22-8 in UTC, but 23:00 at UTC+3: left out.
+    add_sessions(store, "owl", [at(d, 20) for d in (20, 15, 10)], offsets=[180] * 3)
+    # 02:00 UTC is inside 22-8 in UTC, but 21:00 at UTC-5: a candidate, pushed
+    # at 02:00 UTC (tomorrow: today's has passed).
+    add_sessions(store, "west", [at(d, 2) for d in (20, 15, 10)], offsets=[-300] * 3)
+    # The same sessions without offsets: the other way round.
+    add_sessions(store, "owl-utc", [at(d, 20) for d in (20, 15, 10)])
+    add_sessions(store, "west-utc", [at(d, 2) for d in (20, 15, 10)])
+
+    plan = plan_push(store, recommender, now_ms=NOW, record=False)
+
+    got = {c.user_id: c for c in plan.candidates}
+    assert set(got) == {"west", "owl-utc"}
+    assert plan.skipped_quiet_hours == 2  # owl and west-utc
+    assert (got["west"].active_hour, got["west"].utc_offset_minutes) == (21, -300)
+    assert got["west"].send_at_ms == MIDNIGHT + DAY + 2 * HOUR
+    assert got["owl-utc"].active_hour == 20
+    # Without quiet hours the owl is a candidate at 23:00 local = 20:00 UTC.
+    owl = run(store, recommender, quiet_hours=None)["owl"]
+    assert (owl.active_hour, owl.send_at_ms) == (23, MIDNIGHT + 20 * HOUR)
+
+
+def test_start_session_keeps_the_utc_offset_and_push_uses_it(tmp_path: Path, start_server):
+    """Through gRPC: StartSession stores utc_offset_minutes (GetSession returns
+    it; unset stays unset), refuses an out-of-range one naming the field, and
+    GetPushCandidates reports the local active hour and the offset."""
+    import grpc
+
+    from sessionrec.v1 import sessionrec_pb2 as pb
+    from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+    srv = start_server()
+    now = int(time.time() * 1000)
+    for bad in (841, -841, 100_000):
+        with pytest.raises(grpc.RpcError) as err:
+            srv.sessions.StartSession(
+                pb.StartSessionRequest(user_id="tz", utc_offset_minutes=bad), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("utc_offset_minutes: must be between -840 and 840")
+    assert sql_count(srv.db_path, "SELECT COUNT(*) FROM sessions") == 0
+
+    for d in (30, 25, 20, 15):
+        request = pb.StartSessionRequest(user_id="tz", utc_offset_minutes=120)
+        request.started_at.FromMilliseconds(at(d, 17, now=now))
+        sid = srv.sessions.StartSession(request, timeout=10).session_id
+        ended = srv.sessions.EndSession(pb.EndSessionRequest(session_id=sid), timeout=10)
+        assert ended.HasField("utc_offset_minutes") and ended.utc_offset_minutes == 120
+    for edge in (840, -840, 0):
+        sid = srv.sessions.StartSession(
+            pb.StartSessionRequest(user_id=f"edge{edge}", utc_offset_minutes=edge), timeout=10
+        ).session_id
+        got = srv.sessions.GetSession(pb.GetSessionRequest(session_id=sid), timeout=10)
+        assert got.HasField("utc_offset_minutes") and got.utc_offset_minutes == edge
+    plain = srv.sessions.StartSession(pb.StartSessionRequest(user_id="plain"), timeout=10)
+    got = srv.sessions.GetSession(pb.GetSessionRequest(session_id=plain.session_id), timeout=10)
+    assert not got.HasField("utc_offset_minutes")
+    assert sql_count(srv.db_path, "SELECT COUNT(*) FROM sessions WHERE utc_offset_min IS NULL") == 1
+
+    stub = pb_grpc.AnalyticsServiceStub(srv.channel)
+    reply = stub.GetPushCandidates(pb.GetPushCandidatesRequest(dry_run=True), timeout=30)
+    assert [c.user_id for c in reply.candidates] == ["tz"]
+    tz = reply.candidates[0]
+    assert tz.active_hour == 19  # 17:00 UTC at UTC+2
+    assert tz.HasField("utc_offset_minutes") and tz.utc_offset_minutes == 120
+    assert tz.send_at.ToMilliseconds() % DAY == 17 * HOUR
+    assert tz.send_at.ToMilliseconds() > now
+
+
+def sql_count(path: Path, sql: str) -> int:
+    return int(query(path, sql)[0][0])
+
+
+# -------------------------------------------------- offer at the send time
+def test_the_offer_must_be_valid_when_the_push_is_sent(store, recommender, tmp_path):
+    from sessionrec.offers import iso
+
+    now = int(time.time() * 1000)
+    # Active six hours from now (UTC), so the push goes out in 5-6 hours.
+    hour = (now // HOUR + 6) % 24
+    add_sessions(store, "back", [at(d, hour, now=now) for d in (20, 15, 10)])
+    models = ModelHolder(str(tmp_path / "no-models"))
+    offers = OfferEngine(store, models, Catalog(store), holdout_share=0.0, seed=1)
+
+    def whole(offer_id: str, priority: int, **valid: int) -> dict[str, Any]:
+        offer: dict[str, Any] = {
+            "offer_id": offer_id,
+            "kind": "PERCENT_OFF",
+            "value": 10,
+            "priority": priority,
+            "target": {"whole_catalog": True},
+        }
+        offer.update({name: iso(ms) for name, ms in valid.items()})
+        return offer
+
+    offers.upsert(
+        [
+            whole("ends-soon", 3, valid_until=now + HOUR),  # valid now, gone by the push
+            whole("later", 2, valid_from=now + 2 * HOUR),  # not yet valid now, but at the push
+            whole("always", 1),
+        ]
+    )
+    # Now, the best offer is the one that ends within the hour...
+    assert offers.get_offers("back", 1, preview=True).offers[0].offer.offer_id == "ends-soon"
+
+    (cand,) = push_candidates(store, recommender, offers, now_ms=now, record=False)
+
+    assert now + 5 * HOUR <= cand.send_at_ms <= now + 6 * HOUR
+    # ...but the push goes out after it ended: the best one valid then.
+    assert cand.offer_id == "later"
+    offers.delete("later")
+    (cand,) = push_candidates(store, recommender, offers, now_ms=now, record=False)
+    assert cand.offer_id == "always"
+    with pytest.raises(InvalidArgument, match=r"^at_ms: only with preview"):
+        offers.get_offers("back", 1, at_ms=cand.send_at_ms)
+
+
+# ----------------------------------------------------------------- deadline
+def lapsing_crowd(store: Store, users: int, now: int) -> None:
+    """``users`` users with two sessions each, the last one ten days ago (one batch)."""
+    events, sessions = [], []
+    for u in range(users):
+        for k, start in enumerate((now - 20 * DAY + u * 1000, now - 10 * DAY + u * 1000)):
+            sid = f"crowd{u}-s{k}"
+            sessions.append(
+                SessionRecord(
+                    sid,
+                    f"crowd{u}",
+                    started_at_ms=start,
+                    last_event_at_ms=start + 1000,
+                    ended_at_ms=start + 1000,
+                    end_reason=EndReason.CLOSED,
+                )
+            )
+            events.append(
+                EventRecord(f"{sid}-e", sid, f"crowd{u}", int(EventType.ITEM_VIEW), start, "i1")
+            )
+    store.append_events(events, sessions, received_ms=now - DAY)
+
+
+def test_plan_push_stops_when_asked_and_records_nothing(store, recommender, tmp_path):
+    lapsing_crowd(store, 50, NOW)
+    asked = []
+
+    def after(n: int):
+        def should_stop() -> bool:
+            asked.append(1)
+            return len(asked) > n
+
+        return should_stop
+
+    # At the first question, after ten users' content, and at the last one (50
+    # users' content, then before recording and again holding the write lock).
+    for n in (0, 10, 51):
+        asked.clear()
+        with pytest.raises(DeadlineExceeded, match=r"^deadline: .*nothing recorded"):
+            push_candidates(store, recommender, now_ms=NOW, quiet_hours=None, should_stop=after(n))
+    assert push_log(tmp_path / "push.db") == []
+    got = push_candidates(
+        store, recommender, now_ms=NOW, quiet_hours=None, should_stop=lambda: False
+    )
+    assert len(got) == 50 and len(push_log(tmp_path / "push.db")) == 50
+
+
+def test_get_push_candidates_gives_up_with_the_caller(tmp_path: Path, start_server) -> None:
+    """A deadline far shorter than the work: DEADLINE_EXCEEDED, and the server
+    does not finish behind the caller's back (nobody is capped), then serves on."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    from sessionrec.v1 import sessionrec_pb2 as pb
+    from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+    users = 5000
+    now = int(time.time() * 1000)
+    db = tmp_path / "crowd.db"
+    with open_store("sqlite:///" + str(db)) as s:
+        lapsing_crowd(s, users, now)
+    srv = start_server(db, tmp_path / "models", push_quiet_start_hour=0, push_quiet_end_hour=0)
+    stub = pb_grpc.AnalyticsServiceStub(srv.channel)
+    everyone = pb.GetPushCandidatesRequest(limit=users)
+    started = time.monotonic()
+    dry = stub.GetPushCandidates(pb.GetPushCandidatesRequest(limit=users, dry_run=True), timeout=60)
+    full_s = time.monotonic() - started
+    assert len(dry.candidates) == users
+
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetPushCandidates(everyone, timeout=min(0.3, full_s / 3))
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Long enough for a run that ignored the deadline to finish and record.
+    time.sleep(2 * full_s + 0.5)
+    assert push_log(db) == []
+
+    health = srv.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    recorded = stub.GetPushCandidates(everyone, timeout=60)
+    assert len(recorded.candidates) == users  # nobody was capped by the abandoned call
+    assert len(push_log(db)) == users
+
+
+# ---------------------------------------------------------- file, then log
+def test_deliver_gets_exactly_what_is_recorded_and_a_failure_records_nothing(
+    store, recommender, tmp_path
+):
+    db = tmp_path / "push.db"
+    add_sessions(store, "gone", [at(20, 19), at(18, 19), at(16, 19)])
+    add_sessions(store, "other", [at(30, 18), at(28, 18)])
+
+    def broken(candidates: list[PushCandidate]) -> None:
+        assert push_log(db) == []  # called before anything is recorded
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        push_candidates(store, recommender, now_ms=NOW, deliver=broken)
+    assert push_log(db) == []
+
+    delivered: list[list[str]] = []
+    got = push_candidates(
+        store,
+        recommender,
+        now_ms=NOW,
+        deliver=lambda cs: delivered.append([c.user_id for c in cs]),
+    )
+    assert delivered == [[c.user_id for c in got]] == [["other", "gone"]]
+    assert sorted(u for u, _ in push_log(db)) == ["gone", "other"]
+    # Capped: an empty delivery; a dry run delivers too.
+    delivered.clear()
+    assert push_candidates(store, recommender, now_ms=NOW, deliver=delivered.append) == []
+    push_candidates(
+        store, recommender, now_ms=NOW + 8 * DAY, record=False, deliver=delivered.append
+    )
+    assert [[c.user_id for c in cs] for cs in delivered] == [[], ["other", "gone"]]
+
+
+def test_cli_records_nothing_when_the_file_cannot_be_written(synthetic_copy, cli, tmp_path):
+    store, _, _, _ = engines(synthetic_copy)
+    store.close()
+    base = [
+        "push-candidates",
+        "--db",
+        synthetic_copy.db_url,
+        "--models",
+        str(synthetic_copy.models_dir),
+        "--lapse-days",
+        "3",
+        "--quiet-hours",
+        "none",
+    ]
+    missing = cli(*base, "--out", str(tmp_path / "no-such-dir" / "push.jsonl"))
+    assert missing.returncode == 2
+    assert "push-candidates: error: --out: no such directory" in missing.stderr
+    assert push_log(synthetic_copy.db_path) == []
+
+    # The out path is a directory: the file is written, but cannot take its
+    # place; nothing is recorded, and no temp file is left behind.
+    target = tmp_path / "out" / "push.jsonl"
+    target.mkdir(parents=True)
+    failed = cli(*base, "--out", str(target))
+    assert failed.returncode == 2, failed.stdout
+    assert "push-candidates: error:" in failed.stderr and "push.jsonl" in failed.stderr
+    assert push_log(synthetic_copy.db_path) == []
+    assert sorted(p.name for p in target.parent.iterdir()) == ["push.jsonl"]
+    assert list(target.iterdir()) == []
+
+    # Written and recorded once the path is a file's.
+    target.rmdir()
+    ok = cli(*base, "--out", str(target))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.json()["recorded"] == 2
+    assert len(target.read_text().splitlines()) == 2
+    assert sorted(u for u, _ in push_log(synthetic_copy.db_path)) == ["u03", "u05"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["push.jsonl"]

@@ -458,6 +458,51 @@ def test_a_version_2_file_gains_an_empty_catalog_keeping_its_events(tmp_path: Pa
         check.close()
 
 
+def test_a_version_4_file_gains_the_sessions_utc_offset(tmp_path: Path) -> None:
+    from sessionrec.store.sqlite import _migration_1, _migration_2, _migration_3, _migration_4
+
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path)
+    for step in (_migration_1, _migration_2, _migration_3, _migration_4):
+        step(conn)
+    conn.execute(
+        "INSERT INTO sessions (session_id, user_id, started_at_ms, last_event_at_ms) "
+        "VALUES ('old', 'u1', 1000, 5000)"
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        old = store.get_session("old")
+        assert old is not None and old.utc_offset_min is None
+        store.start_session(
+            SessionRecord("tz", "u1", started_at_ms=0, last_event_at_ms=0, utc_offset_min=-570)
+        )
+        assert store.get_session("tz").utc_offset_min == -570  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_the_utc_offset_is_kept_by_start_and_by_appends(store: Store) -> None:
+    started = store.start_session(
+        SessionRecord("s1", "u1", started_at_ms=0, last_event_at_ms=0, utc_offset_min=120)
+    )
+    assert started.utc_offset_min == 120
+    # Starting it again keeps the stored session, offset included.
+    again = store.start_session(SessionRecord("s1", "u1", started_at_ms=5, last_event_at_ms=5))
+    assert again.utc_offset_min == 120
+    store.append_events(
+        [ev("e1", 10, session="s2")],
+        [SessionRecord("s2", "u1", started_at_ms=10, last_event_at_ms=10, utc_offset_min=330)],
+    )
+    store.append_events([ev("e2", 20, session="s3")], [SessionRecord("s3", "u1", 20, 20)])
+    found = store.get_sessions(["s1", "s2", "s3"])
+    assert {sid: s.utc_offset_min for sid, s in found.items()} == {"s1": 120, "s2": 330, "s3": None}
+    store.end_session("s2", 30, EndReason.CLOSED, derive_last_dwell=True)
+    assert store.get_session("s2").utc_offset_min == 330  # type: ignore[union-attr]
+
+
 def test_item_events_carry_sessions_only_when_asked(store: Store) -> None:
     store.start_session(SessionRecord("s", "u1", started_at_ms=0, last_event_at_ms=0))
     store.append_events(
