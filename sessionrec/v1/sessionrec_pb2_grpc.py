@@ -514,6 +514,11 @@ class AdminServiceStub:
                 request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/sessionrec.v1.AdminService/DeleteUser',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -535,6 +540,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUser(self, request, context):
+        """Erases everything stored about a user: events, sessions, session tokens,
+        offer log, push log and quarantined events. Served recommendations forget
+        the user at once (the next Recommend is cold-start), not only after the
+        next training. Erasing an unknown user is not an error (all counts 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -547,6 +562,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.GetModelInfoRequest.FromString,
                     response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.ModelInfo.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteUserRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +625,33 @@ class AdminService:
             '/sessionrec.v1.AdminService/GetModelInfo',
             sessionrec_dot_v1_dot_sessionrec__pb2.GetModelInfoRequest.SerializeToString,
             sessionrec_dot_v1_dot_sessionrec__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionrec.v1.AdminService/DeleteUser',
+            sessionrec_dot_v1_dot_sessionrec__pb2.DeleteUserRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
