@@ -46,7 +46,7 @@ from sessionrec.store.base import (
     Store,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _VIEW_TYPES_SQL = ",".join(str(int(t)) for t in sorted(VIEW_TYPES))
 _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
@@ -974,13 +974,42 @@ def _migration_5(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_6(conn: sqlite3.Connection) -> None:
+    """Trust and safety: API keys (only a hash of the secret is kept), server
+    secrets (the session-token signing key), and quarantined events (rejected
+    events with their reason)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, name TEXT NOT NULL,"
+        " role TEXT NOT NULL, secret_hash TEXT NOT NULL, created_at_ms INTEGER NOT NULL,"
+        " revoked_at_ms INTEGER)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS server_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL,"
+        " created_at_ms INTEGER NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, received_at_ms INTEGER"
+        " NOT NULL, user_id TEXT, session_id TEXT, event_id TEXT, field TEXT, reason TEXT NOT NULL,"
+        " code INTEGER NOT NULL, event TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS quarantine_user ON quarantine(user_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine(received_at_ms)")
+
+
 def _mark_days(c: sqlite3.Connection, session_ids: Sequence[str]) -> None:
     """Marks the start days of these sessions as changed (inside a transaction)."""
     if session_ids:
         c.execute(_MARK_DAYS_SQL, (json.dumps(list(dict.fromkeys(session_ids))),))
 
 
-_MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+_MIGRATIONS = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+    _migration_6,
+)
 
 
 def _session_params(s: SessionRecord) -> tuple:

@@ -43,6 +43,7 @@ from sessionrec.analytics import TOP_ITEMS, refresh_days, screen_flows, session_
 from sessionrec.analytics_days import DayColumns, build_day, decode, encode
 from sessionrec.events import EndReason
 from sessionrec.store import Store, open_store
+from sessionrec.store.sqlite import SCHEMA_VERSION
 
 NOW = T0 + 40 * DAY
 
@@ -330,7 +331,7 @@ def test_store_without_the_analytics_table_is_refused(db_path: Path, store: Stor
     ):
         with pytest.raises(ValueError, match="not been upgraded to the analytics schema"):
             call()
-    assert sql(db_path, "PRAGMA user_version") == [(5,)]
+    assert sql(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert not sql(db_path, "SELECT 1 FROM sqlite_master WHERE name = 'analytics_days'")
 
 
@@ -359,7 +360,7 @@ def test_migration_5_makes_a_day_for_every_session_start(db_path: Path, how: str
     want_days = {at // DAY for at in starts}  # floor, also before 1970
     assert want_days == {T0 // DAY, T0 // DAY + 3, -1, -2}
     assert day_rows(db_path) == {d: (0, False) for d in want_days}
-    assert sql(db_path, "PRAGMA user_version") == [(5,)]
+    assert sql(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert sql(
         db_path, "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'sessions_started'"
     ) == [("sessions_started",)]

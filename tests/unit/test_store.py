@@ -421,7 +421,7 @@ def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> No
     finally:
         store.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     check.close()
 
 
