@@ -32,6 +32,10 @@ What it measures, in order, all on this machine and against 127.0.0.1 only:
    ``--analytics-only``, left out with ``--no-analytics`` or ``--quick``): a
    synthetic year of app sessions (1M events) and GetSessionStats latency over
    it, cold and cached (:mod:`bench.analytics`).
+6. Soak (issue 7; in the default run, alone with ``--soak-only``, left out with
+   ``--no-soak`` or ``--quick``): several clients mixing ingestion and
+   recommendations for ``--soak-seconds``; error counts, p99 drift and the
+   server's memory growth (:mod:`bench.soak`).
 
 Numbers are printed as a markdown table and written as JSON (``--out``). Nothing
 is asserted about timings; any RPC error (or a rejected event) ends the run with
@@ -67,6 +71,8 @@ import numpy as np
 
 from bench.analytics import AnalyticsSpec, bench_analytics
 from bench.analytics import markdown_lines as analytics_markdown
+from bench.soak import SoakSpec, bench_soak
+from bench.soak import markdown_lines as soak_markdown
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -1083,6 +1089,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "| Benchmark | Measure | Result |", "|---|---|---|", *rows]
     if "analytics" in results:
         lines += analytics_markdown(results["analytics"])
+    if "soak" in results:
+        lines += soak_markdown(results["soak"])
     lines += ["", f"total benchmark time: {results['total_seconds']:.1f} s"]
     return "\n".join(lines)
 
@@ -1221,8 +1229,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scale = scale and not args.analytics_only
     # The session analytics section (about 1.5 min): in the default run, not with --quick.
     analytics = args.analytics_only or not (args.quick or args.no_analytics or args.scale_only)
+    # The soak (issue 7, --soak-seconds, 2 min by default): in the default run, or alone.
+    soak = args.soak_only or not (
+        args.quick or args.no_soak or args.scale_only or args.analytics_only
+    )
+    analytics = analytics and not args.soak_only
+    scale = scale and not args.soak_only
     started = time.perf_counter()
-    if args.analytics_only:
+    if args.soak_only:
+        name = "soak only"
+    elif args.analytics_only:
         name = "session analytics at scale only"
     elif args.scale_only:
         name = "training at scale only"
@@ -1247,7 +1263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sessionrec-bench-") as tmp_name:
         tmp = Path(tmp_name)
         say(f"[bench] profile {name}; scratch {tmp}")
-        if not (args.scale_only or args.analytics_only):
+        if not (args.scale_only or args.analytics_only or args.soak_only):
             run_service(args, profile, tmp, results, phase)
         if scale:
             spec = dataclasses.replace(ScaleSpec(), events=args.scale_events)
@@ -1257,6 +1273,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             aspec = dataclasses.replace(AnalyticsSpec(), events=args.analytics_events)
             with phase("session analytics at scale"):
                 results["analytics"] = bench_analytics(tmp / "analytics", aspec)
+        if soak:
+            sspec = dataclasses.replace(SoakSpec(), seconds=args.soak_seconds)
+            with phase("soak"):
+                results["soak"] = bench_soak(tmp / "soak", sspec)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -1299,6 +1319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=AnalyticsSpec.events,
         help=f"events in the session analytics log (default {AnalyticsSpec.events:,})",
     )
+    parser.add_argument("--no-soak", action="store_true", help="leave out the soak section")
+    parser.add_argument("--soak-only", action="store_true", help="run only the soak section")
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=SoakSpec.seconds,
+        help=f"length of the soak (default {SoakSpec.seconds:.0f} s, at least 60)",
+    )
     parser.add_argument(
         "--scale-events",
         type=int,
@@ -1310,6 +1338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--scale-only and --no-scale exclude each other")
     if args.analytics_only and (args.no_analytics or args.scale_only):
         parser.error("--analytics-only excludes --no-analytics and --scale-only")
+    if args.soak_only and (args.no_soak or args.scale_only or args.analytics_only):
+        parser.error("--soak-only excludes --no-soak, --scale-only and --analytics-only")
+    if args.soak_seconds < 60:
+        parser.error("--soak-seconds: at least 60")
     if args.analytics_events < 10_000:
         parser.error("--analytics-events: at least 10,000")
     if args.scale_events < 2 * ScaleSpec.users:

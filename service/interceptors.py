@@ -4,6 +4,10 @@ Servicers raise :mod:`sessionrec.errors` exceptions; this interceptor maps
 them to status codes with the error's message (which names the field). Any
 other exception is a bug: it is logged with its traceback and the client gets
 INTERNAL, never UNKNOWN and never a stack trace.
+
+It also hands the caller's deadline down (:mod:`sessionrec.deadline`), so the
+store waits no longer than the caller does, and does not start a call whose
+caller already gave up while it waited for a worker thread.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from sessionrec import errors
+from sessionrec import deadline, errors
 
 log = logging.getLogger("sessionrec.service")
 
@@ -27,6 +31,8 @@ STATUS_BY_ERROR: dict[type[errors.SessionrecError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ArtifactError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -50,12 +56,24 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         behavior = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"deadline: {method}: the caller's deadline passed before the call started",
+                )
+            if not context.is_active():
+                context.abort(grpc.StatusCode.CANCELLED, f"{method}: the caller went away")
             try:
-                return behavior(request, context)
+                with deadline.caller_deadline(remaining):
+                    return behavior(request, context)
             except errors.SessionrecError as exc:
                 code = status_for(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.error("%s failed", method, exc_info=True)
+                retry_after = getattr(exc, "retry_after_ms", None)
+                if retry_after is not None:
+                    context.set_trailing_metadata((("retry-after-ms", str(int(retry_after))),))
                 context.abort(code, str(exc))
             except Exception:
                 log.exception("%s failed with an unexpected error", method)

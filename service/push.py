@@ -114,7 +114,8 @@ DAY_MS = 24 * HOUR_MS
 #: ``should_stop`` is asked every this many SQLite virtual-machine steps while
 #: the sessions are read.
 _PROGRESS_STEPS = 20_000
-#: How long the recording transaction waits for the store's writer.
+#: How long the read-only connection waits on a busy file (recording goes through
+#: the store's writer and its busy timeout).
 BUSY_TIMEOUT_MS = 5000
 _PUSH_LOG_SQL = (
     "CREATE TABLE IF NOT EXISTS push_log ("
@@ -272,7 +273,7 @@ def plan_push(
         candidates.append(_fill(user, recommender, offers))
     stop.check(f"with all {len(candidates)} candidates planned, before recording")
     if record and candidates:
-        recorded = _record(path, candidates, since_ms, max_per_user, stop, deliver)
+        recorded = _record(store, candidates, since_ms, max_per_user, stop, deliver)
         plan.skipped_cap += len(candidates) - len(recorded)
         candidates = recorded
     elif deliver is not None:
@@ -552,7 +553,7 @@ def _fill(
 
 # --------------------------------------------------------------- recording
 def _record(
-    path: str,
+    store: Store,
     candidates: list[PushCandidate],
     since_ms: int,
     max_per_user: int,
@@ -561,32 +562,23 @@ def _record(
 ) -> list[PushCandidate]:
     """Writes the candidates still under the cap to push_log (one transaction)
     after handing them to ``deliver``; returns them. ``created_ms`` is the wall
-    clock, whatever ``now_ms`` was."""
+    clock, whatever ``now_ms`` was. Through the store's own writer: one
+    connection writes and checkpoints the file (``sessionrec.store.sqlite``)."""
     created = time.time_ns() // 1_000_000
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(_PUSH_LOG_SQL)
-            conn.execute(_PUSH_LOG_INDEX_SQL)
-            counts = _cap_counts(conn, since_ms)
-            kept = [c for c in candidates if counts.get(c.user_id, 0) < max_per_user]
-            conn.executemany(
-                "INSERT INTO push_log (user_id, planned_ms, created_ms) VALUES (?, ?, ?)",
-                [(c.user_id, c.send_at_ms, created) for c in kept],
-            )
-            # Waiting for the write lock may have used up the deadline.
-            stop.check("before recording (the store's write lock was busy)")
-            if deliver is not None:
-                deliver(list(kept))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.OperationalError as exc:
-        raise _translate(exc) from exc
-    finally:
-        conn.close()
+    write = getattr(store, "write_transaction", None)
+    if write is None:
+        raise FailedPrecondition("store: recording pushes needs the SQLite store's writer")
+    with write() as conn:
+        conn.execute(_PUSH_LOG_SQL)
+        conn.execute(_PUSH_LOG_INDEX_SQL)
+        counts = _cap_counts(conn, since_ms)
+        kept = [c for c in candidates if counts.get(c.user_id, 0) < max_per_user]
+        conn.executemany(
+            "INSERT INTO push_log (user_id, planned_ms, created_ms) VALUES (?, ?, ?)",
+            [(c.user_id, c.send_at_ms, created) for c in kept],
+        )
+        # Waiting for the write lock may have used up the deadline.
+        stop.check("before recording (the store's write lock was busy)")
+        if deliver is not None:
+            deliver(list(kept))
     return kept

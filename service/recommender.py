@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +88,18 @@ class ModelHolder:
         #: A version asked for by name (a rollback): the poller leaves it alone
         #: until ``reload()`` without a version follows CURRENT again.
         self.pinned: str | None = None
+        #: Why the newest artifact asked for could not be loaded (None: it was):
+        #: the model is degraded (an older one, or none, keeps serving).
         self.last_error: str | None = None
+        self._listeners: list[Callable[[str | None], None]] = []
+
+    def add_listener(self, listener: Callable[[str | None], None]) -> None:
+        """``listener(last_error)`` is called after every load attempt."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener(self.last_error)
 
     @property
     def current(self) -> LoadedModel | None:
@@ -115,6 +127,7 @@ class ModelHolder:
                 self._refused = target
                 self.last_error = str(exc)
                 log.error("refused model %s, keeping the current one: %s", target, exc)
+                self._notify()
                 raise
             loaded = LoadedModel(artifact, dt.datetime.now(dt.UTC))
             self._loaded = loaded
@@ -128,6 +141,7 @@ class ModelHolder:
                 len(artifact.users),
                 len(artifact.items),
             )
+            self._notify()
             return loaded
 
     def start_polling(self, interval_s: float) -> None:

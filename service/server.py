@@ -1,12 +1,29 @@
-"""The sessionrec gRPC server: wiring, health, reflection, graceful shutdown."""
+"""The sessionrec gRPC server: wiring, health, reflection, graceful shutdown.
+
+Health (grpc.health.v1), by service name:
+
+* ``""`` (the whole server): SERVING while it accepts calls *and* the store
+  takes writes. A write that fails for lack of space or an I/O error turns it
+  NOT_SERVING until a write succeeds again or a probe (every
+  ``STORE_PROBE_INTERVAL_S``, only while failing; it writes nothing) finds
+  room on the file system and under the page cap.
+* The write-dependent services (``WRITING_SERVICES``) follow ``""``; the
+  others (recommendations, admin) stay SERVING while the store is full.
+* ``sessionrec.model`` (``MODEL_HEALTH``): NOT_SERVING while the newest model
+  artifact asked for could not be loaded (corrupted, tampered): *degraded*,
+  the last good model (or popularity) keeps serving and ``""`` stays SERVING.
+  gRPC health has no "degraded" status, hence a name of its own.
+* Draining (SIGTERM, ``stop()``): everything NOT_SERVING.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import grpc
@@ -14,8 +31,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from service.auth import AuthInterceptor, SessionTokens
 from service.catalog import Catalog
 from service.interceptors import ErrorMappingInterceptor
+from service.limits import RateLimiter
 from service.offers import OfferEngine
 from service.periodic import PeriodicTask
 from service.recommender import ModelHolder, RecommendationEngine
@@ -46,6 +65,28 @@ SERVICE_NAMES = tuple(
         "AdminService",
     )
 )
+#: The health name that says whether the newest model artifact loaded.
+MODEL_HEALTH = "sessionrec.model"
+#: Services that keep serving while the store cannot write.
+READ_ONLY_SERVICES = frozenset(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("RecommendationService", "AdminService")
+)
+#: How often a server whose writes fail checks whether there is room again.
+STORE_PROBE_INTERVAL_S = 1.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def log_sqlite_version() -> None:
+    """Logs the SQLite library version, with a warning if it has the WAL-reset bug."""
+    from sessionrec.store.sqlite import sqlite_version_warning
+
+    warning = sqlite_version_warning()
+    if warning:
+        log.warning("%s", warning)
+    else:
+        log.info("SQLite %s", sqlite3.sqlite_version)
 
 
 @dataclass
@@ -62,21 +103,42 @@ class SessionrecServer:
     health: health.HealthServicer
     catalog: Catalog
     analytics_refresh: PeriodicTask | None = None
+    store_probe: PeriodicTask | None = None
+    #: Accepting calls (False before the start and while draining).
+    accepting: bool = False
+    _health_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, status)
+        self.accepting = serving
+        self.refresh_health()
+
+    def refresh_health(self) -> None:
+        """Sets every health name from the state now (see the module docstring)."""
+        with self._health_lock:
+            writable = getattr(self.store, "write_error", None) is None
+            model_ok = self.models.last_error is None
+            for name in ("", *SERVICE_NAMES, MODEL_HEALTH):
+                if name == MODEL_HEALTH:
+                    up = self.accepting and model_ok
+                elif name in READ_ONLY_SERVICES:
+                    up = self.accepting
+                else:
+                    up = self.accepting and writable
+                self.health.set(name, SERVING if up else NOT_SERVING)
+
+    def probe_store(self) -> None:
+        """While writes fail: clears the failure once there is room again."""
+        recheck = getattr(self.store, "recheck_space", None)
+        if recheck is not None and getattr(self.store, "write_error", None) is not None:
+            recheck()
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, let in-flight calls finish (up to ``grace`` s), then release everything."""
         grace = self.config.grace_s if grace is None else grace
         self.set_serving(False)
         self.server.stop(grace).wait()
+        if self.store_probe is not None:
+            self.store_probe.stop()
         self.sessions.stop()
         self.models.stop()
         self.catalog.stop()
@@ -103,17 +165,33 @@ def refresh_analytics_days(store: Store) -> None:
         log.debug("analytics: built %d changed days", built)
 
 
+def tls_credentials(config: Config) -> grpc.ServerCredentials:
+    """Server credentials from the PEM files ``tls_cert_file`` and ``tls_key_file``."""
+    with open(config.tls_key_file, "rb") as key, open(config.tls_cert_file, "rb") as cert:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
 def create_server(config: Config, *, store: Store | None = None) -> tuple[SessionrecServer, int]:
     """Builds and starts a server on ``config.host:config.port`` (port 0: any free
     port). Returns the running server and the bound port."""
     # Numpy's BLAS must not spawn its own threads inside gRPC worker threads.
     threadpool_limits(1, "blas")
     store = store or open_store(config.db_url, synchronous=config.sqlite_synchronous)
+    if store.url.startswith("sqlite:"):
+        log_sqlite_version()
+    auth = AuthInterceptor.from_config(store, config)
+    try:  # no API key: open mode, refused off loopback (ConfigError naming host)
+        auth.check_startup(port=config.port or None, tls=bool(config.tls_cert_file))
+        tokens = SessionTokens.for_store(store, config.session_token_ttl_s)
+    except BaseException:
+        store.close()
+        raise
     sessions = SessionManager(
         store,
         timeout_s=config.session_timeout_s,
         max_clock_skew_s=config.max_clock_skew_s,
         max_events_per_call=config.max_events_per_call,
+        user_events_per_s=config.rate_limit_user_events_per_s,
     )
     models = ModelHolder(config.models_dir)
     models.load_initial()
@@ -141,17 +219,25 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
-        interceptors=[ErrorMappingInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[auth, ErrorMappingInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    pb_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
-    pb_grpc.add_RecommendationServiceServicer_to_server(RecommendationServicer(engine), server)
+    pb_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions, tokens), server)
+    # Recommend and GetOffers share one per-user call budget.
+    user_calls = RateLimiter(config.rate_limit_user_calls_per_s, what="calls")
+    pb_grpc.add_RecommendationServiceServicer_to_server(
+        RecommendationServicer(engine, user_calls), server
+    )
     pb_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
-    pb_grpc.add_OfferServiceServicer_to_server(OfferServicer(offers), server)
+    pb_grpc.add_OfferServiceServicer_to_server(OfferServicer(offers, user_calls), server)
     pb_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(store, engine, offers, config), server
     )
-    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(models), server)
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(models, store), server)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
@@ -162,7 +248,10 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     )
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        if config.tls_cert_file:
+            port = server.add_secure_port(address, tls_credentials(config))
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpcio raises instead of returning 0 since 1.5x
         port = 0
         reason = str(exc)
@@ -190,6 +279,14 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
             partial(refresh_analytics_days, store),
         )
         running.analytics_refresh.start()
+    add_write_listener = getattr(store, "add_write_listener", None)
+    if add_write_listener is not None:
+        add_write_listener(lambda _error: running.refresh_health())
+        running.store_probe = PeriodicTask(
+            "store-probe", STORE_PROBE_INTERVAL_S, running.probe_store
+        )
+        running.store_probe.start()
+    models.add_listener(lambda _error: running.refresh_health())
     running.set_serving(False)
     server.start()
     sessions.start_reaper(config.reaper_interval_s)

@@ -7,19 +7,24 @@ Errors are raised as domain exceptions and mapped to status codes by
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service.auth import SessionTokens, bind_events
 from service.catalog import Catalog, Diversity, IncomingItem, ItemFilter
 from service.interceptors import status_for
+from service.limits import RateLimiter
 from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine, Scored
 from service.sessions import IncomingEvent, SessionManager
+from service.validation import require_id
 from sessionrec.config import Config
 from sessionrec.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -32,6 +37,8 @@ from sessionrec.offers import Offer
 from sessionrec.store import Store, sqlite_path_from_url
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sessionrec.service")
 
 #: GetPushCandidates stops (DEADLINE_EXCEEDED, nothing recorded) once less than
 #: this much of the call's deadline is left: time to record and answer.
@@ -162,9 +169,18 @@ def recommend_response(r: Scored) -> pb.RecommendResponse:
     )
 
 
+def stop_if_caller_gone(context: Any, where: str) -> None:
+    """Raises DeadlineExceeded once the caller gave up (its deadline passed, or
+    it cancelled): whatever work is left would be for nobody."""
+    remaining = context.time_remaining()
+    if (remaining is not None and remaining <= 0) or not context.is_active():
+        raise DeadlineExceeded(f"deadline: the caller gave up; stopped {where}")
+
+
 class SessionServicer(pb_grpc.SessionServiceServicer):
-    def __init__(self, sessions: SessionManager):
+    def __init__(self, sessions: SessionManager, tokens: SessionTokens | None = None):
         self.sessions = sessions
+        self.tokens = tokens or SessionTokens.for_store(sessions.store)
 
     def StartSession(self, request, context):
         started_at_ms = None
@@ -183,12 +199,19 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
                 request.utc_offset_minutes if request.HasField("utc_offset_minutes") else None
             ),
         )
+        token, expires_ms = self.tokens.issue_for(session)
         return pb.StartSessionResponse(
-            session_id=session.session_id, started_at=timestamp(session.started_at_ms)
+            session_id=session.session_id,
+            started_at=timestamp(session.started_at_ms),
+            session_token=token,
+            token_expires_at=timestamp(expires_ms),
         )
 
     def TrackEvents(self, request, context):
-        result = self.sessions.track([incoming_event(e) for e in request.events])
+        events = [incoming_event(e) for e in request.events]
+        # Ingest keys must send a token: its session is the only one they may write.
+        bind_events(events, self.tokens.scope(request.session_token))
+        result = self.sessions.track(events)
         return pb.TrackEventsResponse(
             accepted=result.accepted,
             duplicates=result.duplicates,
@@ -197,20 +220,25 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
                 for r in result.rejected
             ],
             event_ids=result.event_ids,
+            quarantined=result.quarantined,
         )
 
     def EndSession(self, request, context):
-        return session_message(self.sessions.end(request.session_id))
+        session_id = self.tokens.scoped_session_id(request.session_id, context)
+        return session_message(self.sessions.end(session_id))
 
     def GetSession(self, request, context):
-        return session_message(self.sessions.get(request.session_id))
+        session_id = self.tokens.scoped_session_id(request.session_id, context)
+        return session_message(self.sessions.get(session_id))
 
 
 class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
-    def __init__(self, engine: RecommendationEngine):
+    def __init__(self, engine: RecommendationEngine, user_calls: RateLimiter | None = None):
         self.engine = engine
+        self.user_calls = user_calls or RateLimiter(0)
 
     def Recommend(self, request, context):
+        self.user_calls.take(request.user_id, field="user_id")
         return recommend_response(
             self.engine.recommend(
                 request.user_id,
@@ -255,8 +283,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
 
 class OfferServicer(pb_grpc.OfferServiceServicer):
-    def __init__(self, offers: OfferEngine):
+    def __init__(self, offers: OfferEngine, user_calls: RateLimiter | None = None):
         self.offers = offers
+        self.user_calls = user_calls or RateLimiter(0)
 
     def UpsertOffers(self, request, context):
         raw = [
@@ -283,6 +312,7 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
         )
 
     def GetOffers(self, request, context):
+        self.user_calls.take(request.user_id, field="user_id")
         result = self.offers.get_offers(
             request.user_id, request.n, session_id=request.session_id, preview=request.preview
         )
@@ -355,6 +385,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             )
             out = stats.to_dict()
             if start is not None and end is not None:
+                stop_if_caller_gone(context, "after the stats, before the screen anomalies")
                 changes = screen_anomalies(
                     path,
                     start_ms=start,
@@ -430,8 +461,16 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, models: ModelHolder):
+    def __init__(self, models: ModelHolder, store: Store):
         self.models = models
+        self.store = store
+
+    def DeleteUser(self, request, context):
+        user_id = require_id(request.user_id, "user_id")
+        deleted = self.store.delete_user(user_id)
+        # Counts only: the id itself stays out of the log.
+        log.info("erased a user: %s", ", ".join(f"{k} {v}" for k, v in deleted.items()))
+        return pb.DeleteUserResponse(deleted=deleted)
 
     def ReloadModel(self, request, context):
         self.models.reload(request.version)

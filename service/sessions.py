@@ -20,6 +20,7 @@ Rules (also in the README):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import threading
@@ -27,10 +28,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
+from service.limits import RateLimiter
 from service.periodic import PeriodicTask
 from service.validation import check_id, require_id
-from sessionrec.errors import InvalidArgument, NotFound, SessionrecError
+from sessionrec.errors import InvalidArgument, NotFound, ResourceExhausted, SessionrecError
 from sessionrec.events import (
     ITEM_REQUIRED,
     MAX_DWELL_MS,
@@ -41,7 +44,9 @@ from sessionrec.events import (
     EventType,
     SessionRecord,
 )
+from sessionrec.pii import personal_data_kind
 from sessionrec.store import Store
+from sessionrec.store.base import QuarantinedEvent
 
 log = logging.getLogger("sessionrec.sessions")
 
@@ -111,6 +116,72 @@ class TrackResult:
     duplicates: int
     rejected: list[Rejection]
     event_ids: list[str]
+    #: Rejected events kept in the quarantine table.
+    quarantined: int = 0
+
+
+class _RateLimited(ResourceExhausted):
+    """An event refused by the per-user rate limit (not quarantined)."""
+
+
+#: Longest string of a quarantined event that is kept whole.
+QUARANTINE_MAX_CHARS = 256
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters, control characters escaped."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return "".join(ch if ord(ch) >= 32 else f"\\x{ord(ch):02x}" for ch in cut)
+
+
+def _quarantine_entries(
+    events: Sequence[IncomingEvent], rejected: list[Rejection], now: int
+) -> list[QuarantinedEvent]:
+    """Rejected events are kept apart with their reason; rate-limited ones are
+    not (they were refused, not judged: the client sends them again)."""
+    return [
+        quarantine_entry(events[r.index], r.error, now)
+        for r in rejected
+        if not isinstance(r.error, _RateLimited)
+    ]
+
+
+def quarantine_entry(e: IncomingEvent, error: SessionrecError, now: int) -> QuarantinedEvent:
+    """The quarantine row of a rejected event: what was sent as JSON, strings cut
+    to :data:`QUARANTINE_MAX_CHARS`, property values that look like personal data
+    left out (only their kind is kept)."""
+
+    def cut(text: str) -> str:
+        return text if len(text) <= QUARANTINE_MAX_CHARS else text[:QUARANTINE_MAX_CHARS] + "..."
+
+    properties = {}
+    for key, value in list(e.properties.items())[: MAX_PROPERTIES + 1]:
+        kind = personal_data_kind(value) or personal_data_kind(key)
+        properties[cut(key) if kind is None else "(removed)"] = (
+            cut(value) if kind is None else f"(removed: looks like a {kind})"
+        )
+    sent = {
+        "event_id": cut(e.event_id),
+        "session_id": cut(e.session_id),
+        "user_id": cut(e.user_id),
+        "type": e.type,
+        "item_id": cut(e.item_id),
+        "screen": cut(e.screen),
+        "dwell_ms": e.dwell_ms,
+        "value": e.value if math.isfinite(e.value) else str(e.value),
+        "ts_ms": e.ts_ms,
+        "properties": properties,
+        "offer_id": cut(e.offer_id),
+    }
+    return QuarantinedEvent(
+        user_id=cut(e.user_id) or None,
+        session_id=cut(e.session_id) or None,
+        event_id=cut(e.event_id) or None,
+        error=type(error).__name__,
+        reason=str(error),
+        event=json.dumps(sent, ensure_ascii=False, sort_keys=True),
+        received_at_ms=now,
+    )
 
 
 class SessionManager:
@@ -122,9 +193,14 @@ class SessionManager:
         max_clock_skew_s: float = 600.0,
         max_events_per_call: int = 1000,
         offer_recorder: OfferRecorder | None = None,
+        user_events_per_s: float = 0.0,
     ):
         self.store = store
         self.offer_recorder = offer_recorder
+        #: Events per second per user (0: no limit), a burst of 2 s worth.
+        self.user_limit = RateLimiter(
+            user_events_per_s, max(max_events_per_call, 2 * user_events_per_s), what="events"
+        )
         self.timeout_ms = int(timeout_s * 1000)
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.max_events = max_events_per_call
@@ -232,16 +308,51 @@ class SessionManager:
             except SessionrecError as exc:
                 rejected.append(Rejection(index, exc))
                 records.append(None)
+        self._limit_users(records, rejected)
         valid = [r for r in records if r is not None]
         if not valid:
-            raise rejected[0].error
+            self._quarantine_and_raise(events, rejected, now)
         opened, superseded = self._sessionize([r for r in valid if not r.session_id], now)
         valid = self._count_offer_events(records, valid, rejected)
         if not valid:
-            raise rejected[0].error
-        result: AppendResult = self.store.append_events(valid, opened, close_sessions=superseded)
+            self._quarantine_and_raise(events, rejected, now)
+        quarantine = _quarantine_entries(events, rejected, now)
+        result: AppendResult = self.store.append_events(
+            valid, opened, close_sessions=superseded, quarantine=quarantine
+        )
         event_ids = [r.event_id if r is not None else "" for r in records]
-        return TrackResult(result.accepted, result.duplicates, rejected, event_ids)
+        # Quarantined: kept now, or already by an earlier try of the same batch.
+        return TrackResult(result.accepted, result.duplicates, rejected, event_ids, len(quarantine))
+
+    def _quarantine_and_raise(
+        self, events: Sequence[IncomingEvent], rejected: list[Rejection], now: int
+    ) -> NoReturn:
+        """No event of the batch can be stored: keep the rejected ones, fail the call."""
+        quarantine = _quarantine_entries(events, rejected, now)
+        if quarantine:
+            self.store.quarantine_events(quarantine)
+        raise rejected[0].error
+
+    def _limit_users(self, records: list[EventRecord | None], rejected: list[Rejection]) -> None:
+        """Per-user event rate: a user over the limit has all their events of
+        this batch refused (RESOURCE_EXHAUSTED with a retry hint), others go on."""
+        if not self.user_limit.enabled:
+            return
+        per_user: dict[str, list[int]] = {}
+        for index, record in enumerate(records):
+            if record is not None:
+                per_user.setdefault(record.user_id, []).append(index)
+        for user, indexes in per_user.items():
+            try:
+                self.user_limit.take(user, len(indexes), field="events")
+            except ResourceExhausted as exc:
+                for index in indexes:
+                    records[index] = None
+                    limited = _RateLimited(
+                        f"events[{index}].{exc}", retry_after_ms=exc.retry_after_ms
+                    )
+                    rejected.append(Rejection(index, limited))
+        rejected.sort(key=lambda r: r.index)
 
     def _count_offer_events(
         self,
@@ -403,6 +514,12 @@ class SessionManager:
             if len(value) > MAX_PROPERTY_VALUE:
                 raise InvalidArgument(
                     f"{where}.properties[{key}]: longer than {MAX_PROPERTY_VALUE} characters"
+                )
+            kind = personal_data_kind(value) or personal_data_kind(key)
+            if kind is not None:
+                raise InvalidArgument(
+                    f"{where}.properties[{_printable(key)}]: looks like a {kind}; sessionrec "
+                    "does not store personal data (send an opaque id instead)"
                 )
 
     # -------------------------------------------------------------- reaper

@@ -1,4 +1,5 @@
-"""``sessionrec`` command line: serve, import, train, evaluate, tune, models, catalog, offers.
+"""``sessionrec`` command line: serve, import, train, evaluate, tune, models, catalog, offers,
+keys.
 
 A thin layer over ``service.server`` and the ``training`` package; progress
 goes to stderr, results (JSON) to stdout.
@@ -191,6 +192,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         session_timeout_s=args.session_timeout,
         workers=args.workers,
         log_level=args.log_level,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
     )
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -779,6 +782,93 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso_ms(ms: int | None) -> str | None:
+    from datetime import UTC, datetime
+
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from sessionrec.apikeys import create_key, revoke_key
+    from sessionrec.store import ApiKeyRecord, open_store
+
+    def public(k: ApiKeyRecord) -> dict[str, Any]:  # never the secret, nor its hash
+        return {
+            "key_id": k.key_id,
+            "name": k.name,
+            "role": k.role,
+            "created_at": _iso_ms(k.created_at_ms),
+            "revoked_at": _iso_ms(k.revoked_at_ms),
+        }
+
+    config = _config(args)
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        if args.action == "create":
+            key, record = create_key(store, args.name, args.role)
+            print(json.dumps({**public(record), "key": key}, indent=2))
+            _stderr(
+                "warning: this is the only time the key is shown (only a hash of it is "
+                "stored); keep it in a secret store now"
+            )
+        elif args.action == "list":
+            print(json.dumps([public(k) for k in store.list_api_keys()], indent=2))
+        else:  # revoke
+            print(json.dumps(public(revoke_key(store, args.key_id)), indent=2))
+    return 0
+
+
+_DURATION_UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
+
+
+def parse_age_ms(text: str) -> int:
+    """``365d``, ``12h``, ``30m``, ``90s`` as milliseconds (> 0)."""
+    value = text.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:]) if value else None
+    number = value[:-1]
+    if unit is None or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+        raise ValueError(f"expected a positive age like 365d, 12h, 30m or 90s, got {text!r}")
+    return int(float(number) * unit)
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """``purge``: retention, removes what is older than ``--older-than``."""
+    import time
+
+    from sessionrec.store import open_store
+
+    try:
+        age_ms = parse_age_ms(args.older_than)
+    except ValueError as exc:
+        raise SessionrecError(f"--older-than: {exc}") from None
+    before_ms = time.time_ns() // 1_000_000 - age_ms
+    config = _config(args)
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        deleted = store.purge_before(
+            before_ms, progress=lambda n: _stderr(f"purge: {n:,} sessions removed so far")
+        )
+    print(json.dumps({"before_ms": before_ms, "deleted": deleted}))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """``quarantine``: the most recently rejected events, with why (JSON lines)."""
+    from sessionrec.store import open_store
+
+    if args.limit < 1:
+        raise SessionrecError(f"--limit: must be >= 1, got {args.limit}")
+    config = _config(args)
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        for q in store.quarantined(args.limit):
+            row = {
+                "received_at_ms": q.received_at_ms,
+                "error": q.error,
+                "reason": q.reason,
+                "event": json.loads(q.event),
+            }
+            print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sessionrec",
@@ -852,6 +942,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser(
+        "purge",
+        help="retention: remove ended sessions (with their events), quarantined events and "
+        "offer/push logs older than an age",
+    )
+    _add_db(p)
+    p.add_argument(
+        "--older-than", required=True, metavar="AGE", help="e.g. 365d, 12h (d, h, m or s)"
+    )
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("quarantine", help="the most recently rejected events and why (JSON lines)")
+    _add_db(p)
+    p.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    p.set_defaults(func=cmd_quarantine)
+
     p = sub.add_parser("offers", help="offer definitions and the uplift report")
     offers = p.add_subparsers(dest="action", required=True)
     q = offers.add_parser("import", help="insert or replace offers from a JSON or YAML file")
@@ -875,7 +981,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=None, help="seconds (default 1800)")
     p.add_argument("--workers", type=int, default=None, help="gRPC worker threads")
     p.add_argument("--log-level", default=None)
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain file")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key file")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="API keys: create, list, revoke")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("create", help="create a key (printed once: store it now)")
+    _add_db(q)
+    q.add_argument("--name", required=True, help="who or what uses the key")
+    q.add_argument(
+        "--role",
+        required=True,
+        choices=["ingest", "serve", "admin"],
+        help="ingest: app clients (sessions, events); serve: app backends; admin: everything",
+    )
+    q.set_defaults(func=cmd_keys)
+    q = actions.add_parser("list", help="every key: id, name, role, created, revoked (no secrets)")
+    _add_db(q)
+    q.set_defaults(func=cmd_keys)
+    q = actions.add_parser("revoke", help="revoke a key (servers refuse it within a second)")
+    _add_db(q)
+    q.add_argument("key_id")
+    q.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("import", help="import historical events (CSV or a public dataset format)")
     _add_db(p)

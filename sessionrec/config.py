@@ -37,7 +37,17 @@ class Config:
     #: Events may be at most this far in the future (device clock skew).
     max_clock_skew_s: float = 600.0
     #: Largest TrackEvents batch.
-    max_events_per_call: int = 1000
+    max_events_per_call: int = 500
+    #: Events per second per user that TrackEvents accepts (a burst of 2 s worth,
+    #: at least one batch; per server process; 0: no limit).
+    rate_limit_user_events_per_s: float = 0.0
+    #: Recommend and GetOffers calls per second per user (burst: twice that; 0: no limit).
+    rate_limit_user_calls_per_s: float = 0.0
+    #: Calls the server works on at once; more are refused at once with
+    #: RESOURCE_EXHAUSTED instead of queueing (load shedding).
+    max_concurrent_rpcs: int = 256
+    #: Largest request message accepted (bytes); larger: RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 4 * 1024 * 1024
     #: gRPC worker threads.
     workers: int = 8
     #: Seconds in-flight calls get to finish on SIGTERM.
@@ -69,6 +79,16 @@ class Config:
     #: SQLite ``synchronous`` pragma: FULL survives power loss, NORMAL only process crashes.
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
+    #: TLS: PEM certificate chain and private key files, both or neither (neither:
+    #: plaintext, for a loopback address or behind a TLS-terminating proxy).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Lifetime of the session tokens StartSession hands out.
+    session_token_ttl_s: float = 86400.0
+    #: Calls per second per API key (token bucket, per server process; 0: no limit),
+    #: and how many calls a key may save up (0: twice the rate, at least 1).
+    rate_limit_per_key_rps: float = 0.0
+    rate_limit_burst: int = 0
 
     @classmethod
     def load(
@@ -155,6 +175,39 @@ class Config:
             raise ConfigError("sqlite_synchronous: must be OFF, NORMAL, FULL or EXTRA")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file")
+                if self.tls_cert_file
+                else ("tls_key_file", "tls_cert_file")
+            )
+            raise ConfigError(f"{missing}: required with {given} (TLS needs both, or neither)")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{name}: no such file {path!r}")
+        if not (math.isfinite(self.session_token_ttl_s) and self.session_token_ttl_s > 0):
+            raise ConfigError(
+                f"session_token_ttl_s: must be a finite number > 0, got {self.session_token_ttl_s}"
+            )
+        for name in ("rate_limit_user_events_per_s", "rate_limit_user_calls_per_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name}: must be a finite number >= 0, got {value}")
+        if self.max_concurrent_rpcs < 1:
+            raise ConfigError(f"max_concurrent_rpcs: must be >= 1, got {self.max_concurrent_rpcs}")
+        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(
+                f"max_message_bytes: must be between 1 KiB and 64 MiB, got {self.max_message_bytes}"
+            )
+        rps = self.rate_limit_per_key_rps
+        if not (math.isfinite(rps) and rps >= 0):
+            raise ConfigError(f"rate_limit_per_key_rps: must be a finite number >= 0, got {rps}")
+        if self.rate_limit_burst < 0:
+            raise ConfigError(f"rate_limit_burst: must be >= 0, got {self.rate_limit_burst}")
 
 
 def _kind(type_name: Any) -> str:

@@ -25,7 +25,7 @@ class FailedPrecondition(SessionrecError):
 
 
 class Unavailable(SessionrecError):
-    """A transient failure (database locked, disk full); retrying may succeed."""
+    """A transient failure (database locked, an I/O error); retrying may succeed."""
 
 
 class DeadlineExceeded(SessionrecError):
@@ -34,7 +34,23 @@ class DeadlineExceeded(SessionrecError):
 
 
 class ResourceExhausted(SessionrecError):
-    """A limit was hit (batch too large, rate limit)."""
+    """A limit was hit (batch too large, rate limit, the store's disk full: "store:
+    disk full", retry once there is room). ``retry_after_ms``: when a
+    retry may succeed, if known (sent as the ``retry-after-ms`` trailing metadata)."""
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class Unauthenticated(SessionrecError):
+    """The caller is not who it must be: no, an unknown or a revoked API key, or
+    a missing, tampered or expired session token."""
+
+
+class PermissionDenied(SessionrecError):
+    """The caller is known but may not do this (its role, or its session token,
+    does not cover the call)."""
 
 
 class ArtifactError(SessionrecError):

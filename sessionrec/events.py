@@ -100,6 +100,8 @@ class SessionRecord:
 class AppendResult:
     accepted: int
     duplicates: int
+    #: Rejected events newly kept in the quarantine table.
+    quarantined: int = 0
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sessionrec.errors import ConfigError
 from sessionrec.store.base import (
+    ApiKeyRecord,
     EventColumns,
     OfferCounts,
     OfferLogEntry,
@@ -12,6 +13,7 @@ from sessionrec.store.base import (
 )
 
 __all__ = [
+    "ApiKeyRecord",
     "EventColumns",
     "OfferCounts",
     "OfferLogEntry",

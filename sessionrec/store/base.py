@@ -7,7 +7,7 @@ the embedded default, PostgreSQL can be added behind the same interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,38 @@ class OfferOutcome:
     users: int
     converted: int
     revenue: float
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored: never its secret, only ``secret_hash`` (hex SHA-256)."""
+
+    key_id: str
+    name: str
+    role: str
+    secret_hash: str
+    created_at_ms: int
+    revoked_at_ms: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at_ms is None
+
+
+@dataclass(frozen=True)
+class QuarantinedEvent:
+    """A rejected event kept for inspection: why, and what was sent (as JSON,
+    long strings cut and values that look like personal data removed)."""
+
+    user_id: str | None
+    session_id: str | None
+    event_id: str | None
+    #: The error class, e.g. ``InvalidArgument``.
+    error: str
+    #: The message the client got (it starts with the field).
+    reason: str
+    event: str
+    received_at_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class Store(abc.ABC):
         *,
         received_ms: int | None = None,
         close_sessions: Sequence[str] = (),
+        quarantine: Sequence[QuarantinedEvent] = (),
     ) -> AppendResult:
         """Stores events (and sessions opened implicitly) in one transaction.
 
@@ -131,7 +164,8 @@ class Store(abc.ABC):
         becomes ``received_ms``, default now); a session in ``new_sessions`` is
         stored only if at least one of its events is. ``close_sessions`` are
         then closed (TIMEOUT at their last event, dwell derived) in the same
-        transaction: sessions a later one superseded.
+        transaction: sessions a later one superseded. ``quarantine``: the
+        batch's rejected events, kept in the same transaction.
         """
 
     @abc.abstractmethod
@@ -226,6 +260,31 @@ class Store(abc.ABC):
         """Per offer and arm: impressions, redemptions, exposed users, and those
         users' purchases after their first exposure (for the uplift report)."""
 
+    # ------------------------------------------------------------ privacy
+    @abc.abstractmethod
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Erases every row about the user (events, sessions, quarantined events,
+        offer log, push log) in one transaction; rows removed per table."""
+
+    @abc.abstractmethod
+    def purge_before(
+        self, before_ms: int, *, batch: int = 1000, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        """Retention: removes ended sessions whose last event or end is before
+        ``before_ms`` with their events (``batch`` sessions per transaction,
+        ``progress(sessions so far)`` after each), and quarantined events, offer
+        log and push log entries older than that. Open sessions stay. Rows
+        removed per table."""
+
+    @abc.abstractmethod
+    def quarantine_events(self, entries: Sequence[QuarantinedEvent]) -> int:
+        """Keeps rejected events with their reason (once per event id and reason);
+        how many rows are new."""
+
+    @abc.abstractmethod
+    def quarantined(self, limit: int = 100) -> list[QuarantinedEvent]:
+        """The most recently quarantined events, newest first."""
+
     # ---------------------------------------------------------- analytics
     @abc.abstractmethod
     def cache_analytics_days(self, days: Sequence[tuple[int, int, bytes]]) -> int:
@@ -239,6 +298,30 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def count_sessions(self) -> int: ...
+
+    # ------------------------------------------------- API keys and secrets
+    @abc.abstractmethod
+    def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
+        """Stores a new key (its ``key_id`` must be new) and returns it as stored."""
+
+    @abc.abstractmethod
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """One key by id (a primary-key lookup: this runs on every call), revoked or not."""
+
+    @abc.abstractmethod
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+
+    @abc.abstractmethod
+    def revoke_api_key(self, key_id: str, revoked_at_ms: int | None = None) -> ApiKeyRecord | None:
+        """Marks a key revoked (at ``revoked_at_ms``, default now; a key already
+        revoked keeps its first revocation time). None when there is no such key."""
+
+    @abc.abstractmethod
+    def get_or_create_secret(self, name: str, nbytes: int) -> bytes:
+        """The server secret ``name``, created with ``nbytes`` random bytes the
+        first time (in one write transaction, so concurrent servers on one store
+        end up with the same value)."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -5,6 +5,23 @@
   transaction committed, and writes never fight each other for the lock.
 * Readers use their own connection per thread; WAL lets them read while the
   writer writes.
+* Only the writer ever writes *or checkpoints*. The readers are ``query_only``
+  and never commit, so they never reach the auto-checkpoint (which runs after
+  a commit, on the committing connection; their ``wal_autocheckpoint`` setting
+  is therefore irrelevant); and ``close()`` closes them before the writer, so
+  the checkpoint SQLite runs when the last connection to a file closes is the
+  writer's. SQLite before 3.51.3 has the "WAL-reset bug" (sqlite.org/wal.html):
+  rare corruption when one connection checkpoints while *another* commits. One
+  connection doing both cannot race itself; what this process cannot rule out
+  is another *process* writing the same file (a second server, the CLI).
+* Waits honour the caller's deadline (:mod:`sessionrec.deadline`): the write
+  lock and SQLite's busy handler wait at most the busy timeout, and less when
+  the caller gives up sooner, then the call fails with Unavailable ("store:
+  database is locked"), never hangs.
+* A write that fails for lack of space (SQLITE_FULL, "store: disk full") or an
+  I/O error sets :attr:`SQLiteStore.write_error` until a write succeeds again
+  or :meth:`SQLiteStore.recheck_space` finds room; listeners hear of each
+  change (the server turns it into health NOT_SERVING).
 * The schema is created through sqlite-utils and versioned with
   ``PRAGMA user_version``.
 * The item catalog carries a change counter (``items.version``): every upsert
@@ -14,19 +31,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import sqlite_utils
 
-from sessionrec.errors import Unavailable
+from sessionrec import deadline
+from sessionrec.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from sessionrec.events import (
     VIEW_TYPES,
     AppendResult,
@@ -39,10 +59,12 @@ from sessionrec.events import (
 from sessionrec.items import ItemRecord, ItemUpsertResult
 from sessionrec.offers import IMPRESSION, REDEMPTION, TREATED, Offer, offer_from_dict
 from sessionrec.store.base import (
+    ApiKeyRecord,
     EventColumns,
     OfferCounts,
     OfferLogEntry,
     OfferOutcome,
+    QuarantinedEvent,
     Store,
 )
 
@@ -52,6 +74,7 @@ _SESSION_COLUMNS = (
     "session_id, user_id, platform, app_version, started_at_ms, last_event_at_ms,"
     " ended_at_ms, end_reason, event_count, total_dwell_ms, last_seen_ms, utc_offset_min"
 )
+_API_KEY_COLUMNS = "key_id, name, role, secret_hash, created_at_ms, revoked_at_ms"
 _SESSION_MARKS = ", ".join("?" * len(_SESSION_COLUMNS.split(",")))
 _ITEM_COLUMNS = (
     "item_id, title, categories, price, available, attributes, created_at_ms,"
@@ -135,12 +158,53 @@ def _item_params(item: ItemRecord) -> tuple:
     )
 
 
+#: The first SQLite release with the WAL-reset bug fixed.
+WAL_RESET_FIXED = (3, 51, 3)
+#: ``recheck_space`` wants at least this much free on the file system.
+MIN_FREE_BYTES = 4 * 1024 * 1024
+#: ... and at least this many pages below the page cap (``set_max_pages``).
+MIN_FREE_PAGES = 16
+#: Of the caller's remaining time, this much (at most) is kept to answer in.
+DEADLINE_RESERVE_S = 0.25
+
+
+def sqlite_version_warning(version: str = sqlite3.sqlite_version) -> str | None:
+    """A warning for a SQLite with the WAL-reset bug (None: fixed)."""
+    try:
+        parsed = tuple(int(part) for part in version.split(".")[:3])
+    except ValueError:
+        parsed = (0,)
+    if parsed >= WAL_RESET_FIXED:
+        return None
+    fixed = ".".join(map(str, WAL_RESET_FIXED))
+    return (
+        f"SQLite {version} predates {fixed} and has the WAL-reset bug; this server is"
+        " protected by its single-writer discipline (one connection writes and"
+        " checkpoints), so run one writing process per store file"
+    )
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_storage_failure(exc: sqlite3.Error) -> bool:
+    """No space left (SQLITE_FULL) or an I/O error: every write fails until fixed."""
+    return _primary_code(exc) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
 def _translate(exc: sqlite3.OperationalError) -> Exception:
+    code = _primary_code(exc)
     text = str(exc).lower()
-    if "locked" in text or "busy" in text:
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or (
+        code is None and ("locked" in text or "busy" in text)
+    ):
         return Unavailable(f"store: database is locked ({exc}); retry")
-    if "disk" in text and "full" in text:
-        return Unavailable(f"store: disk is full ({exc})")
+    if code == sqlite3.SQLITE_FULL or (code is None and "disk" in text and "full" in text):
+        return ResourceExhausted(f"store: disk full ({exc}); nothing of this call was stored")
+    if code == sqlite3.SQLITE_IOERR:
+        return Unavailable(f"store: I/O error ({exc}); nothing of this call was stored")
     return exc
 
 
@@ -156,6 +220,11 @@ class SQLiteStore(Store):
             os.makedirs(parent, exist_ok=True)
         self._write_lock = threading.Lock()
         self._writer = self._connect(readonly=False)
+        #: The writer's busy timeout now (lowered for a caller with a deadline).
+        self._writer_busy_ms = int(busy_timeout_ms)
+        self._default_max_pages = int(self._writer.execute("PRAGMA max_page_count").fetchone()[0])
+        self._write_error: str | None = None
+        self._write_listeners: list[Callable[[str | None], None]] = []
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -166,7 +235,8 @@ class SQLiteStore(Store):
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        if not self._memory:
+        if not self._memory and not readonly:
+            # Persistent in the file; the writer (opened first) sets it.
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -198,12 +268,19 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
+        waited_until = self._wait_until()
+        if waited_until is None:
+            self._write_lock.acquire()
+        elif not self._write_lock.acquire(timeout=max(waited_until - _monotonic(), 0.0)):
+            raise Unavailable("store: database is locked (this server's other writes); retry")
+        try:
             conn = self._writer
+            self._set_writer_busy_timeout(waited_until)
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                raise _translate(exc) from exc
+                raise self._write_failed(exc) from exc
+            changes = conn.total_changes
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -211,8 +288,94 @@ class SQLiteStore(Store):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise _translate(exc) from exc
+                    raise self._write_failed(exc) from exc
                 raise
+            if self._write_error is not None and conn.total_changes > changes:
+                self._set_write_error(None)  # something was written: space is back
+        finally:
+            self._write_lock.release()
+
+    def write_transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the store's one writer (for the service's own
+        tables, e.g. the push log): every write goes through this connection."""
+        return self._transaction()
+
+    def _wait_until(self) -> float | None:
+        """Until when (monotonic) a write may wait for the locks: None without a
+        caller deadline (the busy timeout applies), else the deadline less a
+        reserve to answer in. A caller with no time left gets DeadlineExceeded."""
+        left = deadline.remaining_s()
+        if left is None:
+            return None
+        wait = min(self._busy_timeout_ms / 1000, left - min(DEADLINE_RESERVE_S, left / 4))
+        if wait <= 0.001:
+            raise DeadlineExceeded(
+                "deadline: the caller's deadline is (nearly) over; nothing was written"
+            )
+        return _monotonic() + wait
+
+    def _set_writer_busy_timeout(self, waited_until: float | None) -> None:
+        ms = self._busy_timeout_ms
+        if waited_until is not None:
+            ms = max(1, min(ms, int((waited_until - _monotonic()) * 1000)))
+        if ms != self._writer_busy_ms:
+            self._writer.execute(f"PRAGMA busy_timeout = {int(ms)}")
+            self._writer_busy_ms = ms
+
+    def _write_failed(self, exc: sqlite3.OperationalError) -> Exception:
+        """The domain error for a failed write; no space or an I/O error also
+        sets :attr:`write_error` (every write fails until it is fixed)."""
+        error = _translate(exc)
+        if _is_storage_failure(exc):
+            self._set_write_error(str(error))
+        return error
+
+    # --------------------------------------------------------- write health
+    @property
+    def write_error(self) -> str | None:
+        """Why writes fail (no space, I/O error), or None: the last write went through."""
+        return self._write_error
+
+    def add_write_listener(self, listener: Callable[[str | None], None]) -> None:
+        """``listener(write_error)`` hears every change of :attr:`write_error`. It
+        runs on the writing thread holding the write lock: it must not use the store."""
+        self._write_listeners.append(listener)
+
+    def _set_write_error(self, error: str | None) -> None:
+        if error == self._write_error:
+            return
+        self._write_error = error
+        for listener in self._write_listeners:
+            listener(error)
+
+    def set_max_pages(self, pages: int | None) -> int:
+        """Caps the file at ``pages`` pages on the writer (None: lifts the cap); a
+        write that needs more fails with SQLITE_FULL exactly like a full disk
+        (SQLite's ``max_page_count``; never below the pages in use). Returns the
+        cap in force."""
+        value = self._default_max_pages if pages is None else int(pages)
+        with self._write_lock:
+            return int(self._writer.execute(f"PRAGMA max_page_count = {value}").fetchone()[0])
+
+    def recheck_space(self) -> bool:
+        """Whether a write could grow the file now: the page cap leaves
+        ``MIN_FREE_PAGES`` and the file system ``MIN_FREE_BYTES``. Writes nothing;
+        when there is room, a :attr:`write_error` is cleared (the next write
+        proves it, or sets it again)."""
+        if not self._write_lock.acquire(timeout=1.0):
+            return False  # busy writing: ask again later
+        try:
+            used = int(self._writer.execute("PRAGMA page_count").fetchone()[0])
+            cap = int(self._writer.execute("PRAGMA max_page_count").fetchone()[0])
+            room = cap - used >= MIN_FREE_PAGES
+            if room and not self._memory and hasattr(os, "statvfs"):
+                st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+                room = st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
+            if room and self._write_error is not None:
+                self._set_write_error(None)
+            return room
+        finally:
+            self._write_lock.release()
 
     def _migrate(self) -> None:
         """Brings the file to SCHEMA_VERSION, one numbered step at a time, each in
@@ -241,6 +404,8 @@ class SQLiteStore(Store):
         if self._closed:
             return
         self._closed = True
+        # Readers first: the last connection to close checkpoints the WAL into
+        # the file, and that must be the writer (see the module docstring).
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -361,6 +526,7 @@ class SQLiteStore(Store):
         *,
         received_ms: int | None = None,
         close_sessions: Sequence[str] = (),
+        quarantine: Sequence[QuarantinedEvent] = (),
     ) -> AppendResult:
         received = _now_ms() if received_ms is None else received_ms
         # session_id -> [count, min ts, max ts, client dwell sum]
@@ -443,7 +609,10 @@ class SQLiteStore(Store):
             if to_finalize:
                 self._finalize(c, to_finalize)
             _mark_days(c, [*touched, *close_sessions])
-        return AppendResult(accepted=accepted, duplicates=len(events) - accepted)
+            quarantined = _quarantine(c, quarantine, received)
+        return AppendResult(
+            accepted=accepted, duplicates=len(events) - accepted, quarantined=quarantined
+        )
 
     @staticmethod
     def _stored_event_ids(c: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
@@ -767,6 +936,91 @@ class SQLiteStore(Store):
             out.append(OfferOutcome(key[0], key[1], imp, red, n, conv, revenue))
         return out
 
+    # --------------------------------------------------------- privacy
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        with self._transaction() as c:
+            sessions = [
+                r[0]
+                for r in c.execute("SELECT session_id FROM sessions WHERE user_id = ?", (user_id,))
+            ]
+            _mark_days(c, sessions)
+            ids = json.dumps(sessions)
+            in_sessions = "session_id IN (SELECT value FROM json_each(?))"
+            deleted = {
+                # Events of the user's sessions (indexed), then any other event
+                # carrying the user id (the store keeps both the same; this is
+                # the belt to those braces, a scan).
+                "events": c.execute(f"DELETE FROM events WHERE {in_sessions}", (ids,)).rowcount
+                + c.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount,
+                "sessions": c.execute(
+                    "DELETE FROM sessions WHERE user_id = ?", (user_id,)
+                ).rowcount,
+                "quarantine": c.execute(
+                    f"DELETE FROM quarantine WHERE user_id = ? OR {in_sessions}", (user_id, ids)
+                ).rowcount,
+                "offer_log": c.execute(
+                    "DELETE FROM offer_log WHERE user_id = ?", (user_id,)
+                ).rowcount,
+            }
+            if _has_table(c, "push_log"):
+                deleted["push_log"] = c.execute(
+                    "DELETE FROM push_log WHERE user_id = ?", (user_id,)
+                ).rowcount
+        return deleted
+
+    def purge_before(
+        self, before_ms: int, *, batch: int = 1000, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        totals = {"events": 0, "sessions": 0, "quarantine": 0, "offer_log": 0, "push_log": 0}
+        while True:  # one short transaction per batch of sessions, so serving goes on
+            with self._transaction() as c:
+                sessions = [
+                    r[0]
+                    for r in c.execute(
+                        "SELECT session_id FROM sessions WHERE ended_at_ms IS NOT NULL"
+                        " AND MAX(ended_at_ms, last_event_at_ms) < ? LIMIT ?",
+                        (int(before_ms), int(batch)),
+                    )
+                ]
+                if not sessions:
+                    break
+                _mark_days(c, sessions)
+                ids = json.dumps(sessions)
+                in_sessions = "session_id IN (SELECT value FROM json_each(?))"
+                totals["events"] += c.execute(
+                    f"DELETE FROM events WHERE {in_sessions}", (ids,)
+                ).rowcount
+                totals["sessions"] += c.execute(
+                    f"DELETE FROM sessions WHERE {in_sessions}", (ids,)
+                ).rowcount
+            if progress is not None:
+                progress(totals["sessions"])
+        with self._transaction() as c:
+            totals["quarantine"] = c.execute(
+                "DELETE FROM quarantine WHERE received_at_ms < ?", (int(before_ms),)
+            ).rowcount
+            totals["offer_log"] = c.execute(
+                "DELETE FROM offer_log WHERE ts_ms < ?", (int(before_ms),)
+            ).rowcount
+            if _has_table(c, "push_log"):
+                totals["push_log"] = c.execute(
+                    "DELETE FROM push_log WHERE planned_ms < ?", (int(before_ms),)
+                ).rowcount
+        return totals
+
+    def quarantined(self, limit: int = 100) -> list[QuarantinedEvent]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT user_id, session_id, event_id, error, reason, event, received_at_ms"
+                " FROM quarantine ORDER BY seq DESC LIMIT ?",
+                (int(limit),),
+            ).fetchall()
+        return [QuarantinedEvent(*row) for row in rows]
+
+    def quarantine_events(self, entries: Sequence[QuarantinedEvent]) -> int:
+        with self._transaction() as c:
+            return _quarantine(c, entries, _now_ms())
+
     # ----------------------------------------------------------- analytics
     def cache_analytics_days(self, days: Sequence[tuple[int, int, bytes]]) -> int:
         with self._transaction() as c:
@@ -786,6 +1040,58 @@ class SQLiteStore(Store):
     def count_sessions(self) -> int:
         with self._read() as c:
             return int(c.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+
+    # ------------------------------------------------- API keys and secrets
+    def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
+        with self._transaction() as c:
+            c.execute(
+                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key.key_id,
+                    key.name,
+                    key.role,
+                    key.secret_hash,
+                    key.created_at_ms,
+                    key.revoked_at_ms,
+                ),
+            )
+        return key
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        return ApiKeyRecord(*row) if row else None
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self._read() as c:
+            rows = c.execute(
+                f"SELECT {_API_KEY_COLUMNS} FROM api_keys ORDER BY created_at_ms, key_id"
+            ).fetchall()
+        return [ApiKeyRecord(*r) for r in rows]
+
+    def revoke_api_key(self, key_id: str, revoked_at_ms: int | None = None) -> ApiKeyRecord | None:
+        at = _now_ms() if revoked_at_ms is None else revoked_at_ms
+        with self._transaction() as c:
+            c.execute(
+                "UPDATE api_keys SET revoked_at_ms = ? WHERE key_id = ? AND revoked_at_ms IS NULL",
+                (at, key_id),
+            )
+            row = c.execute(
+                f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        return ApiKeyRecord(*row) if row else None
+
+    def get_or_create_secret(self, name: str, nbytes: int) -> bytes:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO server_secrets (name, value, created_at_ms)"
+                " VALUES (?, ?, ?)",
+                (name, secrets.token_bytes(nbytes), _now_ms()),
+            )
+            row = c.execute("SELECT value FROM server_secrets WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0])
 
 
 def _migration_1(conn: sqlite3.Connection) -> None:
@@ -989,11 +1295,47 @@ def _migration_6(conn: sqlite3.Connection) -> None:
     )
     conn.execute(
         "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, received_at_ms INTEGER"
-        " NOT NULL, user_id TEXT, session_id TEXT, event_id TEXT, field TEXT, reason TEXT NOT NULL,"
-        " code INTEGER NOT NULL, event TEXT NOT NULL)"
+        " NOT NULL, user_id TEXT, session_id TEXT, event_id TEXT, error TEXT NOT NULL,"
+        " reason TEXT NOT NULL, event TEXT NOT NULL)"
+    )
+    # A retried batch quarantines its bad events once (events with an id).
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS quarantine_event ON quarantine(event_id, reason)"
+        " WHERE event_id IS NOT NULL"
     )
     conn.execute("CREATE INDEX IF NOT EXISTS quarantine_user ON quarantine(user_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS quarantine_session ON quarantine(session_id)")
     conn.execute("CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine(received_at_ms)")
+
+
+def _quarantine(c: sqlite3.Connection, entries: Sequence[QuarantinedEvent], now: int) -> int:
+    """Keeps rejected events with their reason; a retried one (same event id and
+    reason) is kept once. Returns how many rows are new."""
+    stored = 0
+    for e in entries:
+        stored += c.execute(
+            "INSERT OR IGNORE INTO quarantine (received_at_ms, user_id, session_id, event_id,"
+            " error, reason, event) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.received_at_ms or now,
+                e.user_id or None,
+                e.session_id or None,
+                e.event_id or None,
+                e.error,
+                e.reason,
+                e.event,
+            ),
+        ).rowcount
+    return stored
+
+
+def _has_table(c: sqlite3.Connection, name: str) -> bool:
+    return (
+        c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
 
 
 def _mark_days(c: sqlite3.Connection, session_ids: Sequence[str]) -> None:
@@ -1033,3 +1375,9 @@ def _now_ms() -> int:
     import time
 
     return time.time_ns() // 1_000_000
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()

@@ -180,7 +180,7 @@ def test_small_clock_skew_is_accepted(srv, session):
 
 
 def test_track_too_many_events(srv, session):
-    events = [view("a01", session_id=session) for _ in range(1001)]
+    events = [view("a01", session_id=session) for _ in range(501)]
     assert_status(srv.sessions.TrackEvents, pb.TrackEventsRequest(events=events), INVALID, "events")
 
 

@@ -62,6 +62,6 @@ def test_reflection_lists_the_services(client):
     catalog = pool.FindServiceByName("sessionrec.v1.CatalogService")
     assert {m.name for m in catalog.methods} == {"UpsertItems", "GetItem"}
     admin = pool.FindServiceByName("sessionrec.v1.AdminService")
-    assert {m.name for m in admin.methods} == {"ReloadModel", "GetModelInfo"}
+    assert {m.name for m in admin.methods} == {"ReloadModel", "GetModelInfo", "DeleteUser"}
     event = pool.FindMessageTypeByName("sessionrec.v1.Event")
     assert event.fields_by_name["timestamp"].message_type.full_name == "google.protobuf.Timestamp"

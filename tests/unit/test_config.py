@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert (config.host, config.port) == ("127.0.0.1", 50051)
     assert config.session_timeout_s == 1800.0
     assert config.max_clock_skew_s == 600.0
-    assert config.max_events_per_call == 1000
+    assert config.max_events_per_call == 500
     assert config.sqlite_synchronous == "FULL"
     assert config.log_level == "INFO"
 

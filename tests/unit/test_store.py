@@ -618,3 +618,106 @@ def test_the_catalog_survives_reopening(db_path: Path) -> None:
                 version=1,
             )
         ]
+
+
+# ------------------------------------------- single writer, faults, deadlines
+def wal_bytes(db_path: Path) -> int:
+    wal = Path(str(db_path) + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_readers_are_query_only_and_never_checkpoint(db_path: Path) -> None:
+    """Only the writer writes or checkpoints (the WAL-reset bug of SQLite < 3.51.3
+    needs a checkpoint on one connection racing a commit on another)."""
+    import pytest
+
+    store = SQLiteStore(str(db_path))
+    open_session(store)
+    store.append_events([ev(f"e{k}", 1000 + k) for k in range(50)])
+    reader = store._reader()
+    assert reader is not store._writer
+    assert reader.execute("PRAGMA query_only").fetchone()[0] == 1
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("DELETE FROM events")
+    assert store.count_events() == 50  # read through that reader
+    # The commits sit in the WAL (nothing checkpointed them into the file yet).
+    in_wal = wal_bytes(db_path)
+    assert in_wal > 0
+    # A reader closing while the writer is open does not checkpoint (close()
+    # relies on it: readers first, the writer last).
+    store._readers.remove(reader)
+    store._local.conn = None
+    reader.close()
+    assert wal_bytes(db_path) == in_wal
+    store.close()
+    # The writer, closing last, checkpointed everything into the file.
+    assert wal_bytes(db_path) == 0
+    plain = sqlite3.connect(db_path)
+    try:
+        assert plain.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 50
+        assert plain.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        plain.close()
+
+
+def test_the_sqlite_version_warning() -> None:
+    from sessionrec.store.sqlite import sqlite_version_warning
+
+    assert sqlite_version_warning("3.51.3") is None
+    assert sqlite_version_warning("3.52.0") is None
+    warning = sqlite_version_warning("3.40.1")
+    assert warning is not None and "3.51.3" in warning and "single-writer" in warning
+
+
+def test_a_full_file_fails_the_whole_batch_and_the_next_write_clears_it(store: Store) -> None:
+    import pytest
+
+    from sessionrec.errors import ResourceExhausted
+
+    assert isinstance(store, SQLiteStore)
+    heard: list[str | None] = []
+    store.add_write_listener(heard.append)
+    open_session(store)
+    store.set_max_pages(1)  # the pages in use, no more
+    big = [
+        EventRecord(f"e{k}", "s1", "u1", VIEW, 1000 + k, "i" * 200, properties={"p": "x" * 200})
+        for k in range(200)
+    ]
+    with pytest.raises(ResourceExhausted, match=r"^store: disk full"):
+        store.append_events(big)
+    assert store.count_events() == 0
+    assert store.write_error is not None and heard == [store.write_error]
+    assert not store.recheck_space()
+    # A transaction that writes nothing proves nothing: the failure stays.
+    store.expire_sessions(0)
+    assert store.write_error is not None
+    store.set_max_pages(None)
+    assert store.append_events(big).accepted == 200
+    assert store.write_error is None and heard[-1] is None
+
+
+def test_waits_for_a_locked_file_end_before_the_callers_deadline(db_path: Path) -> None:
+    import time
+
+    import pytest
+
+    from sessionrec import deadline
+    from sessionrec.errors import DeadlineExceeded, Unavailable
+
+    store = SQLiteStore(str(db_path), busy_timeout_ms=5000)
+    holder = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with deadline.caller_deadline(0.5), pytest.raises(Unavailable, match="locked"):
+            open_session(store)
+        assert time.monotonic() - started < 0.5
+        with deadline.caller_deadline(0.0), pytest.raises(DeadlineExceeded):
+            open_session(store)
+        assert store.write_error is None  # a lock is no storage failure
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    open_session(store)
+    assert store.get_session("s1") is not None
+    store.close()
