@@ -47,14 +47,13 @@ from typing import Any, Protocol
 
 import grpc
 
-from service.interceptors import status_for
+from service.interceptors import abort_with
 from service.limits import RateLimiter
 from sessionrec import apikeys
 from sessionrec.config import Config
 from sessionrec.errors import (
     ConfigError,
     PermissionDenied,
-    ResourceExhausted,
     SessionrecError,
     Unauthenticated,
 )
@@ -299,10 +298,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             try:
                 return self.authorize(method, context.invocation_metadata())
             except SessionrecError as exc:
-                if isinstance(exc, ResourceExhausted) and exc.retry_after_ms is not None:
-                    context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
-                context.abort(status_for(exc), str(exc))
-                raise  # not reached: abort raises
+                abort_with(context, exc)
 
         def unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -43,6 +43,16 @@ def status_for(exc: errors.SessionrecError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def abort_with(context: grpc.ServicerContext, exc: errors.SessionrecError) -> NoReturn:
+    """Ends the call with ``exc``'s status code and message (and, for a limit with
+    a known wait, the ``retry-after-ms`` trailing metadata)."""
+    retry_after = getattr(exc, "retry_after_ms", None)
+    if retry_after is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(int(retry_after))),))
+    context.abort(status_for(exc), str(exc))
+    raise AssertionError("unreachable: abort raises")
+
+
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
@@ -68,13 +78,9 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
                 with deadline.caller_deadline(remaining):
                     return behavior(request, context)
             except errors.SessionrecError as exc:
-                code = status_for(exc)
-                if code is grpc.StatusCode.INTERNAL:
+                if status_for(exc) is grpc.StatusCode.INTERNAL:
                     log.error("%s failed", method, exc_info=True)
-                retry_after = getattr(exc, "retry_after_ms", None)
-                if retry_after is not None:
-                    context.set_trailing_metadata((("retry-after-ms", str(int(retry_after))),))
-                context.abort(code, str(exc))
+                abort_with(context, exc)
             except Exception:
                 log.exception("%s failed with an unexpected error", method)
                 context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (logged)")
