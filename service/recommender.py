@@ -123,6 +123,8 @@ class ModelHolder:
                 check_id(version, "version")
             try:
                 artifact = load_artifact(self.models_dir, target)
+            except OSError as exc:  # e.g. a name the file system cannot hold
+                raise NotFound(f"version: no model version {target!r} ({exc.strerror})") from None
             except ArtifactError as exc:
                 self._refused = target
                 self.last_error = str(exc)

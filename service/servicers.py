@@ -72,10 +72,16 @@ def session_message(s: SessionRecord) -> pb.Session:
     return msg
 
 
+#: The Timestamp range protobuf's JSON mapping allows: 0001-01-01 .. 9999-12-31.
+MIN_TIMESTAMP_S, MAX_TIMESTAMP_S = -62_135_596_800, 253_402_300_799
+
+
 def milliseconds(ts: Timestamp) -> int:
     """Timestamp -> epoch ms; ValueError when seconds or nanos are out of range."""
     if not 0 <= ts.nanos <= 999_999_999:
         raise ValueError(f"nanos must be 0..999999999, got {ts.nanos}")
+    if not MIN_TIMESTAMP_S <= ts.seconds <= MAX_TIMESTAMP_S:
+        raise ValueError(f"seconds must be within years 1..9999, got {ts.seconds}")
     try:
         return int(ts.ToMilliseconds())
     except (ValueError, OverflowError) as exc:
@@ -288,6 +294,11 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
         self.user_calls = user_calls or RateLimiter(0)
 
     def UpsertOffers(self, request, context):
+        for k, offer in enumerate(request.offers):
+            for name in ("valid_from", "valid_until"):
+                _, error = optional_ms(offer, name)
+                if error:
+                    raise InvalidArgument(f"offers[{k}].{name}: {error}")
         raw = [
             json_format.MessageToDict(o, preserving_proto_field_name=True) for o in request.offers
         ]

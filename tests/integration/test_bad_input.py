@@ -8,7 +8,7 @@ import pytest
 
 from sessionrec.v1 import sessionrec_pb2 as pb
 
-from .support import assert_status, now_ms, sql_scalar, ts, view
+from .support import assert_status, now_ms, rpc_error, sql_scalar, ts, view
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -367,3 +367,28 @@ def test_a_huge_dwell_cannot_break_a_session_or_the_reaper(srv, session):
     assert got.event_count == 2
     ended = srv.sessions.EndSession(pb.EndSessionRequest(session_id=session), timeout=10)
     assert ended.end_reason == pb.CLOSED
+
+
+def test_reload_a_version_name_too_long_for_the_file_system(srv):
+    """256 characters pass the id check but not the file system (found by the fuzz suite)."""
+    for version in ("x" * 256, "é" * 128):
+        err = rpc_error(srv.admin.ReloadModel, pb.ReloadModelRequest(version=version))
+        assert err.code() == NOT_FOUND, err.details()
+        assert err.details().startswith("version: no model version")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(-62_135_596_801, 0), (253_402_300_800, 0), (0, -1), (0, 10**9)]
+)
+@pytest.mark.parametrize("name", ["valid_from", "valid_until"])
+def test_upsert_offers_with_an_unreadable_validity_time(srv, seconds, nanos, name):
+    """Found by the fuzz suite: such a Timestamp used to reach json_format (INTERNAL)."""
+    from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+
+    offer = pb.Offer(offer_id="o1", title="t")
+    getattr(offer, name).seconds = seconds
+    getattr(offer, name).nanos = nanos
+    stub = pb_grpc.OfferServiceStub(srv.channel)
+    assert_status(
+        stub.UpsertOffers, pb.UpsertOffersRequest(offers=[offer]), INVALID, f"offers[0].{name}"
+    )
