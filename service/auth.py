@@ -74,6 +74,7 @@ KEY_CACHE_MAX = 10_000
 RPC_ROLES: dict[str, str] = {
     "SessionService.StartSession": "ingest",
     "SessionService.TrackEvents": "ingest",
+    "SessionService.StreamEvents": "ingest",
     "SessionService.EndSession": "ingest",
     "SessionService.GetSession": "ingest",
     "RecommendationService.Recommend": "serve",

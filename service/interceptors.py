@@ -13,7 +13,7 @@ caller already gave up while it waited for a worker thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
@@ -60,9 +60,13 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method  # type: ignore[attr-defined]
+        if handler.stream_stream is not None:
+            return self._streaming(method, handler)
+        if handler.unary_unary is None:
+            return handler
         behavior = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
@@ -89,4 +93,46 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _streaming(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The same mapping for a bidirectional stream: an error ends the stream
+        with its status (responses already sent stand)."""
+        behavior = handler.stream_stream
+        parse = handler.request_deserializer
+
+        def parsed(raw: Iterator[bytes]) -> Iterator[Any]:
+            # Requests are parsed here rather than by gRPC: a stream whose
+            # request gRPC fails to parse never finishes on the server (grpcio
+            # 1.85: server.stop() then waits forever).
+            for k, data in enumerate(raw):
+                try:
+                    yield parse(data) if parse is not None else data
+                except Exception:
+                    raise errors.InvalidArgument(
+                        f"request: message {k} of the stream does not parse"
+                    ) from None
+
+        def guarded(raw: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                # No caller deadline for the store's waits here: a stream lives
+                # long, and a generator may be closed from another thread.
+                yield from behavior(parsed(raw), context)
+            except grpc.RpcError:
+                # Reading the next request failed (bytes that do not parse, the
+                # client went away): gRPC has ended the call with its status and
+                # knows this error; ending the stream normally or aborting again
+                # would leave the call unfinished (server.stop would hang).
+                raise
+            except errors.SessionrecError as exc:
+                if status_for(exc) is grpc.StatusCode.INTERNAL:
+                    log.error("%s failed", method, exc_info=True)
+                abort_with(context, exc)
+            except Exception:
+                log.exception("%s failed with an unexpected error", method)
+                context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (logged)")
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=handler.response_serializer
         )

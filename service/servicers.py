@@ -214,10 +214,19 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         )
 
     def TrackEvents(self, request, context):
+        return self._track(request, fail_if_none=True)
+
+    def StreamEvents(self, request_iterator, context):
+        # One ack per request, in order, each after its batch committed; a batch
+        # with nothing to store is acked with its rejections (the stream goes on).
+        for request in request_iterator:
+            yield self._track(request, fail_if_none=False)
+
+    def _track(self, request: pb.TrackEventsRequest, *, fail_if_none: bool):
         events = [incoming_event(e) for e in request.events]
         # Ingest keys must send a token: its session is the only one they may write.
         bind_events(events, self.tokens.scope(request.session_token))
-        result = self.sessions.track(events)
+        result = self.sessions.track(events, fail_if_none=fail_if_none)
         return pb.TrackEventsResponse(
             accepted=result.accepted,
             duplicates=result.duplicates,

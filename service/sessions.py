@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 from service.limits import RateLimiter
 from service.periodic import PeriodicTask
@@ -277,7 +276,10 @@ class SessionManager:
         return len(self.store.expire_sessions(now_ms() - self.timeout_ms))
 
     # -------------------------------------------------------------- events
-    def track(self, events: Sequence[IncomingEvent]) -> TrackResult:
+    def track(self, events: Sequence[IncomingEvent], *, fail_if_none: bool = True) -> TrackResult:
+        """Validates and stores a batch (valid events commit, rejected ones are
+        listed and quarantined). With no event storable, ``fail_if_none`` raises
+        the first event's error; otherwise the result lists every rejection."""
         if not events:
             raise InvalidArgument("events: must not be empty")
         if len(events) > self.max_events:
@@ -292,9 +294,9 @@ class SessionManager:
         with contextlib.ExitStack() as held:
             for stripe in stripes:
                 held.enter_context(self._user_locks[stripe])
-            return self._track(events)
+            return self._track(events, fail_if_none)
 
-    def _track(self, events: Sequence[IncomingEvent]) -> TrackResult:
+    def _track(self, events: Sequence[IncomingEvent], fail_if_none: bool) -> TrackResult:
         now = now_ms()
         wanted = {e.session_id for e in events if e.session_id and len(e.session_id) <= 256}
         sessions = self.store.get_sessions(wanted) if wanted else {}
@@ -311,11 +313,11 @@ class SessionManager:
         self._limit_users(records, rejected)
         valid = [r for r in records if r is not None]
         if not valid:
-            self._quarantine_and_raise(events, rejected, now)
+            return self._nothing_stored(events, rejected, now, fail_if_none)
         opened, superseded = self._sessionize([r for r in valid if not r.session_id], now)
         valid = self._count_offer_events(records, valid, rejected)
         if not valid:
-            self._quarantine_and_raise(events, rejected, now)
+            return self._nothing_stored(events, rejected, now, fail_if_none)
         quarantine = _quarantine_entries(events, rejected, now)
         result: AppendResult = self.store.append_events(
             valid, opened, close_sessions=superseded, quarantine=quarantine
@@ -324,14 +326,21 @@ class SessionManager:
         # Quarantined: kept now, or already by an earlier try of the same batch.
         return TrackResult(result.accepted, result.duplicates, rejected, event_ids, len(quarantine))
 
-    def _quarantine_and_raise(
-        self, events: Sequence[IncomingEvent], rejected: list[Rejection], now: int
-    ) -> NoReturn:
-        """No event of the batch can be stored: keep the rejected ones, fail the call."""
+    def _nothing_stored(
+        self,
+        events: Sequence[IncomingEvent],
+        rejected: list[Rejection],
+        now: int,
+        fail_if_none: bool,
+    ) -> TrackResult:
+        """No event of the batch can be stored: keep the rejected ones, then fail
+        the call (or report them all)."""
         quarantine = _quarantine_entries(events, rejected, now)
         if quarantine:
             self.store.quarantine_events(quarantine)
-        raise rejected[0].error
+        if fail_if_none:
+            raise rejected[0].error
+        return TrackResult(0, 0, rejected, [""] * len(events), len(quarantine))
 
     def _limit_users(self, records: list[EventRecord | None], rejected: list[Rejection]) -> None:
         """Per-user event rate: a user over the limit has all their events of

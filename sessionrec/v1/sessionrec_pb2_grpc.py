@@ -46,6 +46,11 @@ class SessionServiceStub:
                 request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.SerializeToString,
                 response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.stream_stream(
+                '/sessionrec.v1.SessionService/StreamEvents',
+                request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.SerializeToString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.FromString,
+                _registered_method=True)
         self.EndSession = channel.unary_unary(
                 '/sessionrec.v1.SessionService/EndSession',
                 request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.EndSessionRequest.SerializeToString,
@@ -82,6 +87,19 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEvents(self, request_iterator, context):
+        """TrackEvents as a stream, for high-volume backends: one response per
+        request, in request order, each sent once its batch is committed (an ack).
+        A batch none of whose events can be stored is acked with every event in
+        `rejected` (invalid ones quarantined, over a rate limit: code
+        RESOURCE_EXHAUSTED) instead of ending the stream; a request the server
+        cannot take at all (no events, too many, a bad session token) ends the
+        stream with that status, after the acks of the requests before it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EndSession(self, request, context):
         """Closes a session (end_reason CLOSED). Ending an already closed session
         returns it unchanged.
@@ -106,6 +124,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
             ),
             'TrackEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.TrackEvents,
+                    request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.FromString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.SerializeToString,
+            ),
+            'StreamEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamEvents,
                     request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.FromString,
                     response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.SerializeToString,
             ),
@@ -174,6 +197,33 @@ class SessionService:
             request,
             target,
             '/sessionrec.v1.SessionService/TrackEvents',
+            sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.SerializeToString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sessionrec.v1.SessionService/StreamEvents',
             sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.SerializeToString,
             sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.FromString,
             options,

@@ -44,6 +44,7 @@ AUTH_CODES = (UNAUTHENTICATED, PERMISSION_DENIED)
 #: The session RPCs an ingest key may only use on the session of its token.
 SESSION_SCOPED = {
     "/sessionrec.v1.SessionService/TrackEvents",
+    "/sessionrec.v1.SessionService/StreamEvents",
     "/sessionrec.v1.SessionService/EndSession",
     "/sessionrec.v1.SessionService/GetSession",
 }
@@ -79,13 +80,20 @@ def invoke(
     method = service.methods_by_name[method_name]
     request_cls = getattr(pb, method.input_type.name)
     response_cls = getattr(pb, method.output_type.name)
-    call = channel.unary_unary(
-        path,
-        request_serializer=request_cls.SerializeToString,
-        response_deserializer=response_cls.FromString,
-    )
+    codec = {
+        "request_serializer": request_cls.SerializeToString,
+        "response_deserializer": response_cls.FromString,
+    }
     try:
-        call(request or request_cls(), timeout=RPC_TIMEOUT_S, metadata=metadata)
+        if method.client_streaming:  # one request on the stream
+            stream = channel.stream_stream(path, **codec)
+            replies = stream(
+                iter([request or request_cls()]), timeout=RPC_TIMEOUT_S, metadata=metadata
+            )
+            list(replies)
+        else:
+            call = channel.unary_unary(path, **codec)
+            call(request or request_cls(), timeout=RPC_TIMEOUT_S, metadata=metadata)
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
@@ -222,7 +230,7 @@ def test_every_rpc_accepts_its_roles_and_the_ones_above(keyed):
             request, metadata = None, auth(keys[role])
             if role == "ingest" and path in SESSION_SCOPED:
                 token = start(srv, keys["ingest"], user=f"acc-{path[-6:]}").session_token
-                if path.endswith("/TrackEvents"):
+                if path.endswith(("/TrackEvents", "/StreamEvents")):
                     request = pb.TrackEventsRequest(session_token=token)
                 else:
                     metadata = [*metadata, ("x-session-token", token)]

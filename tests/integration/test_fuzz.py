@@ -91,7 +91,9 @@ EXPECTED = frozenset(
     }
 )
 #: grpc's answer to a request it cannot deserialize (before any servicer runs).
-UNPARSEABLE = frozenset({Code.INTERNAL})
+#: gRPC answers INTERNAL for a request it cannot parse; StreamEvents parses its
+#: requests itself (see service/interceptors.py) and answers INVALID_ARGUMENT.
+UNPARSEABLE = frozenset({Code.INTERNAL, Code.INVALID_ARGUMENT})
 
 
 # ----------------------------------------------------------------- methods

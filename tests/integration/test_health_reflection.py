@@ -56,6 +56,7 @@ def test_reflection_lists_the_services(client):
     assert {m.name for m in sessions.methods} == {
         "StartSession",
         "TrackEvents",
+        "StreamEvents",
         "EndSession",
         "GetSession",
     }
