@@ -18,6 +18,7 @@ What it measures, in order, all on this machine and against 127.0.0.1 only:
    * Recommend throughput with 64 requests in flight (gRPC futures, one client
      thread, a bounded window), half of them with a live session.
    * TrackEvents ingestion: 100 events per call, one call at a time and 4 in flight.
+   * StreamEvents: one stream of single-event requests, acked after group commits.
 
 4. Training at scale (issue 3; in the default run, with ``--quick`` only if
    ``--scale`` is given, alone with ``--scale-only``, left out with ``--no-scale``):
@@ -992,6 +993,43 @@ def bench_track(
     }
 
 
+def bench_stream(stubs: Stubs, items: Sequence[str], events: int) -> dict[str, Any]:
+    """StreamEvents with one event per request (the hardest case for ingestion):
+    events/s from the first request to the last ack, every ack checked."""
+    sid = rpc(
+        stubs.sessions.StartSession, pb.StartSessionRequest(user_id="stream-user"), "StartSession"
+    ).session_id
+    rng = random.Random(7)
+    requests = [
+        pb.TrackEventsRequest(
+            events=[
+                pb.Event(
+                    session_id=sid,
+                    event_id=f"stream-{k}",
+                    type=pb.ITEM_VIEW,
+                    item_id=rng.choice(items),
+                )
+            ]
+        )
+        for k in range(events)
+    ]
+    started = time.perf_counter()
+    try:
+        acks = list(stubs.sessions.StreamEvents(iter(requests), timeout=300))
+    except grpc.RpcError as exc:
+        raise BenchError(f"StreamEvents: {exc.code().name}: {exc.details()}") from exc
+    elapsed = time.perf_counter() - started
+    accepted = sum(a.accepted for a in acks)
+    if len(acks) != events or accepted != events:
+        raise BenchError(f"StreamEvents: {len(acks)} acks, {accepted} accepted of {events}")
+    return {
+        "events": events,
+        "events_per_request": 1,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(events / elapsed),
+    }
+
+
 # ------------------------------------------------------------------ report
 def fmt_lat(d: dict[str, Any], keys: Sequence[str] = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")):
     return " / ".join(f"{d[k]:.2f}" for k in keys) + " ms"
@@ -1058,6 +1096,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{t['calls']} calls (call p50 / p99) | {t['events_per_s']:,} events/s "
                 f"({fmt_lat(t, ('p50_ms', 'p99_ms'))}) |"
             )
+    if "stream_events" in results:
+        st = results["stream_events"]
+        rows.append(
+            f"| StreamEvents, 1 event/request, one stream | events/s over {st['events']:,} "
+            f"requests (acks after group commits) | {st['events_per_s']:,} events/s |"
+        )
     if "train_scale" in results:
         sc = results["train_scale"]
         gen = sc["generation"]
@@ -1218,6 +1262,8 @@ def run_service(
                         args.seed + 200 + window,
                     )
                 )
+        with phase("stream events, one per request"):
+            results["stream_events"] = bench_stream(stubs, items, 10 * profile.track_calls)
         channel.close()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
+from queue import Empty, Queue
 from typing import Any
 
 from google.protobuf import json_format
@@ -20,7 +22,7 @@ from service.interceptors import status_for
 from service.limits import RateLimiter
 from service.offers import OfferEngine
 from service.recommender import ModelHolder, RecommendationEngine, Scored
-from service.sessions import IncomingEvent, SessionManager
+from service.sessions import IncomingEvent, SessionManager, TrackResult
 from service.validation import require_id
 from sessionrec.config import Config
 from sessionrec.errors import (
@@ -217,26 +219,70 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         return self._track(request, fail_if_none=True)
 
     def StreamEvents(self, request_iterator, context):
-        # One ack per request, in order, each after its batch committed; a batch
-        # with nothing to store is acked with its rejections (the stream goes on).
-        for request in request_iterator:
-            yield self._track(request, fail_if_none=False)
+        """One ack per request, in order, each after its batch committed; a batch
+        with nothing to store is acked with its rejections (the stream goes on).
+
+        Group commit: a reader thread queues the requests as they arrive, and
+        every request already waiting (up to ``max_events`` events together) is
+        stored in one transaction, so a client streaming single events pays one
+        commit per group rather than one per event."""
+        queue: Queue[Any] = Queue(maxsize=STREAM_QUEUE)
+        reader = threading.Thread(
+            target=_read_into, args=(request_iterator, queue), name="stream-reader", daemon=True
+        )
+        reader.start()
+        limit = self.sessions.max_events
+        carry: Any = None
+        while True:
+            item = carry if carry is not None else queue.get()
+            carry = None
+            group: list[list[IncomingEvent]] = []
+            stop: BaseException | None = None
+            total = 0
+            while True:
+                if item is _END or isinstance(item, BaseException):
+                    stop = item if isinstance(item, BaseException) else None
+                    break
+                try:
+                    events = self._events(item)
+                except SessionrecError as exc:
+                    stop = exc
+                    break
+                if group and total + len(events) > limit:
+                    carry = item  # starts the next group
+                    break
+                group.append(events)
+                total += len(events)
+                try:
+                    item = queue.get_nowait()
+                except Empty:
+                    break
+            if group:
+                for result in self.sessions.track_many(group):
+                    yield _track_response(result)
+            if stop is not None:
+                raise stop
+            if item is _END:
+                return
+
+    def _events(self, request: pb.TrackEventsRequest) -> list[IncomingEvent]:
+        """The request's events, checked as a batch and bound to its session token."""
+        events = [incoming_event(e) for e in request.events]
+        if not events:
+            raise InvalidArgument("events: must not be empty")
+        if len(events) > self.sessions.max_events:
+            raise InvalidArgument(
+                f"events: at most {self.sessions.max_events} per call, got {len(events)}"
+            )
+        # Ingest keys must send a token: its session is the only one they may write.
+        bind_events(events, self.tokens.scope(request.session_token))
+        return events
 
     def _track(self, request: pb.TrackEventsRequest, *, fail_if_none: bool):
         events = [incoming_event(e) for e in request.events]
         # Ingest keys must send a token: its session is the only one they may write.
         bind_events(events, self.tokens.scope(request.session_token))
-        result = self.sessions.track(events, fail_if_none=fail_if_none)
-        return pb.TrackEventsResponse(
-            accepted=result.accepted,
-            duplicates=result.duplicates,
-            rejected=[
-                pb.Rejection(index=r.index, reason=str(r.error), code=status_for(r.error).value[0])
-                for r in result.rejected
-            ],
-            event_ids=result.event_ids,
-            quarantined=result.quarantined,
-        )
+        return _track_response(self.sessions.track(events, fail_if_none=fail_if_none))
 
     def EndSession(self, request, context):
         session_id = self.tokens.scoped_session_id(request.session_id, context)
@@ -245,6 +291,36 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
     def GetSession(self, request, context):
         session_id = self.tokens.scoped_session_id(request.session_id, context)
         return session_message(self.sessions.get(session_id))
+
+
+#: Stream requests read ahead of the commits (back-pressure beyond that).
+STREAM_QUEUE = 1024
+_END = object()
+
+
+def _read_into(requests: Any, queue: Queue[Any]) -> None:
+    """Moves a stream's requests into ``queue``, then _END (or the error that
+    ended the reading)."""
+    try:
+        for request in requests:
+            queue.put(request)
+    except BaseException as exc:  # the client went away, or a request did not parse
+        queue.put(exc)
+        return
+    queue.put(_END)
+
+
+def _track_response(result: TrackResult) -> pb.TrackEventsResponse:
+    return pb.TrackEventsResponse(
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=[
+            pb.Rejection(index=r.index, reason=str(r.error), code=status_for(r.error).value[0])
+            for r in result.rejected
+        ],
+        event_ids=result.event_ids,
+        quarantined=result.quarantined,
+    )
 
 
 class RecommendationServicer(pb_grpc.RecommendationServiceServicer):

@@ -117,6 +117,8 @@ class TrackResult:
     event_ids: list[str]
     #: Rejected events kept in the quarantine table.
     quarantined: int = 0
+    #: The event ids this call stored (not duplicates).
+    fresh: frozenset[str] = frozenset()
 
 
 class _RateLimited(ResourceExhausted):
@@ -276,10 +278,17 @@ class SessionManager:
         return len(self.store.expire_sessions(now_ms() - self.timeout_ms))
 
     # -------------------------------------------------------------- events
-    def track(self, events: Sequence[IncomingEvent], *, fail_if_none: bool = True) -> TrackResult:
+    def track(
+        self,
+        events: Sequence[IncomingEvent],
+        *,
+        fail_if_none: bool = True,
+        shown: Sequence[int] | None = None,
+    ) -> TrackResult:
         """Validates and stores a batch (valid events commit, rejected ones are
         listed and quarantined). With no event storable, ``fail_if_none`` raises
-        the first event's error; otherwise the result lists every rejection."""
+        the first event's error; otherwise the result lists every rejection.
+        ``shown``: the index each event has in messages (default: its position)."""
         if not events:
             raise InvalidArgument("events: must not be empty")
         if len(events) > self.max_events:
@@ -294,9 +303,40 @@ class SessionManager:
         with contextlib.ExitStack() as held:
             for stripe in stripes:
                 held.enter_context(self._user_locks[stripe])
-            return self._track(events, fail_if_none)
+            return self._track(events, fail_if_none, shown or range(len(events)))
 
-    def _track(self, events: Sequence[IncomingEvent], fail_if_none: bool) -> TrackResult:
+    def track_many(self, batches: Sequence[Sequence[IncomingEvent]]) -> list[TrackResult]:
+        """Several batches stored in one transaction (a group commit), each with
+        its own result as if it had been tracked alone, in order: its accepted
+        and duplicate counts, its rejections (indexes within the batch), its
+        event ids. Every batch must be valid as a batch (non-empty, within the
+        size limit); together they must fit the size limit too."""
+        merged = [e for batch in batches for e in batch]
+        shown = [k for batch in batches for k in range(len(batch))]
+        result = self.track(merged, fail_if_none=False, shown=shown)
+        out: list[TrackResult] = []
+        counted: set[str] = set()
+        lo = 0
+        for batch in batches:
+            hi = lo + len(batch)
+            ids = result.event_ids[lo:hi]
+            rejected = [
+                Rejection(r.index - lo, r.error) for r in result.rejected if lo <= r.index < hi
+            ]
+            accepted = 0
+            for event_id in ids:
+                if event_id and event_id in result.fresh and event_id not in counted:
+                    counted.add(event_id)
+                    accepted += 1
+            stored = sum(1 for event_id in ids if event_id)
+            quarantined = sum(not isinstance(r.error, _RateLimited) for r in rejected)
+            out.append(TrackResult(accepted, stored - accepted, rejected, ids, quarantined))
+            lo = hi
+        return out
+
+    def _track(
+        self, events: Sequence[IncomingEvent], fail_if_none: bool, shown: Sequence[int]
+    ) -> TrackResult:
         now = now_ms()
         wanted = {e.session_id for e in events if e.session_id and len(e.session_id) <= 256}
         sessions = self.store.get_sessions(wanted) if wanted else {}
@@ -306,16 +346,16 @@ class SessionManager:
         rejected: list[Rejection] = []
         for index, incoming in enumerate(events):
             try:
-                records.append(self._validate(incoming, index, now, sessions))
+                records.append(self._validate(incoming, shown[index], now, sessions))
             except SessionrecError as exc:
                 rejected.append(Rejection(index, exc))
                 records.append(None)
-        self._limit_users(records, rejected)
+        self._limit_users(records, rejected, shown)
         valid = [r for r in records if r is not None]
         if not valid:
             return self._nothing_stored(events, rejected, now, fail_if_none)
         opened, superseded = self._sessionize([r for r in valid if not r.session_id], now)
-        valid = self._count_offer_events(records, valid, rejected)
+        valid = self._count_offer_events(records, valid, rejected, shown)
         if not valid:
             return self._nothing_stored(events, rejected, now, fail_if_none)
         quarantine = _quarantine_entries(events, rejected, now)
@@ -324,7 +364,9 @@ class SessionManager:
         )
         event_ids = [r.event_id if r is not None else "" for r in records]
         # Quarantined: kept now, or already by an earlier try of the same batch.
-        return TrackResult(result.accepted, result.duplicates, rejected, event_ids, len(quarantine))
+        return TrackResult(
+            result.accepted, result.duplicates, rejected, event_ids, len(quarantine), result.fresh
+        )
 
     def _nothing_stored(
         self,
@@ -342,7 +384,9 @@ class SessionManager:
             raise rejected[0].error
         return TrackResult(0, 0, rejected, [""] * len(events), len(quarantine))
 
-    def _limit_users(self, records: list[EventRecord | None], rejected: list[Rejection]) -> None:
+    def _limit_users(
+        self, records: list[EventRecord | None], rejected: list[Rejection], shown: Sequence[int]
+    ) -> None:
         """Per-user event rate: a user over the limit has all their events of
         this batch refused (RESOURCE_EXHAUSTED with a retry hint), others go on."""
         if not self.user_limit.enabled:
@@ -358,7 +402,7 @@ class SessionManager:
                 for index in indexes:
                     records[index] = None
                     limited = _RateLimited(
-                        f"events[{index}].{exc}", retry_after_ms=exc.retry_after_ms
+                        f"events[{shown[index]}].{exc}", retry_after_ms=exc.retry_after_ms
                     )
                     rejected.append(Rejection(index, limited))
         rejected.sort(key=lambda r: r.index)
@@ -368,6 +412,7 @@ class SessionManager:
         records: list[EventRecord | None],
         valid: list[EventRecord],
         rejected: list[Rejection],
+        shown: Sequence[int],
     ) -> list[EventRecord]:
         """Offer events count against their offer's caps and budget before they are
         stored; one that would exceed them is rejected (RESOURCE_EXHAUSTED), not
@@ -380,7 +425,7 @@ class SessionManager:
             if error is not None:
                 refused.add(record.event_id)
                 index = next(i for i, r in enumerate(records) if r is record)
-                rejected.append(Rejection(index, type(error)(f"events[{index}].{error}")))
+                rejected.append(Rejection(index, type(error)(f"events[{shown[index]}].{error}")))
                 records[index] = None
         rejected.sort(key=lambda r: r.index)
         return [r for r in valid if r.event_id not in refused]

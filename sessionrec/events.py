@@ -102,6 +102,8 @@ class AppendResult:
     duplicates: int
     #: Rejected events newly kept in the quarantine table.
     quarantined: int = 0
+    #: The ids of the events newly stored (not duplicates).
+    fresh: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

@@ -611,7 +611,10 @@ class SQLiteStore(Store):
             _mark_days(c, [*touched, *close_sessions])
             quarantined = _quarantine(c, quarantine, received)
         return AppendResult(
-            accepted=accepted, duplicates=len(events) - accepted, quarantined=quarantined
+            accepted=accepted,
+            duplicates=len(events) - accepted,
+            quarantined=quarantined,
+            fresh=frozenset(e.event_id for e in fresh),
         )
 
     @staticmethod

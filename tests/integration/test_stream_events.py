@@ -114,3 +114,31 @@ def test_unparseable_requests_get_invalid_argument_and_the_server_still_stops(sr
     stopper.start()
     stopper.join(timeout=15)
     assert not stopper.is_alive(), "server.stop() hung"
+
+
+def test_acks_are_per_request_even_when_requests_share_a_commit(srv):
+    """Requests that arrive together are stored in one transaction; each ack
+    still reads as if its request had been tracked alone."""
+    sid = open_session(srv)
+    requests = []
+    for k in range(200):
+        events = [view("i1", session_id=sid, event_id=f"g{k}")]
+        if k % 10 == 3:  # the same id again, in a later request
+            events.append(view("i1", session_id=sid, event_id=f"g{k - 1}"))
+        if k % 10 == 7:  # an invalid event second in its request
+            events.append(pb.Event(session_id=sid, event_id=f"bad{k}", type=pb.SCREEN_VIEW))
+        requests.append(pb.TrackEventsRequest(events=events))
+    acks = list(srv.sessions.StreamEvents(iter(requests), timeout=60))
+    assert len(acks) == 200
+    for k, ack in enumerate(acks):
+        if k % 10 == 3:
+            assert (ack.accepted, ack.duplicates) == (1, 1)
+            assert list(ack.event_ids) == [f"g{k}", f"g{k - 1}"]
+        elif k % 10 == 7:
+            assert (ack.accepted, ack.duplicates, ack.quarantined) == (1, 0, 1)
+            (rejection,) = ack.rejected
+            assert rejection.index == 1 and rejection.reason.startswith("events[1].screen")
+        else:
+            assert (ack.accepted, ack.duplicates, list(ack.event_ids)) == (1, 0, [f"g{k}"])
+    assert sql_scalar(srv.db_path, "SELECT COUNT(*) FROM events") == 200
+    assert sql_scalar(srv.db_path, "SELECT COUNT(*) FROM quarantine") == 20
