@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sessionrec.errors import InvalidArgument
 
 MAX_ID_LENGTH = 256
@@ -14,10 +16,14 @@ def require_id(value: str, field: str) -> str:
     return check_id(value, field)
 
 
+#: ASCII control characters (a regex: checked for every id of every event).
+_CONTROL = re.compile("[\x00-\x1f]")
+
+
 def check_id(value: str, field: str) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field}: longer than {MAX_ID_LENGTH} characters")
-    if any(ord(ch) < 32 for ch in value):
+    if _CONTROL.search(value):
         raise InvalidArgument(f"{field}: contains control characters")
     return value
 
