@@ -108,6 +108,12 @@ class Rejection:
     index: int
     error: SessionrecError
 
+    @property
+    def quarantined(self) -> bool:
+        """Invalid events are kept apart with their reason; rate-limited ones
+        are not (they were refused, not judged: the client sends them again)."""
+        return not isinstance(self.error, _RateLimited)
+
 
 @dataclass(slots=True)
 class TrackResult:
@@ -138,13 +144,8 @@ def _printable(text: str, limit: int = 64) -> str:
 def _quarantine_entries(
     events: Sequence[IncomingEvent], rejected: list[Rejection], now: int
 ) -> list[QuarantinedEvent]:
-    """Rejected events are kept apart with their reason; rate-limited ones are
-    not (they were refused, not judged: the client sends them again)."""
-    return [
-        quarantine_entry(events[r.index], r.error, now)
-        for r in rejected
-        if not isinstance(r.error, _RateLimited)
-    ]
+    """The quarantine rows of the rejections that are kept (``Rejection.quarantined``)."""
+    return [quarantine_entry(events[r.index], r.error, now) for r in rejected if r.quarantined]
 
 
 def quarantine_entry(e: IncomingEvent, error: SessionrecError, now: int) -> QuarantinedEvent:
@@ -289,10 +290,7 @@ class SessionManager:
         listed and quarantined). With no event storable, ``fail_if_none`` raises
         the first event's error; otherwise the result lists every rejection.
         ``shown``: the index each event has in messages (default: its position)."""
-        if not events:
-            raise InvalidArgument("events: must not be empty")
-        if len(events) > self.max_events:
-            raise InvalidArgument(f"events: at most {self.max_events} per call, got {len(events)}")
+        self.check_batch(events)
         # Finding a user's open session and storing the session opened for them
         # must not interleave with another batch for the same user, or the two
         # batches would open two sessions: session-less events lock their users'
@@ -304,6 +302,13 @@ class SessionManager:
             for stripe in stripes:
                 held.enter_context(self._user_locks[stripe])
             return self._track(events, fail_if_none, shown or range(len(events)))
+
+    def check_batch(self, events: Sequence[IncomingEvent]) -> None:
+        """A batch has at least one event and at most ``max_events``."""
+        if not events:
+            raise InvalidArgument("events: must not be empty")
+        if len(events) > self.max_events:
+            raise InvalidArgument(f"events: at most {self.max_events} per call, got {len(events)}")
 
     def track_many(self, batches: Sequence[Sequence[IncomingEvent]]) -> list[TrackResult]:
         """Several batches stored in one transaction (a group commit), each with
@@ -329,7 +334,7 @@ class SessionManager:
                     counted.add(event_id)
                     accepted += 1
             stored = sum(1 for event_id in ids if event_id)
-            quarantined = sum(not isinstance(r.error, _RateLimited) for r in rejected)
+            quarantined = sum(r.quarantined for r in rejected)
             out.append(TrackResult(accepted, stored - accepted, rejected, ids, quarantined))
             lo = hi
         return out
