@@ -561,13 +561,16 @@ def test_the_offer_must_be_valid_when_the_push_is_sent(store, recommender, tmp_p
     # Now, the best offer is the one that ends within the hour...
     assert offers.get_offers("back", 1, preview=True).offers[0].offer.offer_id == "ends-soon"
 
-    (cand,) = push_candidates(store, recommender, offers, now_ms=now, record=False)
+    # No quiet hours: the active hour follows the wall clock (it is the offer
+    # that is under test, not the hour).
+    plan = {"now_ms": now, "record": False, "quiet_hours": None}
+    (cand,) = push_candidates(store, recommender, offers, **plan)
 
     assert now + 5 * HOUR <= cand.send_at_ms <= now + 6 * HOUR
     # ...but the push goes out after it ended: the best one valid then.
     assert cand.offer_id == "later"
     offers.delete("later")
-    (cand,) = push_candidates(store, recommender, offers, now_ms=now, record=False)
+    (cand,) = push_candidates(store, recommender, offers, **plan)
     assert cand.offer_id == "always"
     with pytest.raises(InvalidArgument, match=r"^at_ms: only with preview"):
         offers.get_offers("back", 1, at_ms=cand.send_at_ms)
