@@ -100,19 +100,20 @@ def optional_ms(message: Any, name: str) -> tuple[int | None, str]:
 
 def incoming_event(e: pb.Event) -> IncomingEvent:
     ts_ms, error = optional_ms(e, "timestamp")
+    # Positional (IncomingEvent's field order): this runs for every event ingested.
     return IncomingEvent(
-        event_id=e.event_id,
-        session_id=e.session_id,
-        user_id=e.user_id,
-        type=int(e.type),
-        item_id=e.item_id,
-        screen=e.screen,
-        dwell_ms=e.dwell_ms,
-        value=e.value,
-        ts_ms=ts_ms,
-        timestamp_error=error,
-        properties=dict(e.properties),
-        offer_id=e.offer_id,
+        e.event_id,
+        e.session_id,
+        e.user_id,
+        e.type,
+        e.item_id,
+        e.screen,
+        e.dwell_ms,
+        e.value,
+        ts_ms,
+        error,
+        dict(e.properties) if len(e.properties) else {},
+        e.offer_id,
     )
 
 

@@ -19,7 +19,6 @@ Rules (also in the README):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 
 from service.limits import RateLimiter
 from service.periodic import PeriodicTask
-from service.validation import check_id, require_id
+from service.validation import check_id, ids_valid, require_id
 from sessionrec.errors import InvalidArgument, NotFound, ResourceExhausted, SessionrecError
 from sessionrec.events import (
     ITEM_REQUIRED,
@@ -49,6 +48,10 @@ from sessionrec.store.base import QuarantinedEvent
 
 log = logging.getLogger("sessionrec.sessions")
 
+#: Event type by number (a dict: ``EventType(n)`` costs a microsecond per event).
+_EVENT_TYPES = {int(t): t for t in EventType}
+#: The id fields of an event, in the order their errors are reported.
+_ID_FIELDS = ("event_id", "user_id", "item_id", "screen", "session_id", "offer_id")
 MAX_PROPERTIES = 64
 MAX_PROPERTY_KEY = 128
 MAX_PROPERTY_VALUE = 1024
@@ -186,6 +189,88 @@ def quarantine_entry(e: IncomingEvent, error: SessionrecError, now: int) -> Quar
     )
 
 
+#: Most events one group commit stores together (concurrent calls' batches).
+GROUP_MAX_EVENTS = 5000
+
+
+@dataclass(eq=False)
+class _Ticket:
+    batches: Sequence[Sequence[IncomingEvent]]
+    size: int
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[TrackResult] | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Batches from concurrent callers stored in one transaction (one fsync for
+    all of them), each caller getting its own result.
+
+    Leader/follower, no thread of its own: a caller finding no commit running
+    commits everything waiting (its own batch first, up to ``max_events``
+    events); callers arriving meanwhile wait, and when the commit ends the
+    first of them leads the next group. A caller alone pays no hand-off; under
+    load, the commits grow to take everyone waiting."""
+
+    def __init__(
+        self,
+        store_many: Callable[[list[Sequence[IncomingEvent]]], list[TrackResult]],
+        max_events: int = GROUP_MAX_EVENTS,
+    ):
+        self._store_many = store_many
+        self.max_events = max_events
+        self._lock = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._busy = False
+
+    def submit(self, batches: Sequence[Sequence[IncomingEvent]]) -> list[TrackResult]:
+        """Stores ``batches`` (kept together in one transaction) with whatever
+        else is waiting; their results in order. A failed commit (the store
+        unavailable, full) raises in every caller of its group."""
+        ticket = _Ticket(batches, sum(len(b) for b in batches))
+        with self._lock:
+            self._waiting.append(ticket)
+            leads = not self._busy
+            self._busy = True
+        if not leads:
+            ticket.done.wait()
+        if ticket.results is None and ticket.error is None:
+            self._commit_next()
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.results is not None
+        return ticket.results
+
+    def _commit_next(self) -> None:
+        """Commits the next group (the caller's ticket is first in it), then
+        hands the lead to the first caller still waiting."""
+        with self._lock:
+            group, size = [self._waiting.pop(0)], 0
+            size = group[0].size
+            while self._waiting and size + self._waiting[0].size <= self.max_events:
+                size += self._waiting[0].size
+                group.append(self._waiting.pop(0))
+        try:
+            results = self._store_many([b for t in group for b in t.batches])
+        except BaseException as exc:
+            for t in group:
+                t.error = exc
+        else:
+            at = 0
+            for t in group:
+                t.results = results[at : at + len(t.batches)]
+                at += len(t.batches)
+        finally:
+            with self._lock:
+                # The first caller still waiting commits next (woken with no result).
+                following = self._waiting[0] if self._waiting else None
+                self._busy = following is not None
+            for t in group:
+                t.done.set()
+            if following is not None:
+                following.done.set()
+
+
 class SessionManager:
     def __init__(
         self,
@@ -207,7 +292,7 @@ class SessionManager:
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.max_events = max_events_per_call
         self._reaper: PeriodicTask | None = None
-        self._user_locks = [threading.Lock() for _ in range(64)]
+        self._group = GroupCommit(self._track_group)
 
     # ------------------------------------------------------------ sessions
     def start(
@@ -279,29 +364,16 @@ class SessionManager:
         return len(self.store.expire_sessions(now_ms() - self.timeout_ms))
 
     # -------------------------------------------------------------- events
-    def track(
-        self,
-        events: Sequence[IncomingEvent],
-        *,
-        fail_if_none: bool = True,
-        shown: Sequence[int] | None = None,
-    ) -> TrackResult:
+    def track(self, events: Sequence[IncomingEvent], *, fail_if_none: bool = True) -> TrackResult:
         """Validates and stores a batch (valid events commit, rejected ones are
-        listed and quarantined). With no event storable, ``fail_if_none`` raises
-        the first event's error; otherwise the result lists every rejection.
-        ``shown``: the index each event has in messages (default: its position)."""
+        listed and quarantined), in one transaction with concurrent callers'
+        batches (``GroupCommit``). With no event storable, ``fail_if_none``
+        raises the first event's error; otherwise the result lists every rejection."""
         self.check_batch(events)
-        # Finding a user's open session and storing the session opened for them
-        # must not interleave with another batch for the same user, or the two
-        # batches would open two sessions: session-less events lock their users'
-        # stripes (in a fixed order, so batches cannot deadlock).
-        stripes = sorted(
-            {hash(e.user_id) % len(self._user_locks) for e in events if not e.session_id}
-        )
-        with contextlib.ExitStack() as held:
-            for stripe in stripes:
-                held.enter_context(self._user_locks[stripe])
-            return self._track(events, fail_if_none, shown or range(len(events)))
+        result = self._group.submit([events])[0]
+        if fail_if_none and len(result.rejected) == len(events):
+            raise result.rejected[0].error  # nothing stored (the rejections are kept)
+        return result
 
     def check_batch(self, events: Sequence[IncomingEvent]) -> None:
         """A batch has at least one event and at most ``max_events``."""
@@ -311,14 +383,22 @@ class SessionManager:
             raise InvalidArgument(f"events: at most {self.max_events} per call, got {len(events)}")
 
     def track_many(self, batches: Sequence[Sequence[IncomingEvent]]) -> list[TrackResult]:
-        """Several batches stored in one transaction (a group commit), each with
-        its own result as if it had been tracked alone, in order: its accepted
-        and duplicate counts, its rejections (indexes within the batch), its
-        event ids. Every batch must be valid as a batch (non-empty, within the
-        size limit); together they must fit the size limit too."""
+        """Several batches stored in one transaction, each with its own result as
+        if it had been tracked alone, in order: its accepted and duplicate
+        counts, its rejections (indexes within the batch), its event ids."""
+        for batch in batches:
+            self.check_batch(batch)
+        return self._group.submit(batches)
+
+    def _track_group(self, batches: list[Sequence[IncomingEvent]]) -> list[TrackResult]:
+        """``track_many`` for ``GroupCommit``: the batches merged, stored in one
+        transaction, and the result split again."""
         merged = [e for batch in batches for e in batch]
         shown = [k for batch in batches for k in range(len(batch))]
-        result = self.track(merged, fail_if_none=False, shown=shown)
+        # Finding a user's open session and storing the session opened for them
+        # must not interleave with another batch for the same user, or the two
+        # batches would open two sessions: GroupCommit runs one group at a time.
+        result = self._track(merged, False, shown)
         out: list[TrackResult] = []
         counted: set[str] = set()
         lo = 0
@@ -440,22 +520,20 @@ class SessionManager:
     ) -> EventRecord:
         """A stored-ready record; ``session_id`` stays empty when the server must choose it."""
         where = f"events[{index}]"
-        if e.event_id:
-            check_id(e.event_id, f"{where}.event_id")
-        if e.user_id:
-            check_id(e.user_id, f"{where}.user_id")
-        if e.type == 0:
-            raise InvalidArgument(f"{where}.type: required")
-        if e.type not in EventType._value2member_map_:
+        # Every id at once: the precise check (and its message) only when one fails.
+        ids = (e.event_id, e.user_id, e.item_id, e.screen, e.session_id, e.offer_id)
+        if not ids_valid(ids):
+            for value, name in zip(ids, _ID_FIELDS, strict=True):
+                if value:
+                    check_id(value, f"{where}.{name}")
+        etype = _EVENT_TYPES.get(e.type)
+        if etype is None:
+            if e.type == 0:
+                raise InvalidArgument(f"{where}.type: required")
             raise InvalidArgument(f"{where}.type: unknown event type {e.type}")
-        etype = EventType(e.type)
-        if e.item_id:
-            check_id(e.item_id, f"{where}.item_id")
-        elif etype in ITEM_REQUIRED:
+        if not e.item_id and etype in ITEM_REQUIRED:
             raise InvalidArgument(f"{where}.item_id: required for {etype.name}")
-        if e.screen:
-            check_id(e.screen, f"{where}.screen")
-        elif etype is EventType.SCREEN_VIEW:
+        if not e.screen and etype is EventType.SCREEN_VIEW:
             raise InvalidArgument(f"{where}.screen: required for SCREEN_VIEW")
         if not 0 <= e.dwell_ms <= MAX_DWELL_MS:
             raise InvalidArgument(
@@ -463,14 +541,14 @@ class SessionManager:
             )
         if not math.isfinite(e.value):
             raise InvalidArgument(f"{where}.value: must be a finite number")
-        self._check_properties(e.properties, where)
         properties = dict(e.properties)
+        if properties:
+            self._check_properties(properties, where)
         if etype in OFFER_EVENTS:
             if not e.offer_id:
                 raise InvalidArgument(f"{where}.offer_id: required for {etype.name}")
             if not e.event_id:  # counting is idempotent on it: a retry must not count twice
                 raise InvalidArgument(f"{where}.event_id: required for {etype.name}")
-            check_id(e.offer_id, f"{where}.offer_id")
             properties["offer_id"] = e.offer_id
         elif e.offer_id:
             raise InvalidArgument(f"{where}.offer_id: only for OFFER_IMPRESSION and OFFER_REDEEMED")
@@ -479,7 +557,6 @@ class SessionManager:
         ts = now if e.ts_ms is None else e.ts_ms
         self._check_time(ts, now, f"{where}.timestamp")
         if e.session_id:
-            check_id(e.session_id, f"{where}.session_id")
             session = sessions.get(e.session_id)
             if session is None:
                 raise NotFound(f"{where}.session_id: unknown session {e.session_id!r}")
@@ -496,7 +573,7 @@ class SessionManager:
             event_id=e.event_id or uuid.uuid4().hex,
             session_id=e.session_id,
             user_id=user,
-            type=int(etype),
+            type=e.type,
             ts_ms=ts,
             item_id=e.item_id or None,
             screen=e.screen or None,

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ import numpy as np
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.data import Interactions, Vocabulary, user_row
-from training.models import ALGORITHMS, Recommender, break_ties_by_popularity, top_k
-from training.session_models import SessionRecommender, normalized
+from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
+from training.session_models import SessionRecommender, csr_positions, normalized
 from training.weighting import ConfidenceScaling, EventWeights
 
 FORMAT = "sessionrec-model"
@@ -82,6 +83,14 @@ class ModelArtifact:
     def params(self) -> dict[str, Any]:
         return dict(self.model.params)
 
+    @cached_property
+    def _tie_breaks(self) -> np.ndarray:
+        return tie_breaks(self.popularity)
+
+    def _tie_broken(self, scores: np.ndarray) -> np.ndarray:
+        """``break_ties_by_popularity`` with this artifact's popularity term, kept."""
+        return np.asarray(scores, dtype=np.float64) + self._tie_breaks
+
     # ------------------------------------------------------------- serving
     def recommend(
         self,
@@ -105,26 +114,27 @@ class ModelArtifact:
         ``self.items``) keeps only the items a caller's filters let through.
         """
         numbers, types, ts, row, positive = self._weighted(history, live_since_ms, live_boost)
-        excluded = [] if include_seen else numbers[numbers >= 0].tolist()
-        excluded += [i for i in self.items.numbers(list(exclude)).tolist() if i >= 0]
+        skip = [] if include_seen else [numbers[numbers >= 0]]
+        if len(exclude):
+            others = self.items.numbers(list(exclude))
+            skip.append(others[others >= 0])
         if allowed is not None:
-            excluded += np.flatnonzero(~self._mask(allowed)).tolist()
+            skip.append(np.flatnonzero(~self._mask(allowed)))
+        excluded = np.concatenate(skip) if skip else np.zeros(0, dtype=np.int64)
         live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
         if self.session is not None and len(live):
             parts = self.session.parts(live, int(ts.max()))
             model_scores = None
             if row.nnz and self.algorithm not in NON_PERSONAL:
                 model_scores = self.model.score(row)[0]
-            blended = break_ties_by_popularity(
-                self.session.combine(parts, model_scores), self.popularity
-            )
-            idx, scores = top_k(blended, n, np.asarray(excluded, dtype=np.int64))
+            blended = self._tie_broken(self.session.combine(parts, model_scores))
+            idx, scores = top_k(blended, n, excluded)
             reasons = self._explain_session(live, ts, numbers, types, idx, row)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
             return self._popular(row, n, excluded)
-        scores_all = break_ties_by_popularity(self.model.score(row)[0], self.popularity)
-        idx, scores = top_k(scores_all, n, np.asarray(excluded, dtype=np.int64))
+        scores_all = self._tie_broken(self.model.score(row)[0])
+        idx, scores = top_k(scores_all, n, excluded)
         reasons = self._explain(row, numbers, types, idx)
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
@@ -217,18 +227,25 @@ class ModelArtifact:
         now = max(time.time_ns() // 1_000_000, int(ts.max()))
         recent_first = list(dict.fromkeys(reversed(live.tolist())))[:20]
         # When and how each of those items was last touched (only they are named).
-        wanted = np.isin(numbers, recent_first)
+        named = set(recent_first)
         last_seen: dict[int, int] = {}
         verbs: dict[int, int] = {}
-        for num, t, typ in zip(
-            numbers[wanted].tolist(), ts[wanted].tolist(), types[wanted].tolist(), strict=True
-        ):
-            if t >= last_seen.get(num, -1):
+        for num, t, typ in zip(numbers.tolist(), ts.tolist(), types.tolist(), strict=True):
+            if num in named and t >= last_seen.get(num, -1):
                 last_seen[num] = t
                 verbs[num] = max(typ, verbs.get(num, typ))
+        # linked[s, r]: a rule leads from live item recent_first[s] to recommended[r]
+        # (rows of the CSR rules read directly: fancy indexing costs a millisecond).
         rules = self.session.rules.rules
-        links = rules[recent_first][:, recommended].toarray()  # live x recommended
-        linked = links > 0
+        linked = np.zeros((len(recent_first), len(recommended)), dtype=bool)
+        at, row_of = csr_positions(rules.indptr, np.asarray(recent_first, dtype=np.int64))
+        if len(at):
+            order = np.argsort(recommended, kind="stable")  # recommended items are distinct
+            by_number = recommended[order]
+            targets = rules.indices[at]
+            pos = np.minimum(np.searchsorted(by_number, targets), len(by_number) - 1)
+            hit = (by_number[pos] == targets) & (rules.data[at] > 0)
+            linked[row_of[hit], order[pos[hit]]] = True
         unlinked = np.flatnonzero(~linked.any(axis=0))
         fallback: dict[int, str] = {}
         if len(unlinked) and row.nnz:  # the model explains only what no rule does
@@ -251,10 +268,10 @@ class ModelArtifact:
                 reasons.append(fallback.get(r, "popular in sessions like yours"))
         return reasons
 
-    def _popular(self, row: Any, n: int, excluded: list[int]) -> Recommendation:
+    def _popular(self, row: Any, n: int, excluded: np.ndarray) -> Recommendation:
         trending = self.algorithm == "trending"
         ranking = self.model.score(row)[0] if trending else self.popularity
-        idx, scores = top_k(ranking, n, np.asarray(excluded, dtype=np.int64))
+        idx, scores = top_k(ranking, n, excluded)
         if trending:
             reasons = [f"trending: {ranking[i]:.1f} recent weighted interactions" for i in idx]
         else:
@@ -317,7 +334,7 @@ class ModelArtifact:
         if self.algorithm not in NON_PERSONAL:
             sims = self.model.item_similarity(np.array([number]), np.arange(len(self.items)))[:, 0]
             total = total + normalized(np.asarray(sims, dtype=np.float32))
-        total = break_ties_by_popularity(total, self.popularity)
+        total = self._tie_broken(total)
         total[number] = -np.inf
         if self.algorithm in NON_PERSONAL:
             total[co <= 0] = -np.inf  # nothing relates the others to item_id

@@ -136,8 +136,17 @@ def events_after(user_rows: np.ndarray) -> np.ndarray:
 def user_row(item_numbers: np.ndarray, item_weights: np.ndarray, n_items: int) -> sp.csr_matrix:
     """One user's weighted row from item numbers (unknown = -1, dropped) and weights."""
     keep = (item_numbers >= 0) & (item_weights > 0)
-    cols, where = np.unique(item_numbers[keep], return_inverse=True)
-    data = np.bincount(where, weights=item_weights[keep], minlength=len(cols))
+    numbers, weights = item_numbers[keep], item_weights[keep]
+    if len(numbers) <= 512:  # serving's case: a dict beats np.unique's sort + inverse
+        sums: dict[int, float] = {}
+        for number, weight in zip(numbers.tolist(), weights.tolist(), strict=True):
+            sums[number] = sums.get(number, 0.0) + weight  # bincount's order and precision
+        order = sorted(sums)
+        cols: np.ndarray = np.array(order, dtype=np.int32)
+        data: np.ndarray = np.array([sums[c] for c in order], dtype=np.float64)
+    else:
+        cols, where = np.unique(numbers, return_inverse=True)
+        data = np.bincount(where, weights=weights, minlength=len(cols))
     return sp.csr_matrix(
         (data.astype(np.float32), cols.astype(np.int32), np.array([0, len(cols)], np.int32)),
         shape=(1, n_items),

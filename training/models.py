@@ -73,12 +73,16 @@ def top_k(
     if exclude is not None and len(exclude):
         scores[exclude] = -np.inf
     finite = np.isfinite(scores)
-    k = min(k, int(finite.sum()))
+    available = int(np.count_nonzero(finite))
+    k = min(k, available)
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    if available < len(scores):
+        scores[~finite] = -np.inf  # NaN would sort above everything
     # The k-th best score; every item scoring at least that is a candidate, so
     # ties at the cut are resolved by index (deterministic), not by partition order.
-    kth = -np.partition(-scores, k - 1)[k - 1]
+    cut = len(scores) - k
+    kth = np.partition(scores, cut)[cut]
     candidates = np.flatnonzero(scores >= kth)
     order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return order.astype(np.int64), scores[order]
@@ -88,9 +92,15 @@ def break_ties_by_popularity(scores: np.ndarray, popularity: np.ndarray) -> np.n
     """Adds a popularity term far below any real score difference, so items a
     model scores equally (e.g. that no neighbour reaches) rank by popularity.
     Serving and evaluation both rank through this."""
-    top = float(popularity.max()) if len(popularity) else 1.0
     # float64: at float32 precision the tie-break term vanishes next to scores near 1.
-    return np.asarray(scores, dtype=np.float64) + 1e-6 * (popularity / max(top, 1.0))
+    return np.asarray(scores, dtype=np.float64) + tie_breaks(popularity)
+
+
+def tie_breaks(popularity: np.ndarray) -> np.ndarray:
+    """The popularity term ``break_ties_by_popularity`` adds (float64; callers
+    ranking many times with one popularity may keep it)."""
+    top = float(popularity.max()) if len(popularity) else 1.0
+    return 1e-6 * (np.asarray(popularity, dtype=np.float64) / max(top, 1.0))
 
 
 def _normalized(factors: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ artifact's ``.npz``, ``allow_pickle=False``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -223,11 +224,7 @@ class SessionKNN:
     def _rows(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Items, positions and row numbers (0..len(sessions)-1) of some sessions."""
         m = self.session_items
-        starts = m.indptr[sessions]
-        lengths = m.indptr[sessions + 1] - starts
-        row_of = np.repeat(np.arange(len(sessions)), lengths)
-        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        at = np.repeat(starts, lengths) + offsets
+        at, row_of = csr_positions(m.indptr, sessions)
         return m.indices[at], m.data[at], row_of
 
     def co_occurrence(self, item: int) -> np.ndarray:
@@ -432,9 +429,29 @@ DEFAULT_BLEND = {"knn": 1.0, "rules": 0.01, "model": 0.03}
 BLEND_PARTS = ("knn", "rules", "model")
 
 
+def csr_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of some rows of a CSR matrix sit (positions into its
+    ``indices``/``data``, row by row) and which of ``rows`` (0..len-1) each is from."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + offsets, row_of
+
+
 def normalized(scores: np.ndarray) -> np.ndarray:
     """Scores scaled to [0, 1] by the range of their finite values (all zero when
-    flat; non-finite scores become 0)."""
+    flat; non-finite scores become 0). float32 out; the usual case (every score
+    finite) takes two reductions and two in-place passes over the array."""
+    scores = np.asarray(scores)
+    if scores.size:
+        lo, hi = float(scores.min()), float(scores.max())
+        if math.isfinite(lo) and math.isfinite(hi):  # then every score is finite
+            if hi <= lo:
+                return np.zeros(scores.shape, dtype=np.float32)
+            out = np.subtract(scores, lo, dtype=np.float64)
+            out /= hi - lo
+            return out.astype(np.float32)
     scores = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(scores)
     if not finite.any():
@@ -475,11 +492,15 @@ class SessionRecommender:
 
     def combine(self, parts: dict[str, np.ndarray], model_scores: np.ndarray | None) -> np.ndarray:
         total = np.zeros(self.knn.n_items, dtype=np.float32)
-        for name, scores in parts.items():
-            if self.blend.get(name, 0.0):
-                total += self.blend[name] * normalized(scores)
-        if model_scores is not None and self.blend.get("model", 0.0):
-            total += self.blend["model"] * normalized(model_scores)
+        weighted = list(parts.items())
+        if model_scores is not None:
+            weighted.append(("model", model_scores))
+        for name, scores in weighted:
+            weight = self.blend.get(name, 0.0)
+            if weight:
+                part = normalized(scores)
+                part *= np.float32(weight)
+                total += part
         return total
 
     def to_arrays(self) -> dict[str, np.ndarray]:
