@@ -223,7 +223,10 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         Group commit: a reader thread queues the requests as they arrive, and
         every request already waiting (up to ``max_events`` events together) is
         stored in one transaction, so a client streaming single events pays one
-        commit per group rather than one per event."""
+        commit per group rather than one per event. The group's acks go out in
+        one message: grpcio's sync server waits for each message sent to
+        complete, so one message per request would bound a stream to a few
+        thousand requests per second."""
         queue: Queue[Any] = Queue(maxsize=STREAM_QUEUE)
         reader = threading.Thread(
             target=_read_into, args=(request_iterator, queue), name="stream-reader", daemon=True
@@ -257,8 +260,8 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
                 except Empty:
                     break
             if group:
-                for result in self.sessions.track_many(group):
-                    yield _track_response(result)
+                results = self.sessions.track_many(group)
+                yield pb.StreamEventsResponse(acks=[_track_response(r) for r in results])
             if stop is not None:
                 raise stop
             if item is _END:

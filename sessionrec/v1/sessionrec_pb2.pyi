@@ -172,6 +172,12 @@ class TrackEventsResponse(_message.Message):
     quarantined: int
     def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., event_ids: _Optional[_Iterable[str]] = ..., quarantined: _Optional[int] = ...) -> None: ...
 
+class StreamEventsResponse(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[TrackEventsResponse]
+    def __init__(self, acks: _Optional[_Iterable[_Union[TrackEventsResponse, _Mapping]]] = ...) -> None: ...
+
 class EndSessionRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

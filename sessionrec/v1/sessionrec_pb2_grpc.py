@@ -49,7 +49,7 @@ class SessionServiceStub:
         self.StreamEvents = channel.stream_stream(
                 '/sessionrec.v1.SessionService/StreamEvents',
                 request_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.SerializeToString,
-                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.FromString,
+                response_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
         self.EndSession = channel.unary_unary(
                 '/sessionrec.v1.SessionService/EndSession',
@@ -88,8 +88,10 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamEvents(self, request_iterator, context):
-        """TrackEvents as a stream, for high-volume backends: one response per
-        request, in request order, each sent once its batch is committed (an ack).
+        """TrackEvents as a stream, for high-volume backends: one ack (a
+        TrackEventsResponse) per request, in request order, each sent once its
+        batch is committed. Requests that arrive while a commit runs are committed
+        together, and their acks travel together in one StreamEventsResponse.
         A batch none of whose events can be stored is acked with every event in
         `rejected` (invalid ones quarantined, over a rate limit: code
         RESOURCE_EXHAUSTED) instead of ending the stream; a request the server
@@ -130,7 +132,7 @@ def add_SessionServiceServicer_to_server(servicer, server):
             'StreamEvents': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamEvents,
                     request_deserializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.FromString,
-                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.SerializeToString,
+                    response_serializer=sessionrec_dot_v1_dot_sessionrec__pb2.StreamEventsResponse.SerializeToString,
             ),
             'EndSession': grpc.unary_unary_rpc_method_handler(
                     servicer.EndSession,
@@ -225,7 +227,7 @@ class SessionService:
             target,
             '/sessionrec.v1.SessionService/StreamEvents',
             sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsRequest.SerializeToString,
-            sessionrec_dot_v1_dot_sessionrec__pb2.TrackEventsResponse.FromString,
+            sessionrec_dot_v1_dot_sessionrec__pb2.StreamEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,12 @@ def srv(tmp_path, start_server):
     return start_server(tmp_path / "stream.db", tmp_path / "models")
 
 
+def acks_of(responses) -> list[pb.TrackEventsResponse]:
+    """The per-request acks, in order, out of the stream's messages (a message
+    carries the acks of the requests committed together)."""
+    return [ack for message in responses for ack in message.acks]
+
+
 def open_session(srv, user: str = "sam") -> str:
     return srv.sessions.StartSession(pb.StartSessionRequest(user_id=user), timeout=10).session_id
 
@@ -38,7 +44,7 @@ def test_every_request_is_acked_in_order_and_stored_once(srv):
             events=[view("i2", session_id=sid, event_id=f"many-{k}") for k in range(50)]
         )
     )
-    acks = list(srv.sessions.StreamEvents(iter(requests), timeout=60))
+    acks = acks_of(srv.sessions.StreamEvents(iter(requests), timeout=60))
     assert len(acks) == len(requests)
     assert [a.event_ids for a in acks[:300]] == [[f"s{k}"] for k in range(300)]
     assert all(a.accepted == 1 and a.duplicates == 0 for a in acks[:300])
@@ -60,7 +66,7 @@ def test_a_batch_with_nothing_storable_is_acked_with_its_rejections(srv):
         ),
         pb.TrackEventsRequest(events=[view("i2", session_id=sid, event_id="ok-2")]),
     ]
-    first, bad, last = srv.sessions.StreamEvents(iter(requests), timeout=30)
+    first, bad, last = acks_of(srv.sessions.StreamEvents(iter(requests), timeout=30))
     assert first.accepted == 1 and last.accepted == 1
     assert bad.accepted == 0 and bad.quarantined == 2
     assert [(r.index, r.code) for r in bad.rejected] == [
@@ -82,8 +88,8 @@ def test_a_request_the_server_cannot_take_ends_the_stream_after_the_earlier_acks
     ]
     acks = []
     with pytest.raises(grpc.RpcError) as caught:
-        for ack in srv.sessions.StreamEvents(iter(requests), timeout=30):
-            acks.append(ack)
+        for message in srv.sessions.StreamEvents(iter(requests), timeout=30):
+            acks.extend(message.acks)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("events: must not be empty")
     assert [a.event_ids for a in acks] == [["before"]]
@@ -94,7 +100,7 @@ def test_a_request_the_server_cannot_take_ends_the_stream_after_the_earlier_acks
         iter([pb.TrackEventsRequest(events=[view("i3", session_id=sid, event_id="after")])]),
         timeout=30,
     )
-    assert [a.accepted for a in again] == [1]
+    assert [a.accepted for a in acks_of(again)] == [1]
 
 
 def test_unparseable_requests_get_invalid_argument_and_the_server_still_stops(srv):
@@ -103,7 +109,7 @@ def test_unparseable_requests_get_invalid_argument_and_the_server_still_stops(sr
     raw = srv.channel.stream_stream(
         "/sessionrec.v1.SessionService/StreamEvents",
         request_serializer=lambda b: b,
-        response_deserializer=pb.TrackEventsResponse.FromString,
+        response_deserializer=pb.StreamEventsResponse.FromString,
     )
     for k in range(20):
         with pytest.raises(grpc.RpcError) as caught:
@@ -128,7 +134,7 @@ def test_acks_are_per_request_even_when_requests_share_a_commit(srv):
         if k % 10 == 7:  # an invalid event second in its request
             events.append(pb.Event(session_id=sid, event_id=f"bad{k}", type=pb.SCREEN_VIEW))
         requests.append(pb.TrackEventsRequest(events=events))
-    acks = list(srv.sessions.StreamEvents(iter(requests), timeout=60))
+    acks = acks_of(srv.sessions.StreamEvents(iter(requests), timeout=60))
     assert len(acks) == 200
     for k, ack in enumerate(acks):
         if k % 10 == 3:
