@@ -18,9 +18,12 @@ Health (grpc.health.v1), by service name:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import signal
 import sqlite3
+import tempfile
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -47,7 +50,16 @@ from service.servicers import (
     SessionServicer,
 )
 from service.sessions import SessionManager
+from service.workers import (
+    Forwarder,
+    SkipMethods,
+    WorkerLink,
+    WorkerPool,
+    check_port_free,
+    internal_socket_path,
+)
 from sessionrec.config import Config
+from sessionrec.errors import SessionrecError
 from sessionrec.store import Store, open_store, sqlite_path_from_url
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
@@ -106,6 +118,11 @@ class SessionrecServer:
     store_probe: PeriodicTask | None = None
     #: Accepting calls (False before the start and while draining).
     accepting: bool = False
+    #: The primary's worker processes (``processes`` > 1), and its internal socket's folder.
+    pool: WorkerPool | None = None
+    internal_dir: str | None = None
+    #: In a worker: why the primary's store refuses writes (None: it takes them).
+    primary_write_error: str | None = None
     _health_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_serving(self, serving: bool) -> None:
@@ -115,7 +132,8 @@ class SessionrecServer:
     def refresh_health(self) -> None:
         """Sets every health name from the state now (see the module docstring)."""
         with self._health_lock:
-            writable = getattr(self.store, "write_error", None) is None
+            store_error = getattr(self.store, "write_error", None)
+            writable = store_error is None and self.primary_write_error is None
             model_ok = self.models.last_error is None
             for name in ("", *SERVICE_NAMES, MODEL_HEALTH):
                 if name == MODEL_HEALTH:
@@ -125,6 +143,19 @@ class SessionrecServer:
                 else:
                     up = self.accepting and writable
                 self.health.set(name, SERVING if up else NOT_SERVING)
+            if self.pool is not None:
+                self.pool.tell("writable", store_error)
+
+    def follow_model(self, version: str) -> None:
+        """A worker: serve ``version`` like the primary (a failure is logged; the
+        model in use keeps serving)."""
+        loaded = self.models.current
+        if not version or (loaded is not None and loaded.artifact.version == version):
+            return
+        try:
+            self.models.reload(version)
+        except SessionrecError as exc:
+            log.error("could not load model %s like the primary: %s", version, exc)
 
     def probe_store(self) -> None:
         """While writes fail: clears the failure once there is room again."""
@@ -136,7 +167,11 @@ class SessionrecServer:
         """NOT_SERVING, let in-flight calls finish (up to ``grace`` s), then release everything."""
         grace = self.config.grace_s if grace is None else grace
         self.set_serving(False)
+        if self.pool is not None:
+            self.pool.stop(grace)
         self.server.stop(grace).wait()
+        if self.internal_dir is not None:
+            shutil.rmtree(self.internal_dir, ignore_errors=True)
         if self.store_probe is not None:
             self.store_probe.stop()
         self.sessions.stop()
@@ -171,17 +206,24 @@ def tls_credentials(config: Config) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(key.read(), cert.read())])
 
 
-def create_server(config: Config, *, store: Store | None = None) -> tuple[SessionrecServer, int]:
+def create_server(
+    config: Config, *, store: Store | None = None, worker: WorkerLink | None = None
+) -> tuple[SessionrecServer, int]:
     """Builds and starts a server on ``config.host:config.port`` (port 0: any free
-    port). Returns the running server and the bound port."""
+    port). Returns the running server and the bound port. With ``processes`` > 1
+    it also starts the worker processes on the same port (``service.workers``);
+    ``worker``: this is one of them."""
     # Numpy's BLAS must not spawn its own threads inside gRPC worker threads.
     threadpool_limits(1, "blas")
-    store = store or open_store(config.db_url, synchronous=config.sqlite_synchronous)
-    if store.url.startswith("sqlite:"):
+    store = store or open_store(
+        config.db_url, synchronous=config.sqlite_synchronous, readonly=worker is not None
+    )
+    if store.url.startswith("sqlite:") and worker is None:
         log_sqlite_version()
     auth = AuthInterceptor.from_config(store, config)
     try:  # no API key: open mode, refused off loopback (ConfigError naming host)
-        auth.check_startup(port=config.port or None, tls=bool(config.tls_cert_file))
+        if worker is None:
+            auth.check_startup(port=config.port or None, tls=bool(config.tls_cert_file))
         tokens = SessionTokens.for_store(store, config.session_token_ttl_s)
     except BaseException:
         store.close()
@@ -194,7 +236,10 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         user_events_per_s=config.rate_limit_user_events_per_s,
     )
     models = ModelHolder(config.models_dir)
-    models.load_initial()
+    if worker is not None and worker.model_version:
+        models.reload(worker.model_version)  # the primary's, pinned or not
+    elif worker is None or not worker.model_version:
+        models.load_initial()
     catalog = Catalog(store, max_items_per_call=config.max_items_per_call)
     catalog.refresh()
     engine = RecommendationEngine(
@@ -217,11 +262,19 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     )
     sessions.offer_recorder = offers.record_events
 
+    several = worker is not None or config.processes > 1
+    interceptors: list[grpc.ServerInterceptor] = [auth, ErrorMappingInterceptor()]
+    forwarder = None
+    if worker is not None:
+        channel = grpc.insecure_channel(worker.primary, options=INTERNAL_CHANNEL_OPTIONS)
+        forwarder = Forwarder(channel)
+        interceptors = [SkipMethods(i, forwarder.methods) for i in interceptors]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
-        interceptors=[auth, ErrorMappingInterceptor()],
+        interceptors=interceptors,
         options=[
-            ("grpc.so_reuseport", 0),
+            # One process: a taken port must fail the bind. Several share it.
+            ("grpc.so_reuseport", 1 if several else 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -242,17 +295,25 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         experimental_non_blocking=True,
         experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
     )
+    if forwarder is not None:  # its RPCs are not served in this process
+        forwarder.register(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{config.host}:{config.port}"
+    internal_dir = None
     try:
+        if config.processes > 1 and worker is None:
+            if config.port:
+                check_port_free(config.host, config.port)
+            internal_dir = tempfile.mkdtemp(prefix="sessionrec-")
+            server.add_insecure_port(f"unix:{internal_socket_path(internal_dir)}")
         if config.tls_cert_file:
             port = server.add_secure_port(address, tls_credentials(config))
         else:
             port = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpcio raises instead of returning 0 since 1.5x
+    except (RuntimeError, OSError) as exc:  # grpcio raises instead of returning 0 since 1.5x
         port = 0
         reason = str(exc)
     else:
@@ -260,6 +321,8 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     if port == 0:
         models.stop()
         store.close()
+        if internal_dir is not None:
+            shutil.rmtree(internal_dir, ignore_errors=True)
         raise OSError(f"address: could not bind {address} ({reason})")
     running = SessionrecServer(
         server=server,
@@ -271,8 +334,10 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         engine=engine,
         health=health_servicer,
         catalog=catalog,
+        internal_dir=internal_dir,
     )
-    if config.analytics_refresh_interval_s > 0 and store.url.startswith("sqlite:"):
+    primary = worker is None
+    if primary and config.analytics_refresh_interval_s > 0 and store.url.startswith("sqlite:"):
         running.analytics_refresh = PeriodicTask(
             "analytics-refresh",
             config.analytics_refresh_interval_s,
@@ -280,7 +345,7 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
         )
         running.analytics_refresh.start()
     add_write_listener = getattr(store, "add_write_listener", None)
-    if add_write_listener is not None:
+    if primary and add_write_listener is not None:
         add_write_listener(lambda _error: running.refresh_health())
         running.store_probe = PeriodicTask(
             "store-probe", STORE_PROBE_INTERVAL_S, running.probe_store
@@ -289,11 +354,47 @@ def create_server(config: Config, *, store: Store | None = None) -> tuple[Sessio
     models.add_listener(lambda _error: running.refresh_health())
     running.set_serving(False)
     server.start()
-    sessions.start_reaper(config.reaper_interval_s)
-    models.start_polling(config.model_poll_interval_s)
     catalog.start_polling(config.catalog_refresh_interval_s)
+    if primary:
+        sessions.start_reaper(config.reaper_interval_s)
+        models.start_polling(config.model_poll_interval_s)
+    if internal_dir is not None:
+        running.pool = start_workers(running, internal_dir)
     running.set_serving(True)
     return running, port
+
+
+#: A worker's channel to the primary: messages were size-checked where they came in.
+INTERNAL_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+]
+
+
+def start_workers(running: SessionrecServer, internal_dir: str) -> WorkerPool:
+    """Starts ``processes - 1`` workers on the primary's port; they follow the
+    primary's model (every load attempt is passed on). A worker that cannot
+    start stops the server."""
+    config = running.config
+    pool = WorkerPool(
+        dataclasses.replace(config, port=running.port, processes=1),
+        f"unix:{internal_socket_path(internal_dir)}",
+        config.processes - 1,
+    )
+
+    def served_version() -> str:
+        loaded = running.models.current
+        return loaded.artifact.version if loaded is not None else ""
+
+    pool.tell("model", served_version())
+    try:
+        pool.start()
+    except BaseException:
+        pool.stop(0)
+        running.stop(0)
+        raise
+    running.models.add_listener(lambda _error: pool.tell("model", served_version()))
+    return pool
 
 
 def serve(config: Config) -> None:

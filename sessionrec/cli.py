@@ -191,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         session_timeout_s=args.session_timeout,
         workers=args.workers,
+        processes=args.processes,
         log_level=args.log_level,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
@@ -979,7 +980,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 50051; 0: any)")
     p.add_argument("--session-timeout", type=float, default=None, help="seconds (default 1800)")
-    p.add_argument("--workers", type=int, default=None, help="gRPC worker threads")
+    p.add_argument(
+        "--workers", type=int, default=None, help="gRPC worker threads per process (default 8)"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="server processes sharing the port (default 1; see README, 'Serving')",
+    )
     p.add_argument("--log-level", default=None)
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain file")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key file")

@@ -48,8 +48,11 @@ class Config:
     max_concurrent_rpcs: int = 256
     #: Largest request message accepted (bytes); larger: RESOURCE_EXHAUSTED.
     max_message_bytes: int = 4 * 1024 * 1024
-    #: gRPC worker threads.
+    #: gRPC worker threads (per process).
     workers: int = 8
+    #: Server processes sharing the port (SO_REUSEPORT): the primary writes the
+    #: store; the others answer reads and forward the rest (``service.workers``).
+    processes: int = 1
     #: Seconds in-flight calls get to finish on SIGTERM.
     grace_s: float = 5.0
     #: How many of a user's most recent item events feed the live fold-in.
@@ -166,6 +169,7 @@ class Config:
             "max_events_per_call",
             "max_items_per_call",
             "workers",
+            "processes",
             "history_limit",
             "push_max_per_user",
         ):

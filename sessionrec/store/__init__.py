@@ -36,12 +36,13 @@ def sqlite_path_from_url(url: str) -> str:
     return path
 
 
-def open_store(url: str, *, synchronous: str = "FULL") -> Store:
-    """Opens (and creates or migrates) the store named by ``url``."""
+def open_store(url: str, *, synchronous: str = "FULL", readonly: bool = False) -> Store:
+    """Opens (and creates or migrates) the store named by ``url``; ``readonly``:
+    reads what another process writes (a server's worker process)."""
     if url.startswith("sqlite:"):
         from sessionrec.store.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path_from_url(url), synchronous=synchronous)
+        return SQLiteStore(sqlite_path_from_url(url), synchronous=synchronous, readonly=readonly)
     if url.startswith("postgresql:"):
         raise ConfigError("db_url: the PostgreSQL store is not available yet; use sqlite:///path")
     raise ConfigError(f"db_url: unsupported store URL {url!r}")

@@ -46,7 +46,7 @@ import numpy as np
 import sqlite_utils
 
 from sessionrec import deadline
-from sessionrec.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from sessionrec.errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
 from sessionrec.events import (
     VIEW_TYPES,
     AppendResult,
@@ -209,17 +209,31 @@ def _translate(exc: sqlite3.OperationalError) -> Exception:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000):
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        readonly: bool = False,
+    ):
+        """``readonly``: a process that only reads a file another process writes
+        (a server's worker process): no writer connection (the one-writer rule
+        of the module docstring holds across processes), no migration (the
+        writing process did it), and every write raises FailedPrecondition."""
         self.path = path
         self.url = f"sqlite:///{path}"
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = busy_timeout_ms
         self._memory = path == ":memory:"
-        if not self._memory:
+        self.readonly = readonly
+        if readonly and self._memory:
+            raise ValueError("readonly: an in-memory store has no other process to write it")
+        if not self._memory and not readonly:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._writer = self._connect(readonly=False)
+        self._writer = self._connect(readonly=readonly)
         #: The writer's busy timeout now (lowered for a caller with a deadline).
         self._writer_busy_ms = int(busy_timeout_ms)
         self._default_max_pages = int(self._writer.execute("PRAGMA max_page_count").fetchone()[0])
@@ -229,7 +243,15 @@ class SQLiteStore(Store):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
-        self._migrate()
+        if readonly:
+            version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"store: {self.path} has schema version {version}, this sessionrec reads "
+                    f"{SCHEMA_VERSION} (the writing process migrates it first)"
+                )
+        else:
+            self._migrate()
 
     # ------------------------------------------------------------ plumbing
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
@@ -268,6 +290,11 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise FailedPrecondition(
+                "store: this process only reads the store (a worker process); "
+                "writes go through the primary process"
+            )
         waited_until = self._wait_until()
         if waited_until is None:
             self._write_lock.acquire()
@@ -1087,6 +1114,14 @@ class SQLiteStore(Store):
         return ApiKeyRecord(*row) if row else None
 
     def get_or_create_secret(self, name: str, nbytes: int) -> bytes:
+        if self.readonly:  # the writing process created it
+            with self._read() as c:
+                row = c.execute(
+                    "SELECT value FROM server_secrets WHERE name = ?", (name,)
+                ).fetchone()
+            if row is None:
+                raise FailedPrecondition(f"store: no server secret {name!r} yet (read-only)")
+            return bytes(row[0])
         with self._transaction() as c:
             c.execute(
                 "INSERT OR IGNORE INTO server_secrets (name, value, created_at_ms)"
