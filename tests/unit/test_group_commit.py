@@ -152,7 +152,7 @@ def test_a_caller_whose_batch_has_nothing_storable_fails_alone(
     held.release.set()
     lead.join(WAIT_S)
     runner.join(WAIT_S)
-    (bad_result, good_result), (bad_error, good_error) = done
+    (_, good_result), (bad_error, good_error) = done
     assert isinstance(bad_error, InvalidArgument)
     assert str(bad_error).startswith("events[0].screen: required")
     assert good_error is None and good_result.accepted == 2
