@@ -34,6 +34,7 @@ import numpy as np
 
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
+from training.ann import ExactIndex, ItemIndex
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
 from training.session_models import SessionRecommender, csr_positions, normalized
@@ -78,10 +79,18 @@ class ModelArtifact:
     scaling: ConfidenceScaling | None = None
     #: session-kNN + sequential rules over the live session, blended with ``model``
     session: SessionRecommender | None = None
+    #: Approximate nearest neighbours over the item factors (big catalogs; ``training.ann``)
+    index: ItemIndex | None = None
 
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model.params)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether recommendations without a live session come from an approximate
+        item index (``index``) rather than every item's score."""
+        return self.index is not None and not isinstance(self.index, ExactIndex)
 
     @cached_property
     def _tie_breaks(self) -> np.ndarray:
@@ -133,8 +142,12 @@ class ModelArtifact:
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
             return self._popular(row, n, excluded)
-        scores_all = self._tie_broken(self.model.score(row)[0])
-        idx, scores = top_k(scores_all, n, excluded)
+        vectors = self.model.user_vectors(row) if self.approximate else None
+        if vectors is not None:  # a big catalog: its item index, not every item's score
+            assert self.index is not None
+            idx, scores = self.index.search(vectors[0], n, excluded)
+        else:
+            idx, scores = top_k(self._tie_broken(self.model.score(row)[0]), n, excluded)
         reasons = self._explain(row, numbers, types, idx)
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
@@ -384,8 +397,10 @@ def save_artifact(
     extra_meta: dict[str, Any] | None = None,
     make_current: bool = True,
     session: SessionRecommender | None = None,
+    index: ItemIndex | None = None,
 ) -> ModelArtifact:
-    """Writes a new version (atomically) and, by default, makes it current."""
+    """Writes a new version (atomically) and, by default, makes it current.
+    ``index``: an item index over the model's item factors, saved with it."""
     root = Path(models_dir)
     versions = root / VERSIONS_DIR
     versions.mkdir(parents=True, exist_ok=True)
@@ -405,6 +420,8 @@ def save_artifact(
         arrays.update({f"scaling.{k}": v for k, v in interactions.scaling.to_arrays().items()})
     if session is not None:
         arrays.update(session.to_arrays())
+    if index is not None:
+        arrays["ann_index"] = index.to_bytes()
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=versions))
     try:
         with open(tmp / "model.npz", "wb") as fh:
@@ -428,6 +445,7 @@ def save_artifact(
             "arrays": sorted(arrays),
             "library_versions": _library_versions(),
             **({"session": session.describe()} if session is not None else {}),
+            **({"ann": {"kind": index.kind, **index.info}} if index is not None else {}),
             **(extra_meta or {}),
         }
         _write_json(tmp / "meta.json", meta)
@@ -453,6 +471,7 @@ def save_artifact(
         meta=meta,
         scaling=interactions.scaling,
         session=session,
+        index=index,
     )
 
 
@@ -545,6 +564,12 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
         session = None
         if meta.get("session") is not None:
             session = SessionRecommender.from_arrays(meta["session"], arrays, len(items))
+        index = None
+        if "ann_index" in arrays:
+            factors = getattr(model, "item_factors", None)
+            if factors is None:
+                raise ValueError(f"ann_index: {algorithm} has no item factors to index")
+            index = ItemIndex.from_bytes(arrays["ann_index"], factors)
         artifact = ModelArtifact(
             version=version,
             algorithm=algorithm,
@@ -556,6 +581,7 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
             meta=meta,
             scaling=scaling,
             session=session,
+            index=index,
         )
         _smoke_test(artifact)
     except (KeyError, ValueError, TypeError, IndexError, SessionrecError) as exc:

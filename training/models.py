@@ -45,6 +45,12 @@ class Recommender(abc.ABC):
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
         """Scores of every item (dense ``len(rows) x n_items``) for weighted user rows."""
 
+    def user_vectors(self, rows: sp.csr_matrix) -> np.ndarray | None:
+        """Users folded into the latent space, when ``score`` is their inner
+        product with the model's ``item_factors`` (what an item index searches);
+        None for models that score otherwise."""
+        return None
+
     def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items most similar to ``item`` (itself excluded), best first."""
         sims = self.item_similarity(np.array([item]), np.arange(self.n_items))[:, 0]
@@ -210,9 +216,12 @@ class ALSRecommender(Recommender):
     def item_factors(self) -> np.ndarray:
         return self._model.item_factors  # type: ignore[no-any-return]
 
-    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+    def user_vectors(self, rows: sp.csr_matrix) -> np.ndarray:
         users = self._model.recalculate_user(np.arange(rows.shape[0]), rows.tocsr())
-        return np.asarray(users @ self.item_factors.T)
+        return np.asarray(users, dtype=np.float32)
+
+    def score(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(self.user_vectors(rows) @ self.item_factors.T)
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         if self._unit is None or len(self._unit) != len(self.item_factors):

@@ -19,11 +19,19 @@ from typing import Any
 import numpy as np
 
 from sessionrec.store import EventColumns, Store
+from training.ann import ItemIndex, build_item_index
 from training.artifact import ModelArtifact, save_artifact
 from training.data import Interactions, build_interactions
-from training.models import create_model
+from training.models import Recommender, create_model
 from training.session_models import SessionRecommender
 from training.weighting import EventWeights
+
+#: Catalogs with at least this many items get an approximate item index.
+ANN_MIN_ITEMS = 100_000
+#: Training users the index's search parameter is tuned on, and the recall@10
+#: it must reach on them (above the 0.95 promised on users it was not tuned on).
+ANN_TUNE_USERS = 200
+ANN_TUNE_RECALL = 0.96
 
 
 def train(
@@ -41,6 +49,7 @@ def train(
     session_model: bool = True,
     blend: dict[str, float] | None = None,
     knn_params: dict[str, Any] | None = None,
+    ann_min_items: int = ANN_MIN_ITEMS,
 ) -> ModelArtifact:
     """Trains ``algorithm`` on every stored item event and writes a new artifact version.
 
@@ -53,7 +62,11 @@ def train(
     ``session_model``: also build the session models the server blends with the
     live session (session-kNN index, sequential rules), when the events carry
     session ids. ``blend`` / ``knn_params`` fix them; otherwise they are chosen
-    on the latest training sessions (``training.next_item.choose_blend``)."""
+    on the latest training sessions (``training.next_item.choose_blend``).
+
+    ``ann_min_items``: a factor model (ALS) over at least this many items gets
+    an approximate nearest-neighbour index (``training.ann``), tuned to recall@10
+    >= 0.95 against exact search on training users and saved in the artifact."""
     say = progress or (lambda _msg: None)
     weights = weights or EventWeights()
     params = dict(params or {})
@@ -98,6 +111,13 @@ def train(
     model.fit(interactions.matrix, show_progress=show_progress)
     fit_seconds = time.perf_counter() - fit_started
     say(f"fitted {algorithm} in {fit_seconds:.2f}s")
+    index = None
+    if len(interactions.items) >= ann_min_items:
+        index = item_index(model, interactions, int(model.params.get("random_state", 0)), say)
+        if index is not None:
+            extra["ann_seconds"] = index.info.get("build_seconds", 0) + index.info.get(
+                "tune_seconds", 0
+            )
     session = None
     if session_model and events.session_id is not None:
         session_started = time.perf_counter()
@@ -113,6 +133,7 @@ def train(
         weights,
         make_current=False,
         session=session,
+        index=index,
         extra_meta={
             "load_seconds": round(load_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
@@ -126,6 +147,34 @@ def train(
         promote(models_dir, artifact.version, force=True)
     say(f"saved {artifact.version} to {models_dir}" + (" (current)" if make_current else ""))
     return artifact
+
+
+def item_index(
+    model: Recommender, interactions: Interactions, seed: int, say: Callable[[str], None]
+) -> ItemIndex | None:
+    """The model's approximate item index, tuned on up to ``ANN_TUNE_USERS``
+    training users (folded in from their rows, their own items excluded, as in
+    serving); None for models an index cannot serve."""
+    factors = getattr(model, "item_factors", None)
+    matrix = interactions.matrix.tocsr()
+    rng = np.random.default_rng(seed)
+    active = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    users = np.sort(rng.choice(active, size=min(ANN_TUNE_USERS, len(active)), replace=False))
+    rows = matrix[users]
+    vectors = model.user_vectors(rows)
+    if factors is None or vectors is None:
+        return None
+    return build_item_index(
+        factors,
+        min_items=0,
+        queries=vectors,
+        query_exclude=[
+            rows.indices[rows.indptr[r] : rows.indptr[r + 1]] for r in range(len(users))
+        ],
+        target_recall=ANN_TUNE_RECALL,
+        seed=seed,
+        progress=say,
+    )
 
 
 def _session_models(

@@ -1,0 +1,528 @@
+"""Top-k items by inner product with a user vector: exact, or a faiss index for big catalogs.
+
+Factor models serve a user as ``u @ item_factors.T`` and the best ``k`` of it
+(:func:`training.models.top_k`). Past about 100k items that full product is
+most of a Recommend call, so :func:`build_item_index` puts an approximate
+nearest-neighbour (ANN) index behind the same interface:
+
+* :class:`ExactIndex`: the full product and :func:`training.models.top_k`
+  (ties by lower item number). Below ``min_items`` this is what you get.
+* :class:`FaissIndex`: faiss HNSW with inner product (``method="hnsw"``, the
+  default) or IVF-Flat with inner product (``method="ivf"``). Its search
+  parameter (``efSearch`` / ``nprobe``) is tuned at build time to the smallest
+  value whose recall@10 against exact search reaches ``target_recall`` on a
+  sample of user vectors, with each query's own items excluded, as in serving.
+
+Why HNSW with inner product (``bench/ann.py`` measures it; numbers there and in
+its report): on ALS factors of a 100k-item catalog with Zipf-like popularity the
+item norms are very skewed (median about 0.01, the largest about 5). IVF-Flat
+builds in 2 s and needs half the memory, but on sparse users its recall
+plateaus far below 0.95 at any nprobe that is faster than HNSW; HNSW on
+normalised vectors plus one augmented coordinate (the usual MIPS-to-L2 reduction)
+collapses (recall@10 about 0.25) because the augmented coordinate dominates
+every low-norm item. HNSW with inner product reaches 0.95 in well under 1 ms.
+Its known weakness: with inner product most low-norm items get no incoming
+link, so an item can be unreachable; recall therefore plateaus (about 0.97 on
+the benchmark's data) and the tuning records what it reached.
+
+Excluded items (what a user has already seen) are handled by asking faiss for
+``k + len(exclude) + margin`` candidates and dropping the excluded ones; if
+fewer than ``k`` remain the search is widened, and finally answered exactly,
+so a search always returns ``min(k, allowed items)`` results. Candidates are
+rescored with numpy (``item_factors[idx] @ query``) and ordered by score, then
+item number, so the scores are those exact search would give.
+
+Indices persist as one ``uint8`` array (:meth:`ItemIndex.to_bytes`: a JSON
+header, then ``faiss.serialize_index``), storable in an ``.npz`` loaded with
+``allow_pickle=False``; :meth:`ItemIndex.from_bytes` checks that the index was
+built for the item factors it is given.
+
+Threads: queries run with ``faiss.omp_set_num_threads(1)`` (process-wide; many
+request threads each search one user, and an OpenMP team per call would only
+add contention). Builds use all cores, then set it back to 1. faiss releases
+the GIL while it searches, and a built index is only read, so one index can
+serve many threads.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import struct
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from training.models import top_k
+
+__all__ = [
+    "ExactIndex",
+    "FaissIndex",
+    "ItemIndex",
+    "build_item_index",
+    "recall_at_k",
+    "user_like_queries",
+]
+
+#: ``efSearch`` (HNSW) / ``nprobe`` (IVF) values tried by the tuning, in order.
+HNSW_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+IVF_NPROBE = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+#: HNSW graph parameters (measured on ALS factors: see the module docstring).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+
+_MAGIC = b"sessann1"
+_EMPTY = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+#: Widen (double the candidates and the search parameter) at most this many times.
+_WIDENINGS = 3
+#: Answer exactly when the candidates needed exceed this share of the catalog.
+_EXACT_SHARE = 0.25
+
+Progress = Callable[[str], None]
+
+
+def _factors(item_factors: np.ndarray) -> np.ndarray:
+    factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    if factors.ndim != 2:
+        raise ValueError(f"item_factors: expected 2 dimensions, got {factors.ndim}")
+    return factors
+
+
+def _fingerprint(factors: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(factors).cast("B")).hexdigest()
+
+
+def _exclusion(exclude: np.ndarray | Sequence[int] | None, n_items: int) -> np.ndarray:
+    """Sorted unique item numbers in ``[0, n_items)`` (others cannot be returned anyway)."""
+    if exclude is None:
+        return np.empty(0, dtype=np.int64)
+    items = np.unique(np.asarray(exclude, dtype=np.int64).ravel())
+    return items[(items >= 0) & (items < n_items)]
+
+
+class ItemIndex(abc.ABC):
+    """The best ``k`` items by inner product with a query vector.
+
+    ``item_factors`` (``n_items x f``) is kept (not copied when it is already
+    C-contiguous float32): scores are always ``item_factors[idx] @ query``.
+    ``info`` describes the index (parameters, measured recall, build seconds)."""
+
+    kind: str
+
+    def __init__(self, item_factors: np.ndarray, info: dict[str, Any] | None = None):
+        self.item_factors = _factors(item_factors)
+        self.n_items, self.dim = self.item_factors.shape
+        self.info: dict[str, Any] = dict(info or {})
+
+    def _query(self, query: np.ndarray) -> np.ndarray:
+        q = np.ascontiguousarray(query, dtype=np.float32).ravel()
+        if q.shape != (self.dim,):
+            raise ValueError(f"query: expected {self.dim} values, got {q.size}")
+        return q
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
+        qs = np.ascontiguousarray(queries, dtype=np.float32)
+        if qs.ndim != 2 or qs.shape[1] != self.dim:
+            raise ValueError(f"queries: expected shape (q, {self.dim}), got {qs.shape}")
+        return qs
+
+    def _exact(self, q: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx, scores = top_k(self.item_factors @ q, k, excluded)
+        return idx, scores.astype(np.float32, copy=False)
+
+    @abc.abstractmethod
+    def search(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Item numbers (int64) and scores (float32) of the best ``k`` items by
+        inner product with ``query`` (shape ``(f,)``), best first, never one in
+        ``exclude``; ``min(k, allowed items)`` of them."""
+
+    @abc.abstractmethod
+    def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` items for each row of ``queries`` (``q x f``), nothing
+        excluded: item numbers ``(q, k)`` int64 (-1 where there are fewer than
+        ``k`` items) and scores ``(q, k)`` float32 (-inf there)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the index holds beyond ``item_factors`` (0 for exact search)."""
+        return 0
+
+    def _payload(self) -> np.ndarray:
+        return np.empty(0, dtype=np.uint8)
+
+    def to_bytes(self) -> np.ndarray:
+        """The index as one uint8 array (an ``.npz`` member, no pickle)."""
+        header = json.dumps(
+            {
+                "kind": self.kind,
+                "n_items": self.n_items,
+                "dim": self.dim,
+                "factors_sha256": _fingerprint(self.item_factors),
+                "info": self.info,
+            },
+            sort_keys=True,
+        ).encode()
+        prefix = np.frombuffer(_MAGIC + struct.pack("<Q", len(header)) + header, dtype=np.uint8)
+        return np.concatenate([prefix, self._payload()])
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray, item_factors: np.ndarray) -> ItemIndex:
+        """An index saved with :meth:`to_bytes`, for the same ``item_factors``
+        (``ValueError`` when it was built for others or is not an index)."""
+        raw = np.ascontiguousarray(data, dtype=np.uint8).ravel()
+        start = len(_MAGIC) + 8
+        if raw.size < start or raw[: len(_MAGIC)].tobytes() != _MAGIC:
+            raise ValueError("item index: not a saved item index")
+        (length,) = struct.unpack("<Q", raw[len(_MAGIC) : start].tobytes())
+        if raw.size < start + length:
+            raise ValueError("item index: truncated header")
+        header = json.loads(raw[start : start + length].tobytes())
+        factors = _factors(item_factors)
+        if tuple(factors.shape) != (header["n_items"], header["dim"]):
+            raise ValueError(
+                f"item index: built for {header['n_items']} x {header['dim']} item factors, "
+                f"given {factors.shape[0]} x {factors.shape[1]}"
+            )
+        if _fingerprint(factors) != header["factors_sha256"]:
+            raise ValueError("item index: built for different item factors")
+        payload = raw[start + length :]
+        index: ItemIndex
+        if header["kind"] == ExactIndex.kind:
+            index = ExactIndex(factors, info=header["info"])
+        elif header["kind"] in FaissIndex.KINDS.values():
+            index = FaissIndex._load(payload, factors, header["info"])
+        else:
+            raise ValueError(f"item index: unknown kind {header['kind']!r}")
+        if not isinstance(index, cls):
+            raise ValueError(f"item index: a {index.kind} index, not a {cls.__name__}")
+        return index
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} {self.n_items} x {self.dim}>"
+
+
+class ExactIndex(ItemIndex):
+    """Exact search: the full product and :func:`training.models.top_k`."""
+
+    kind = "exact"
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._exact(self._query(query), int(k), _exclusion(exclude, self.n_items))
+
+    def search_batch(
+        self, queries: np.ndarray, k: int, *, chunk: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
+        qs = self._queries(queries)
+        idx = np.full((len(qs), k), -1, dtype=np.int64)
+        scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
+        for begin in range(0, len(qs), chunk):
+            block = qs[begin : begin + chunk] @ self.item_factors.T
+            for row, s in enumerate(block, start=begin):
+                i, v = top_k(s, k)
+                idx[row, : len(i)], scores[row, : len(i)] = i, v
+        return idx, scores
+
+
+class FaissIndex(ItemIndex):
+    """A faiss index (HNSW or IVF-Flat, inner product) over ``item_factors``.
+
+    ``search_param`` is ``efSearch`` (HNSW) or ``nprobe`` (IVF); it may be
+    changed after construction (the tuning does), and the per-call search
+    parameters make concurrent searches safe."""
+
+    KINDS = {"hnsw": "faiss_hnsw", "ivf": "faiss_ivf"}
+
+    def __init__(
+        self,
+        index: Any,
+        item_factors: np.ndarray,
+        *,
+        method: str,
+        search_param: int,
+        info: dict[str, Any] | None = None,
+    ):
+        import faiss
+
+        super().__init__(item_factors, info)
+        if method not in self.KINDS:
+            raise ValueError(f"method: expected one of {sorted(self.KINDS)}, got {method!r}")
+        if index.ntotal != self.n_items or index.d != self.dim:
+            raise ValueError("index: does not hold item_factors")
+        self.kind = self.KINDS[method]
+        self.method = method
+        self._index = index
+        self._params: dict[int, Any] = {}
+        self._nbytes: int | None = None
+        self.search_param = int(search_param)
+        faiss.omp_set_num_threads(1)
+
+    @property
+    def search_param(self) -> int:
+        return self._search_param
+
+    @search_param.setter
+    def search_param(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"search_param: must be at least 1, got {value}")
+        self._search_param = int(value)
+        self.info["search_param"] = self._search_param
+
+    def _search_params(self, value: int) -> Any:
+        params = self._params.get(value)
+        if params is None:
+            import faiss
+
+            if self.method == "hnsw":
+                params = faiss.SearchParametersHNSW()
+                params.efSearch = value
+            else:
+                params = faiss.SearchParametersIVF()
+                params.nprobe = min(value, self._index.nlist)
+            self._params[value] = params
+        return params
+
+    def _candidates(self, qs: np.ndarray, fetch: int, value: int) -> np.ndarray:
+        _, found = self._index.search(qs, fetch, params=self._search_params(value))
+        return found  # type: ignore[no-any-return]
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = self._query(query)
+        excluded = _exclusion(exclude, self.n_items)
+        k = min(int(k), self.n_items - len(excluded))
+        if k <= 0:
+            return _EMPTY
+        fetch = k + len(excluded) + max(8, k // 2)
+        value = self._search_param
+        for _ in range(_WIDENINGS + 1):
+            if fetch > _EXACT_SHARE * self.n_items:
+                break
+            found = self._candidates(q[None], fetch, value)[0]
+            found = found[found >= 0]
+            if len(excluded):  # excluded is sorted: a binary search beats np.isin here
+                at = np.minimum(np.searchsorted(excluded, found), len(excluded) - 1)
+                found = found[excluded[at] != found]
+            if len(found) >= k:
+                scores = self.item_factors[found] @ q
+                order = np.lexsort((found, -scores))[:k]
+                return found[order], scores[order]
+            fetch, value = 2 * fetch, 2 * value
+        return self._exact(q, k, excluded)
+
+    def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        qs = self._queries(queries)
+        if k > self.n_items:
+            idx = np.full((len(qs), k), -1, dtype=np.int64)
+            idx[:, : self.n_items] = self.search_batch(qs, self.n_items)[0]
+        else:
+            idx = self._candidates(qs, k, self._search_param)
+        scores = np.einsum("qkf,qf->qk", self.item_factors[np.maximum(idx, 0)], qs)
+        scores[idx < 0] = -np.inf
+        order = np.lexsort((idx, -scores), axis=1)
+        return np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1)
+
+    @property
+    def nbytes(self) -> int:
+        """The index's own memory: its copy of the vectors plus the graph or lists
+        (measured as the size of its serialised form)."""
+        if self._nbytes is None:
+            self._nbytes = int(self._payload().nbytes)
+        return self._nbytes
+
+    def _payload(self) -> np.ndarray:
+        import faiss
+
+        return faiss.serialize_index(self._index)  # type: ignore[no-any-return]
+
+    @classmethod
+    def _load(cls, payload: np.ndarray, factors: np.ndarray, info: dict[str, Any]) -> FaissIndex:
+        import faiss
+
+        method = info.get("method")
+        if method not in cls.KINDS:
+            raise ValueError(f"item index: unknown faiss method {method!r}")
+        index = faiss.deserialize_index(np.ascontiguousarray(payload))
+        return cls(index, factors, method=method, search_param=info["search_param"], info=info)
+
+
+def recall_at_k(
+    approx_idx: np.ndarray | Sequence[np.ndarray], exact_idx: np.ndarray | Sequence[np.ndarray]
+) -> float:
+    """Mean over queries of |approx ∩ exact| / |exact| (rows of item numbers,
+    -1 entries ignored; queries whose exact row is empty are left out)."""
+    if len(approx_idx) != len(exact_idx):
+        raise ValueError(f"recall_at_k: {len(approx_idx)} approximate rows, {len(exact_idx)} exact")
+    shares = []
+    for got, want in zip(approx_idx, exact_idx, strict=True):
+        truth = np.asarray(want)
+        truth = truth[truth >= 0]
+        if len(truth):
+            shares.append(len(np.intersect1d(np.asarray(got), truth)) / len(truth))
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def user_like_queries(
+    item_factors: np.ndarray,
+    n: int = 300,
+    *,
+    seed: int = 0,
+    history: tuple[int, int] = (2, 20),
+    neighbourhood: int = 1000,
+    regularization: float = 0.05,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``n`` synthetic user vectors and each one's history (the items to exclude).
+
+    A history is one item drawn with probability proportional to its factor norm
+    (ALS gives popular items the larger norms), then 1-19 more from the
+    ``neighbourhood`` items closest to it by cosine, also by norm: a user with a
+    taste, not a mix of the whole catalog (such mixes point at the popular
+    items, which are easy to find, and made the tuning optimistic). The vector
+    is implicit ALS's fold-in of the history with confidence 1:
+    ``(YᵀY + λI)⁻¹ Σ y_i``. On the benchmark's ALS factors, recall@10 on these
+    tracks that on real users within about 0.01 (slightly below it)."""
+    factors = _factors(item_factors)
+    n_items, dim = factors.shape
+    rng = np.random.default_rng(seed)
+    norms = np.linalg.norm(factors, axis=1).astype(np.float64)
+    weight = norms if norms.sum() > 0 else np.ones(n_items)
+    unit = factors / np.maximum(norms, 1e-30).astype(np.float32)[:, None]
+    pool = min(neighbourhood, n_items)
+    gram = factors.T.astype(np.float64) @ factors + regularization * np.eye(dim)
+    sums = np.empty((n, dim), dtype=np.float64)
+    histories = []
+    for row in range(n):
+        first = int(rng.choice(n_items, p=weight / weight.sum()))
+        near = np.argpartition(-(unit @ unit[first]), pool - 1)[:pool]
+        near = near[(near != first) & (weight[near] > 0)]
+        size = min(int(rng.integers(history[0], history[1] + 1)) - 1, len(near))
+        others = (
+            rng.choice(near, size, replace=False, p=weight[near] / weight[near].sum())
+            if size > 0
+            else near[:0]
+        )
+        items = np.sort(np.r_[first, others]).astype(np.int64)
+        sums[row] = factors[items].sum(axis=0)
+        histories.append(items)
+    queries = np.linalg.solve(gram, sums.T).T.astype(np.float32)
+    return np.ascontiguousarray(queries), histories
+
+
+def _build_faiss(factors: np.ndarray, method: str, seed: int) -> tuple[Any, dict[str, Any]]:
+    import faiss
+
+    dim = factors.shape[1]
+    if method == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.add(factors)
+        return index, {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+    if method == "ivf":
+        nlist = max(1, min(int(np.sqrt(len(factors))), len(factors) // 39))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(factors)
+        index.add(factors)
+        return index, {"nlist": nlist}
+    raise ValueError(f"method: expected 'hnsw' or 'ivf', got {method!r}")
+
+
+def build_item_index(
+    item_factors: np.ndarray,
+    *,
+    min_items: int = 100_000,
+    target_recall: float = 0.95,
+    method: str = "hnsw",
+    queries: np.ndarray | None = None,
+    query_exclude: Sequence[np.ndarray] | None = None,
+    tune_queries: int = 300,
+    k: int = 10,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> ItemIndex:
+    """An :class:`ExactIndex` below ``min_items`` items, else a tuned :class:`FaissIndex`.
+
+    The faiss index is built with ``threads`` (default: all cores), then its
+    search parameter is tuned: recall@``k`` against exact search, each query
+    with its own items excluded, over ``queries`` / ``query_exclude`` when
+    given (e.g. folded-in users of the training matrix and their rows), else
+    over ``tune_queries`` :func:`user_like_queries`; the smallest tried value
+    reaching ``target_recall`` is kept (else the largest, with
+    ``info["target_reached"] = False``). ``info`` records the method, its
+    parameters, the recall reached, and the build and tuning seconds."""
+    import faiss
+
+    factors = _factors(item_factors)
+    n_items, dim = factors.shape
+    if n_items < min_items:
+        return ExactIndex(factors, info={"min_items": min_items})
+    say = progress or (lambda _message: None)
+    if queries is None:
+        queries, histories = user_like_queries(factors, tune_queries, seed=seed)
+        source = "synthetic"
+    else:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        histories = (
+            [np.empty(0, dtype=np.int64)] * len(queries)
+            if query_exclude is None
+            else [np.asarray(h, dtype=np.int64) for h in query_exclude]
+        )
+        if len(histories) != len(queries):
+            raise ValueError("query_exclude: one entry per query")
+        source = "given"
+    started = time.perf_counter()
+    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        index, params = _build_faiss(factors, method, seed)
+    finally:
+        faiss.omp_set_num_threads(1)
+    build_seconds = time.perf_counter() - started
+    say(f"item index: faiss {method} {params} over {n_items:,} x {dim} in {build_seconds:.1f} s")
+
+    started = time.perf_counter()
+    exact = ExactIndex(factors)
+    truth = [exact.search(q, k, h)[0] for q, h in zip(queries, histories, strict=True)]
+    candidates = HNSW_EF_SEARCH if method == "hnsw" else IVF_NPROBE
+    if method == "ivf":
+        candidates = tuple(v for v in candidates if v < index.nlist) + (index.nlist,)
+    ann = FaissIndex(index, factors, method=method, search_param=candidates[0])
+    tried: list[list[float]] = []
+    for value in candidates:
+        ann.search_param = value
+        found = [ann.search(q, k, h)[0] for q, h in zip(queries, histories, strict=True)]
+        tried.append([value, round(recall_at_k(found, truth), 4)])
+        if tried[-1][1] >= target_recall:
+            break
+    value, recall = tried[-1]
+    ann.search_param = int(value)
+    ann.info = {
+        "method": method,
+        **params,
+        "search_param_name": "ef_search" if method == "hnsw" else "nprobe",
+        "search_param": int(value),
+        f"recall_at_{k}": recall,
+        "k": k,
+        "target_recall": target_recall,
+        "target_reached": recall >= target_recall,
+        "tried": tried,
+        "tune_queries": len(queries),
+        "tune_source": source,
+        "build_seconds": round(build_seconds, 3),
+        "tune_seconds": round(time.perf_counter() - started, 3),
+        "faiss_version": faiss.__version__,
+    }
+    say(
+        f"item index: {ann.info['search_param_name']}={value} reaches recall@{k} {recall:.3f} "
+        f"(target {target_recall}) on {len(queries)} {source} queries"
+    )
+    return ann
