@@ -44,6 +44,7 @@ import grpc
 
 from service.periodic import PeriodicTask
 from sessionrec.config import Config
+from sessionrec.deadline import NO_DEADLINE_S
 from sessionrec.v1 import sessionrec_pb2 as pb
 
 log = logging.getLogger("sessionrec.workers")
@@ -78,6 +79,13 @@ def forwarded_methods() -> dict[str, str]:
                 raise AssertionError(f"{path}: half-streaming RPCs are not forwarded")
             out[path] = "stream" if method.client_streaming else "unary"
     return out
+
+
+def _timeout(context: grpc.ServicerContext) -> float | None:
+    """The caller's remaining deadline for the forwarded call (None: it set none;
+    gRPC reports that as a time in the far future, which as a timeout fails at once)."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < NO_DEADLINE_S else None
 
 
 def _metadata(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
@@ -129,7 +137,7 @@ class Forwarder:
     def _unary(call: grpc.UnaryUnaryMultiCallable) -> grpc.RpcMethodHandler:
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             future: Any = call.future(
-                request, metadata=_metadata(context), timeout=context.time_remaining()
+                request, metadata=_metadata(context), timeout=_timeout(context)
             )
             context.add_callback(future.cancel)  # the caller went away: so does the call
             try:
@@ -148,9 +156,7 @@ class Forwarder:
     @staticmethod
     def _stream(call: grpc.StreamStreamMultiCallable) -> grpc.RpcMethodHandler:
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            responses: Any = call(
-                requests, metadata=_metadata(context), timeout=context.time_remaining()
-            )
+            responses: Any = call(requests, metadata=_metadata(context), timeout=_timeout(context))
             context.add_callback(responses.cancel)
             try:
                 yield from responses
@@ -218,8 +224,13 @@ def worker_main(config: Config, link: WorkerLink, conn: Any) -> None:
 
     signal.signal(signal.SIGTERM, lambda _signum, _frame: done.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the primary, which stops us
-    threading.Thread(target=listen, name="primary-link", daemon=True).start()
-    conn.send(("ready", os.getpid()))
+    try:
+        conn.send(("ready", os.getpid()))
+    except OSError:  # the primary went away while this worker started
+        log.warning("the primary process is gone: stopping")
+        done.set()
+    else:
+        threading.Thread(target=listen, name="primary-link", daemon=True).start()
     done.wait()
     running.stop()
 
@@ -245,14 +256,17 @@ class WorkerPool:
         self._state_lock = threading.Lock()
         self._monitor: PeriodicTask | None = None
         self._stopping = False
+        #: Held while workers are started or stopped: a stop waits for a restart.
+        self._spawning = threading.Lock()
 
     @property
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def start(self) -> None:
-        for _ in range(self.count):
-            self._workers.append(self._spawn())
+        with self._spawning:
+            for _ in range(self.count):
+                self._workers.append(self._spawn())
         self._monitor = PeriodicTask("worker-monitor", WORKER_CHECK_INTERVAL_S, self.restart_dead)
         self._monitor.start()
 
@@ -302,22 +316,27 @@ class WorkerPool:
             self._send(worker, (key, value))
 
     def restart_dead(self) -> None:
-        for k, worker in enumerate(list(self._workers)):
-            if self._stopping or worker.process.is_alive():
-                continue
-            log.error(
-                "worker process %d exited (%s): starting another",
-                worker.process.pid,
-                worker.process.exitcode,
-            )
-            worker.conn.close()
-            self._workers[k] = self._spawn()
+        with self._spawning:
+            for k, worker in enumerate(list(self._workers)):
+                if self._stopping or worker.process.is_alive():
+                    continue
+                log.error(
+                    "worker process %d exited (%s): starting another",
+                    worker.process.pid,
+                    worker.process.exitcode,
+                )
+                worker.conn.close()
+                self._workers[k] = self._spawn()
 
     def stop(self, grace: float) -> None:
         """Stops every worker: each lets its calls finish for up to ``grace`` s."""
         self._stopping = True
         if self._monitor is not None:
             self._monitor.stop()
+        with self._spawning:  # a worker being started (again) is stopped too
+            self._stop_all(grace)
+
+    def _stop_all(self, grace: float) -> None:
         for worker in self._workers:
             self._send(worker, ("stop",))
         deadline = time.monotonic() + grace + 10.0

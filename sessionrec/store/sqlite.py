@@ -38,6 +38,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -229,6 +230,8 @@ class SQLiteStore(Store):
         self.readonly = readonly
         if readonly and self._memory:
             raise ValueError("readonly: an in-memory store has no other process to write it")
+        if readonly and not os.path.exists(path):
+            raise RuntimeError(f"store: {path} does not exist (the writing process creates it)")
         if not self._memory and not readonly:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -255,7 +258,17 @@ class SQLiteStore(Store):
 
     # ------------------------------------------------------------ plumbing
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        if self.readonly:
+            # Read-only at the file level: it cannot create the file, write it, or
+            # checkpoint the WAL when it closes last (only the writer may).
+            uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
+            conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0
+            )
+        else:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         if not self._memory and not readonly:
             # Persistent in the file; the writer (opened first) sets it.
