@@ -12,18 +12,32 @@ nearest-neighbour (ANN) index behind the same interface:
   parameter (``efSearch`` / ``nprobe``) is tuned at build time to the smallest
   value whose recall@10 against exact search reaches ``target_recall`` on a
   sample of user vectors, with each query's own items excluded, as in serving.
+  Pass real ones (folded-in users of the training matrix and their rows) when
+  there are any: the synthetic ones of :func:`user_like_queries` tracked real
+  users within 0.02 at 100k items, but were 0.13 optimistic at 20k items.
 
-Why HNSW with inner product (``bench/ann.py`` measures it; numbers there and in
-its report): on ALS factors of a 100k-item catalog with Zipf-like popularity the
-item norms are very skewed (median about 0.01, the largest about 5). IVF-Flat
-builds in 2 s and needs half the memory, but on sparse users its recall
-plateaus far below 0.95 at any nprobe that is faster than HNSW; HNSW on
-normalised vectors plus one augmented coordinate (the usual MIPS-to-L2 reduction)
-collapses (recall@10 about 0.25) because the augmented coordinate dominates
-every low-norm item. HNSW with inner product reaches 0.95 in well under 1 ms.
-Its known weakness: with inner product most low-norm items get no incoming
-link, so an item can be unreachable; recall therefore plateaus (about 0.97 on
-the benchmark's data) and the tuning records what it reached.
+Why HNSW with inner product (measured on ALS factors, 100k items x 64, with
+``bench/ann.py``'s data; recall@10 with each user's own items excluded): the
+item norms of such factors are very skewed (median about 0.01, the largest
+about 4), which decides it.
+
+* HNSW, inner product, M=32, efConstruction=200: recall 0.95-0.96 at
+  efSearch 64-96, p50 about 0.3 ms against 2-3 ms exact; 50 MiB (its own copy
+  of the vectors, 25 MiB, plus the graph); 12-25 s to build on 2 cores.
+  M=16 plateaus at 0.93; efConstruction 100 costs 0.01 of recall.
+* IVF-Flat, inner product (nlist about sqrt(n)): 3 s to build, 25 MiB, 0.95 at
+  nprobe 32 on users with about 15 items each, but on sparse users (about 5
+  items) 0.71 at nprobe 48 of 256: not robust.
+* HNSW on normalised vectors plus one augmented coordinate (the usual
+  inner-product-to-L2 reduction): recall 0.1-0.25, as the augmented coordinate
+  dominates every low-norm item.
+* hnswlib 0.8 (inner product; only an sdist here, built with a C++ compiler):
+  about faiss HNSW's recall and speed, so not worth a compiled dependency.
+
+HNSW's known weakness with inner product: most low-norm items get no incoming
+link, so some items can never be found; recall plateaus (0.96-0.97 at 100k
+items, about 0.92 on sparse data at 20k items) and :meth:`FaissIndex.tune`
+records whether the target was reached.
 
 Excluded items (what a user has already seen) are handled by asking faiss for
 ``k + len(exclude) + margin`` candidates and dropping the excluded ones; if
@@ -39,9 +53,11 @@ built for the item factors it is given.
 
 Threads: queries run with ``faiss.omp_set_num_threads(1)`` (process-wide; many
 request threads each search one user, and an OpenMP team per call would only
-add contention). Builds use all cores, then set it back to 1. faiss releases
-the GIL while it searches, and a built index is only read, so one index can
-serve many threads.
+add contention). Builds use all cores, then set it back to 1. A built index is
+only read (the search parameters go with each call), and faiss allows
+concurrent searches; its Python interface releases the GIL in its calls
+(faiss wiki, "Threads and asynchronous calls"), though this module has not
+measured the parallel speed-up.
 """
 
 from __future__ import annotations
@@ -76,13 +92,19 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 
 _MAGIC = b"sessann1"
-_EMPTY = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
 #: Widen (double the candidates and the search parameter) at most this many times.
 _WIDENINGS = 3
 #: Answer exactly when the candidates needed exceed this share of the catalog.
 _EXACT_SHARE = 0.25
 
 Progress = Callable[[str], None]
+
+
+def _faiss() -> Any:
+    """faiss, imported when first needed (its type stubs miss much of the API)."""
+    import faiss
+
+    return faiss
 
 
 def _factors(item_factors: np.ndarray) -> np.ndarray:
@@ -93,7 +115,7 @@ def _factors(item_factors: np.ndarray) -> np.ndarray:
 
 
 def _fingerprint(factors: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(factors).cast("B")).hexdigest()
+    return hashlib.sha256(factors.data).hexdigest()
 
 
 def _exclusion(exclude: np.ndarray | Sequence[int] | None, n_items: int) -> np.ndarray:
@@ -249,7 +271,7 @@ class FaissIndex(ItemIndex):
         search_param: int,
         info: dict[str, Any] | None = None,
     ):
-        import faiss
+        faiss = _faiss()
 
         super().__init__(item_factors, info)
         if method not in self.KINDS:
@@ -278,7 +300,7 @@ class FaissIndex(ItemIndex):
     def _search_params(self, value: int) -> Any:
         params = self._params.get(value)
         if params is None:
-            import faiss
+            faiss = _faiss()
 
             if self.method == "hnsw":
                 params = faiss.SearchParametersHNSW()
@@ -300,7 +322,7 @@ class FaissIndex(ItemIndex):
         excluded = _exclusion(exclude, self.n_items)
         k = min(int(k), self.n_items - len(excluded))
         if k <= 0:
-            return _EMPTY
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         fetch = k + len(excluded) + max(8, k // 2)
         value = self._search_param
         for _ in range(_WIDENINGS + 1):
@@ -330,6 +352,59 @@ class FaissIndex(ItemIndex):
         order = np.lexsort((idx, -scores), axis=1)
         return np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1)
 
+    def tune(
+        self,
+        queries: np.ndarray,
+        query_exclude: Sequence[np.ndarray] | None = None,
+        *,
+        target_recall: float = 0.95,
+        k: int = 10,
+        source: str = "given",
+    ) -> dict[str, Any]:
+        """Sets ``search_param`` to the smallest tried value (``HNSW_EF_SEARCH`` /
+        ``IVF_NPROBE``) whose recall@``k`` against exact search reaches
+        ``target_recall`` over ``queries``, each with its ``query_exclude`` items
+        excluded as in serving. When none does (HNSW's recall plateaus: see the
+        module docstring), to the smallest within 0.005 of the best recall
+        reached, with ``target_reached`` false: larger values only cost time.
+        Records it all in ``info`` and returns that."""
+        started = time.perf_counter()
+        qs = self._queries(queries)
+        histories = _histories(qs, query_exclude)
+        exact = ExactIndex(self.item_factors)
+        truth = [exact.search(q, k, h)[0] for q, h in zip(qs, histories, strict=True)]
+        values: tuple[int, ...] = HNSW_EF_SEARCH
+        if self.method == "ivf":
+            nlist = int(self._index.nlist)
+            values = (*(v for v in IVF_NPROBE if v < nlist), nlist)
+        tried: list[tuple[int, float]] = []
+        for value in values:
+            self.search_param = value
+            found = [self.search(q, k, h)[0] for q, h in zip(qs, histories, strict=True)]
+            tried.append((value, round(recall_at_k(found, truth), 4)))
+            if tried[-1][1] >= target_recall:
+                break
+        value, recall = tried[-1]
+        if recall < target_recall:  # a plateau: the smallest value within 0.005 of the best
+            best = max(r for _, r in tried)
+            value, recall = next((v, r) for v, r in tried if r >= best - 0.005)
+        self.search_param = value
+        self.info.update(
+            {
+                "search_param_name": "ef_search" if self.method == "hnsw" else "nprobe",
+                "search_param": int(value),
+                "recall": recall,
+                "k": k,
+                "target_recall": target_recall,
+                "target_reached": recall >= target_recall,
+                "tried": [[v, r] for v, r in tried],
+                "tune_queries": len(qs),
+                "tune_source": source,
+                "tune_seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        return self.info
+
     @property
     def nbytes(self) -> int:
         """The index's own memory: its copy of the vectors plus the graph or lists
@@ -339,13 +414,13 @@ class FaissIndex(ItemIndex):
         return self._nbytes
 
     def _payload(self) -> np.ndarray:
-        import faiss
+        faiss = _faiss()
 
         return faiss.serialize_index(self._index)  # type: ignore[no-any-return]
 
     @classmethod
     def _load(cls, payload: np.ndarray, factors: np.ndarray, info: dict[str, Any]) -> FaissIndex:
-        import faiss
+        faiss = _faiss()
 
         method = info.get("method")
         if method not in cls.KINDS:
@@ -417,7 +492,7 @@ def user_like_queries(
 
 
 def _build_faiss(factors: np.ndarray, method: str, seed: int) -> tuple[Any, dict[str, Any]]:
-    import faiss
+    faiss = _faiss()
 
     dim = factors.shape[1]
     if method == "hnsw":
@@ -436,6 +511,14 @@ def _build_faiss(factors: np.ndarray, method: str, seed: int) -> tuple[Any, dict
     raise ValueError(f"method: expected 'hnsw' or 'ivf', got {method!r}")
 
 
+def _histories(queries: np.ndarray, query_exclude: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    if query_exclude is None:
+        return [np.empty(0, dtype=np.int64)] * len(queries)
+    if len(query_exclude) != len(queries):
+        raise ValueError(f"query_exclude: {len(query_exclude)} entries for {len(queries)} queries")
+    return [np.asarray(h, dtype=np.int64) for h in query_exclude]
+
+
 def build_item_index(
     item_factors: np.ndarray,
     *,
@@ -452,34 +535,23 @@ def build_item_index(
 ) -> ItemIndex:
     """An :class:`ExactIndex` below ``min_items`` items, else a tuned :class:`FaissIndex`.
 
-    The faiss index is built with ``threads`` (default: all cores), then its
-    search parameter is tuned: recall@``k`` against exact search, each query
-    with its own items excluded, over ``queries`` / ``query_exclude`` when
-    given (e.g. folded-in users of the training matrix and their rows), else
-    over ``tune_queries`` :func:`user_like_queries`; the smallest tried value
-    reaching ``target_recall`` is kept (else the largest, with
-    ``info["target_reached"] = False``). ``info`` records the method, its
-    parameters, the recall reached, and the build and tuning seconds."""
-    import faiss
+    The faiss index is built with ``threads`` (default: all cores; then queries
+    get one), and tuned with :meth:`FaissIndex.tune` on ``queries`` /
+    ``query_exclude`` when given (e.g. folded-in users of the training matrix
+    and their rows: the best sample there is), else on ``tune_queries``
+    :func:`user_like_queries`. ``info`` records the method, its parameters, the
+    recall reached, and the build and tuning seconds."""
+    faiss = _faiss()
 
     factors = _factors(item_factors)
     n_items, dim = factors.shape
     if n_items < min_items:
         return ExactIndex(factors, info={"min_items": min_items})
     say = progress or (lambda _message: None)
+    source = "given"
     if queries is None:
-        queries, histories = user_like_queries(factors, tune_queries, seed=seed)
+        queries, query_exclude = user_like_queries(factors, tune_queries, seed=seed)
         source = "synthetic"
-    else:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        histories = (
-            [np.empty(0, dtype=np.int64)] * len(queries)
-            if query_exclude is None
-            else [np.asarray(h, dtype=np.int64) for h in query_exclude]
-        )
-        if len(histories) != len(queries):
-            raise ValueError("query_exclude: one entry per query")
-        source = "given"
     started = time.perf_counter()
     faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     try:
@@ -488,41 +560,23 @@ def build_item_index(
         faiss.omp_set_num_threads(1)
     build_seconds = time.perf_counter() - started
     say(f"item index: faiss {method} {params} over {n_items:,} x {dim} in {build_seconds:.1f} s")
-
-    started = time.perf_counter()
-    exact = ExactIndex(factors)
-    truth = [exact.search(q, k, h)[0] for q, h in zip(queries, histories, strict=True)]
-    candidates = HNSW_EF_SEARCH if method == "hnsw" else IVF_NPROBE
-    if method == "ivf":
-        candidates = tuple(v for v in candidates if v < index.nlist) + (index.nlist,)
-    ann = FaissIndex(index, factors, method=method, search_param=candidates[0])
-    tried: list[list[float]] = []
-    for value in candidates:
-        ann.search_param = value
-        found = [ann.search(q, k, h)[0] for q, h in zip(queries, histories, strict=True)]
-        tried.append([value, round(recall_at_k(found, truth), 4)])
-        if tried[-1][1] >= target_recall:
-            break
-    value, recall = tried[-1]
-    ann.search_param = int(value)
-    ann.info = {
-        "method": method,
-        **params,
-        "search_param_name": "ef_search" if method == "hnsw" else "nprobe",
-        "search_param": int(value),
-        f"recall_at_{k}": recall,
-        "k": k,
-        "target_recall": target_recall,
-        "target_reached": recall >= target_recall,
-        "tried": tried,
-        "tune_queries": len(queries),
-        "tune_source": source,
-        "build_seconds": round(build_seconds, 3),
-        "tune_seconds": round(time.perf_counter() - started, 3),
-        "faiss_version": faiss.__version__,
-    }
+    ann = FaissIndex(
+        index,
+        factors,
+        method=method,
+        search_param=1,
+        info={
+            "method": method,
+            **params,
+            "min_items": min_items,
+            "build_seconds": round(build_seconds, 3),
+            "faiss_version": faiss.__version__,
+        },
+    )
+    ann.tune(queries, query_exclude, target_recall=target_recall, k=k, source=source)
     say(
-        f"item index: {ann.info['search_param_name']}={value} reaches recall@{k} {recall:.3f} "
-        f"(target {target_recall}) on {len(queries)} {source} queries"
+        f"item index: {ann.info['search_param_name']}={ann.search_param} reaches "
+        f"recall@{k} {ann.info['recall']:.3f} (target {target_recall}) on "
+        f"{ann.info['tune_queries']} {source} queries in {ann.info['tune_seconds']:.1f} s"
     )
     return ann

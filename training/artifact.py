@@ -43,6 +43,8 @@ from training.weighting import ConfidenceScaling, EventWeights
 FORMAT = "sessionrec-model"
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
+#: Items the long-term model contributes to a big catalog's live-session blend.
+BLEND_CANDIDATES = 200
 #: Algorithms that rank the same for everyone (the "popular" strategy).
 NON_PERSONAL = frozenset({"popular", "trending"})
 VERSIONS_DIR = "versions"
@@ -133,11 +135,14 @@ class ModelArtifact:
         live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
         if self.session is not None and len(live):
             parts = self.session.parts(live, int(ts.max()))
-            model_scores = None
-            if row.nnz and self.algorithm not in NON_PERSONAL:
-                model_scores = self.model.score(row)[0]
-            blended = self._tie_broken(self.session.combine(parts, model_scores))
-            idx, scores = top_k(blended, n, excluded)
+            personal = row.nnz > 0 and self.algorithm not in NON_PERSONAL
+            vectors = self.model.user_vectors(row) if personal and self.approximate else None
+            if vectors is not None:
+                idx, scores = self._blend_candidates(parts, vectors[0], n, excluded)
+            else:
+                model_scores = self.model.score(row)[0] if personal else None
+                blended = self._tie_broken(self.session.combine(parts, model_scores))
+                idx, scores = top_k(blended, n, excluded)
             reasons = self._explain_session(live, ts, numbers, types, idx, row)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
@@ -152,6 +157,29 @@ class ModelArtifact:
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
         )
+
+    def _blend_candidates(
+        self, parts: dict[str, np.ndarray], vector: np.ndarray, n: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The live-session blend of a big catalog (an approximate index), over
+        candidates only: the items the session models score and the index's
+        best ``BLEND_CANDIDATES`` by the long-term model. The session parts are
+        scaled by their range over the catalog (as ``combine`` does); the
+        model's scores, which only the candidates get, by their range there."""
+        assert self.session is not None and self.index is not None
+        best, _ = self.index.search(vector, max(2 * n, BLEND_CANDIDATES), excluded)
+        candidates = np.unique(np.concatenate([best, *(np.flatnonzero(p) for p in parts.values())]))
+        blend = self.session.blend
+        total = np.zeros(len(candidates), dtype=np.float64)
+        for name, scores in parts.items():
+            if blend.get(name, 0.0):
+                total += blend[name] * normalized(scores)[candidates]
+        if blend.get("model", 0.0):
+            total += blend["model"] * normalized(self.index.item_factors[candidates] @ vector)
+        total += self._tie_breaks[candidates]
+        skip = np.flatnonzero(np.isin(candidates, excluded))
+        idx, scores = top_k(total, n, skip)
+        return candidates[idx], scores
 
     def affinity(
         self,
