@@ -87,30 +87,38 @@ def wait_for_waiters(manager: SessionManager, count: int) -> None:
     raise AssertionError(f"{len(manager._group._waiting)} callers waiting, expected {count}")
 
 
+def behind_a_held_commit(
+    manager: SessionManager, held: HeldStore, lead: list[IncomingEvent], batches: list[Any]
+) -> tuple[list[Any], list[BaseException | None]]:
+    """Tracks ``lead`` with its commit held open, then ``batches`` from one thread
+    each; once they all wait behind it, the commit goes on. Their results and errors."""
+    held.hold = True
+    first = threading.Thread(target=manager.track, args=(lead,))
+    first.start()
+    assert held.entered.wait(WAIT_S)
+    done: list[Any] = []
+    calls = [lambda b=b: manager.track(b) for b in batches]
+    followers = threading.Thread(target=lambda: done.extend(in_threads(calls)))
+    followers.start()
+    wait_for_waiters(manager, len(batches))
+    held.release.set()
+    first.join(WAIT_S)
+    followers.join(WAIT_S)
+    results, errors = done
+    return results, errors
+
+
 def test_callers_arriving_during_a_commit_share_the_next_one(
     manager: SessionManager, store: Store
 ) -> None:
     held = HeldStore(store)
     sid = manager.start("u1").session_id
-    held.hold = True
-    first = threading.Thread(target=manager.track, args=(views(sid, "lead", 3),))
-    first.start()
-    assert held.entered.wait(WAIT_S)
     # Eight callers arrive while the first commit is open, one with a duplicate
     # of an earlier caller's event and one invalid event among valid ones.
     batches = [views(sid, f"c{k}", 5) for k in range(8)]
     batches[3].append(IncomingEvent(event_id="c0-1", session_id=sid, type=VIEW, item_id="i1"))
     batches[5].insert(0, IncomingEvent(event_id="bad", session_id=sid, type=SCREEN))
-    followers = threading.Thread(
-        target=lambda: results.extend(in_threads([lambda b=b: manager.track(b) for b in batches]))
-    )
-    results: list[Any] = []
-    followers.start()
-    wait_for_waiters(manager, 8)
-    held.release.set()
-    first.join(WAIT_S)
-    followers.join(WAIT_S)
-    outcomes, errors = results
+    outcomes, errors = behind_a_held_commit(manager, held, views(sid, "lead", 3), batches)
     assert errors == [None] * 8
     # Two transactions: the first caller's, then everyone who waited (all their
     # events but the invalid one).
@@ -135,24 +143,11 @@ def test_a_caller_whose_batch_has_nothing_storable_fails_alone(
 ) -> None:
     held = HeldStore(store)
     sid = manager.start("u1").session_id
-    held.hold = True
-    lead = threading.Thread(target=manager.track, args=(views(sid, "lead", 1),))
-    lead.start()
-    assert held.entered.wait(WAIT_S)
     bad = [IncomingEvent(event_id="b1", session_id=sid, type=SCREEN)]
     good = views(sid, "good", 2)
-    done: list[Any] = []
-    runner = threading.Thread(
-        target=lambda: done.extend(
-            in_threads([lambda: manager.track(bad), lambda: manager.track(good)])
-        )
+    (_, good_result), (bad_error, good_error) = behind_a_held_commit(
+        manager, held, views(sid, "lead", 1), [bad, good]
     )
-    runner.start()
-    wait_for_waiters(manager, 2)
-    held.release.set()
-    lead.join(WAIT_S)
-    runner.join(WAIT_S)
-    (_, good_result), (bad_error, good_error) = done
     assert isinstance(bad_error, InvalidArgument)
     assert str(bad_error).startswith("events[0].screen: required")
     assert good_error is None and good_result.accepted == 2
