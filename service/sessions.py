@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from service.limits import RateLimiter
 from service.periodic import PeriodicTask
 from service.validation import check_id, ids_valid, require_id
+from sessionrec.deadline import caller_deadline, remaining_s
 from sessionrec.errors import InvalidArgument, NotFound, ResourceExhausted, SessionrecError
 from sessionrec.events import (
     ITEM_REQUIRED,
@@ -197,6 +198,8 @@ GROUP_MAX_EVENTS = 5000
 class _Ticket:
     batches: Sequence[Sequence[IncomingEvent]]
     size: int
+    #: When the caller gives up (``time.monotonic()``), None: no deadline.
+    until: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
     results: list[TrackResult] | None = None
     error: BaseException | None = None
@@ -227,7 +230,9 @@ class GroupCommit:
         """Stores ``batches`` (kept together in one transaction) with whatever
         else is waiting; their results in order. A failed commit (the store
         unavailable, full) raises in every caller of its group."""
-        ticket = _Ticket(batches, sum(len(b) for b in batches))
+        left = remaining_s()
+        until = None if left is None else time.monotonic() + left
+        ticket = _Ticket(batches, sum(len(b) for b in batches), until)
         with self._lock:
             self._waiting.append(ticket)
             leads = not self._busy
@@ -251,7 +256,12 @@ class GroupCommit:
                 size += self._waiting[0].size
                 group.append(self._waiting.pop(0))
         try:
-            results = self._store_many([b for t in group for b in t.batches])
+            # The store waits (for its locks) no longer than the soonest deadline of
+            # the group: everyone gets an answer (UNAVAILABLE: retry) before giving up.
+            untils = [t.until for t in group if t.until is not None]
+            soonest = min(untils) - time.monotonic() if untils else None
+            with caller_deadline(soonest):
+                results = self._store_many([b for t in group for b in t.batches])
         except BaseException as exc:
             for t in group:
                 t.error = exc
