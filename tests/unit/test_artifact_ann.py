@@ -190,3 +190,17 @@ def test_a_catalog_below_the_threshold_gets_no_index(store: Store, tmp_path: Pat
     artifact = train(store, str(tmp_path / "m"), "als", PARAMS, session_model=False)
     assert artifact.index is None and "ann" not in artifact.meta
     assert load_artifact(tmp_path / "m", artifact.version).index is None
+
+
+def test_the_cli_trains_with_an_index_from_the_threshold_given(events_db, capsys) -> None:
+    from sessionrec.cli import main
+
+    root, _ = events_db
+    args = ["train", "--db", f"sqlite:///{root / 'ann.db'}", "--no-session-model", "--quiet"]
+    args += ["--factors", "16", "--iterations", "5"]
+    assert main([*args, "--models", str(root / "cli-low"), "--ann-min-items", "1000"]) == 0
+    low = json.loads(capsys.readouterr().out)
+    assert main([*args, "--models", str(root / "cli-default")]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert isinstance(load_artifact(root / "cli-low", low["version"]).index, FaissIndex)
+    assert load_artifact(root / "cli-default", default["version"]).index is None  # 2,000 < 100,000
