@@ -15,10 +15,11 @@ What it measures, in order, all on this machine and against 127.0.0.1 only:
    * Recommend latency, one call at a time; every other call goes with a live
      session that got 3-10 fresh ITEM_VIEWs just before (those set-up calls are
      not timed). Repeated; the table shows the median over repeats.
-   * Recommend throughput with 64 requests in flight (gRPC futures, one client
-     thread, a bounded window), half of them with a live session.
-   * TrackEvents ingestion: 100 events per call, one call at a time and 4 in flight.
-   * StreamEvents: one stream of single-event requests, acked after group commits.
+   * Only when the serving section (7) is left out (``--no-serving``), which
+     supersedes them: Recommend throughput with 64 requests in flight (gRPC
+     futures, one client thread, a bounded window), half of them with a live
+     session; TrackEvents ingestion, 100 events per call, one call at a time and
+     4 in flight; StreamEvents, one stream of single-event requests.
 
 4. Training at scale (issue 3; in the default run, with ``--quick`` only if
    ``--scale`` is given, alone with ``--scale-only``, left out with ``--no-scale``):
@@ -37,6 +38,15 @@ What it measures, in order, all on this machine and against 127.0.0.1 only:
    ``--no-soak`` or ``--quick``): several clients mixing ingestion and
    recommendations for ``--soak-seconds``; error counts, p99 drift and the
    server's memory growth (:mod:`bench.soak`).
+7. Serving against its ceiling (issue 8; in the default run, smaller with
+   ``--quick``, alone with ``--serving-only``, left out with ``--no-serving``):
+   Recommend and GetOffers (sequential p50/p99/p99.9, QPS at 1/16/64 in
+   flight), TrackEvents and StreamEvents ingestion, model reload under load,
+   training time and memory on a 50,000 x 20,000 catalog with 64-factor ALS,
+   each beside the bare handler doing the same top-k on the same matrix
+   (:mod:`bench.serving`, :mod:`bench.ceiling`). Runs after the training-at-scale
+   section and reuses its generated store when both run.
+8. Approximate nearest neighbours (:mod:`bench.ann`, when present).
 
 Numbers are printed as a markdown table and written as JSON (``--out``). Nothing
 is asserted about timings; any RPC error (or a rejected event) ends the run with
@@ -72,12 +82,31 @@ import numpy as np
 
 from bench.analytics import AnalyticsSpec, bench_analytics
 from bench.analytics import markdown_lines as analytics_markdown
+from bench.serving import QUICK as SERVING_QUICK
+from bench.serving import ServingSpec, bench_serving, track_requests
+from bench.serving import markdown_lines as serving_markdown
 from bench.soak import SoakSpec, bench_soak
 from bench.soak import markdown_lines as soak_markdown
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
 RPC_TIMEOUT_S = 30.0
+
+
+def _load_ann() -> Any:
+    """``bench.ann`` (approximate nearest neighbours, another section's module)
+    when it exists, else None."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("bench.ann") is None:
+        return None
+    return importlib.import_module("bench.ann")
+
+
+# ANN section (bench/ann.py: AnnSpec, QUICK, bench_ann(spec), markdown_lines(result)),
+# imported by name so that this suite runs while that module is absent or broken.
+_ANN = _load_ann()
 
 
 @dataclass(frozen=True)
@@ -98,7 +127,10 @@ class Profile:
 
 
 PROFILES = {
-    "default": Profile("default", 2000, 3, 5000, 64, 1, 300, 100, 5),
+    # 1,200 sequential calls and 3 training repeats (were 2,000 and 5): with the
+    # session-blend search a MovieLens train takes about half a minute, and the
+    # serving section (bench/serving.py) measures Recommend at scale.
+    "default": Profile("default", 1200, 3, 5000, 64, 1, 300, 100, 3),
     "quick": Profile("quick", 400, 3, 1500, 64, 1, 100, 100, 3),
 }
 
@@ -930,7 +962,6 @@ def bench_concurrent(
 def bench_track(
     stubs: Stubs, items: Sequence[str], calls: int, batch: int, window: int, seed: int
 ) -> dict[str, Any]:
-    rng = random.Random(seed)
     tag = f"ingest{seed}w{window}"
     sessions = []
     for k in range(20):
@@ -941,28 +972,9 @@ def bench_track(
             "StartSession",
         ).session_id
         sessions.append(sid)
-    requests = []
-    for c in range(calls):
-        events = []
-        for j in range(batch):
-            sid = sessions[((c * batch + j) // 10) % len(sessions)]  # 10 events per session
-            roll = rng.random()
-            if roll < 0.2:
-                event = pb.Event(session_id=sid, type=pb.SCREEN_VIEW, screen="product")
-            elif roll < 0.9:
-                event = pb.Event(
-                    session_id=sid,
-                    type=pb.ITEM_VIEW,
-                    item_id=rng.choice(items),
-                    dwell_ms=rng.randint(1_000, 90_000),
-                )
-            else:
-                event = pb.Event(
-                    session_id=sid, type=pb.ADD_TO_CART, item_id=rng.choice(items), value=19.99
-                )
-            event.event_id = f"{tag}-{c}-{j}"
-            events.append(event)
-        requests.append(pb.TrackEventsRequest(events=events))
+    generate = {"seed": seed, "items": list(items), "sessions": sessions}
+    generate.update(batch=batch, tag=tag, calls=calls)
+    requests = [pb.TrackEventsRequest.FromString(data) for data in track_requests(generate)]
 
     if window == 1:
         latencies = []
@@ -1015,7 +1027,12 @@ def bench_stream(stubs: Stubs, items: Sequence[str], events: int) -> dict[str, A
     ]
     started = time.perf_counter()
     try:
-        acks = list(stubs.sessions.StreamEvents(iter(requests), timeout=300))
+        # The acks of requests committed together come in one message.
+        acks = [
+            ack
+            for message in stubs.sessions.StreamEvents(iter(requests), timeout=300)
+            for ack in message.acks
+        ]
     except grpc.RpcError as exc:
         raise BenchError(f"StreamEvents: {exc.code().name}: {exc.details()}") from exc
     elapsed = time.perf_counter() - started
@@ -1050,7 +1067,6 @@ def markdown(results: dict[str, Any]) -> str:
         imp = results["import"]
         tr = results["train"]
         seq = results["recommend_sequential"]
-        conc = results["recommend_concurrent"]
         server = results["server"]
         lines += [
             f"- dataset: {ds['name']}: {imp['rows']:,} events, {tr['users']:,} users, "
@@ -1083,12 +1099,17 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {fmt_lat(results['offers']['recommend'])} |",
             f"| ... p99 GetOffers / p99 Recommend | median of per-repeat ratios "
             f"| {results['offers']['p99_ratio_offers_vs_recommend']:.2f} |",
+        ]
+    if "recommend_concurrent" in results:
+        conc = results["recommend_concurrent"]
+        rows += [
             f"| Recommend n=10, {conc['in_flight']} in flight | QPS over {conc['requests']:,} "
             f"requests | {conc['qps']:,.0f} req/s |",
             f"| ... | p50 / p99 | {fmt_lat(conc, ('p50_ms', 'p99_ms'))} |",
             f"| ... | CPU cores busy: client / server | {conc['client_cpu_cores']} / "
             f"{conc['server_cpu_cores'] if conc['server_cpu_cores'] is not None else 'n/a'} |",
         ]
+    if "track_events" in results:
         for t in results["track_events"]:
             label = "sequential" if t["in_flight"] == 1 else f"{t['in_flight']} in flight"
             rows.append(
@@ -1135,6 +1156,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += analytics_markdown(results["analytics"])
     if "soak" in results:
         lines += soak_markdown(results["soak"])
+    if "serving" in results:
+        lines += serving_markdown(results["serving"])
+    if "ann" in results and _ANN is not None:
+        lines += _ANN.markdown_lines(results["ann"])
     lines += ["", f"total benchmark time: {results['total_seconds']:.1f} s"]
     return "\n".join(lines)
 
@@ -1150,8 +1175,11 @@ def run_service(
     tmp: Path,
     results: dict[str, Any],
     phase: Callable[[str], contextlib.AbstractContextManager[None]],
+    superseded: bool = False,
 ) -> None:
-    """Import, train and the served benchmarks (the server in a separate process)."""
+    """Import, train and the served benchmarks (the server in a separate process).
+    ``superseded``: leave out concurrent Recommend and ingestion (the serving
+    section measures them)."""
     from sessionrec.config import Config
 
     db_url = f"sqlite:///{tmp / 'bench.db'}"
@@ -1239,6 +1267,11 @@ def run_service(
             ),
             "offers_defined": offer_runs[0]["offers_defined"],
         }
+        if superseded:
+            # The serving section (bench/serving.py) measures these against their
+            # ceilings; they run here only without it.
+            channel.close()
+            return
         with phase("recommend concurrent"):
             results["recommend_concurrent"] = bench_concurrent(
                 stubs,
@@ -1281,8 +1314,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     analytics = analytics and not args.soak_only
     scale = scale and not args.soak_only
+    # Serving against its ceiling (issue 8, about 5 min; smaller with --quick).
+    serving = args.serving_only or not (
+        args.no_serving or args.scale_only or args.analytics_only or args.soak_only
+    )
+    # Approximate nearest neighbours (bench/ann.py): only when asked for (minutes).
+    ann = args.ann or args.ann_only
+    scale = scale and not (args.serving_only or args.ann_only)
+    analytics = analytics and not (args.serving_only or args.ann_only)
+    soak = soak and not (args.serving_only or args.ann_only)
+    serving = serving and not args.ann_only
     started = time.perf_counter()
-    if args.soak_only:
+    if args.ann_only:
+        name = "approximate nearest neighbours only" + (" (quick)" if args.quick else "")
+    elif args.serving_only:
+        name = "serving only" + (" (quick)" if args.quick else "")
+    elif args.soak_only:
         name = "soak only"
     elif args.analytics_only:
         name = "session analytics at scale only"
@@ -1309,12 +1356,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sessionrec-bench-") as tmp_name:
         tmp = Path(tmp_name)
         say(f"[bench] profile {name}; scratch {tmp}")
-        if not (args.scale_only or args.analytics_only or args.soak_only):
-            run_service(args, profile, tmp, results, phase)
+        only = (
+            args.scale_only
+            or args.analytics_only
+            or args.soak_only
+            or args.serving_only
+            or args.ann_only
+        )
+        if not only:
+            run_service(args, profile, tmp, results, phase, superseded=serving)
         if scale:
             spec = dataclasses.replace(ScaleSpec(), events=args.scale_events)
             with phase("training at scale"):
                 results["train_scale"] = bench_train_scale(tmp / "scale", spec)
+        if serving:
+            vspec = serving_spec(args)
+            # The scale section's store holds the same log when the sizes agree.
+            reuse = (
+                tmp / "scale" / "scale.db" if scale and args.scale_events == vspec.events else None
+            )
+            with phase("serving vs ceiling"):
+                results["serving"] = bench_serving(tmp / "serving", vspec, reuse_db=reuse)
+        if ann:
+            with phase("approximate nearest neighbours"):
+                results["ann"] = run_ann(args)
         if analytics:
             aspec = dataclasses.replace(AnalyticsSpec(), events=args.analytics_events)
             with phase("session analytics at scale"):
@@ -1327,11 +1392,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def run_ann(args: argparse.Namespace) -> dict[str, Any]:
+    """The ANN section (``bench.ann``): ``AnnSpec()``, or its ``QUICK`` with --quick."""
+    assert _ANN is not None
+    spec = _ANN.QUICK if args.quick else _ANN.AnnSpec()
+    return dict(_ANN.bench_ann(spec))
+
+
+def serving_spec(args: argparse.Namespace) -> ServingSpec:
+    """The serving section's spec from the command line (``--quick``: smaller)."""
+    spec = SERVING_QUICK if args.quick else ServingSpec()
+    changes: dict[str, Any] = {}
+    if args.server_processes is not None:
+        changes["server_processes"] = args.server_processes
+    if args.ceiling_processes:
+        changes["ceiling_processes"] = tuple(args.ceiling_processes)
+    if args.serving_events is not None:
+        changes["events"] = args.serving_events
+    if args.client_processes is not None:
+        changes["client_processes"] = args.client_processes
+    return dataclasses.replace(spec, **changes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from training.datasets import MOVIELENS_100K
 
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller run (under a minute)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller run (about 3 min: no training or analytics at scale, no soak, "
+        "a smaller serving section)",
+    )
     parser.add_argument("--out", default="bench/results.json", help="JSON results file")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -1379,7 +1471,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ScaleSpec.events,
         help=f"events in the training-at-scale log (default {ScaleSpec.events:,})",
     )
+    parser.add_argument(
+        "--serving-only", action="store_true", help="run only the serving-vs-ceiling section"
+    )
+    parser.add_argument(
+        "--no-serving", action="store_true", help="leave out the serving-vs-ceiling section"
+    )
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serving: pass processes=N to the real server (default: not passed, i.e. 1)",
+    )
+    parser.add_argument(
+        "--ceiling-processes",
+        type=int,
+        action="append",
+        metavar="N",
+        help="serving: ceiling process count (repeatable; default: 1 and 2, --quick: 1)",
+    )
+    parser.add_argument(
+        "--serving-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"serving: events in the log (default {ServingSpec.events:,}, "
+        f"--quick {SERVING_QUICK.events:,}; 50,000 users x 20,000 items)",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"serving: load-generator processes (default {ServingSpec.client_processes})",
+    )
+    parser.add_argument(
+        "--ann",
+        action="store_true",
+        help="add the approximate-nearest-neighbours section (bench/ann.py; several "
+        "minutes, not in the default run)",
+    )
+    parser.add_argument("--ann-only", action="store_true", help="run only the ANN section")
     args = parser.parse_args(argv)
+    if (args.ann or args.ann_only) and _ANN is None:
+        parser.error("--ann, --ann-only: bench/ann.py is not there")
+    if args.ann_only and (
+        args.serving_only or args.scale_only or args.analytics_only or args.soak_only
+    ):
+        parser.error("--ann-only excludes the other --*-only flags")
+    if args.serving_only and (
+        args.no_serving or args.scale_only or args.analytics_only or args.soak_only
+    ):
+        parser.error("--serving-only excludes --no-serving and the other --*-only flags")
+    for flag in ("server_processes", "client_processes"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')}: at least 1")
+    if args.ceiling_processes and min(args.ceiling_processes) < 1:
+        parser.error("--ceiling-processes: at least 1")
+    if args.serving_events is not None and args.serving_events < 2 * ScaleSpec.users:
+        parser.error(f"--serving-events: at least {2 * ScaleSpec.users:,} (2 per user)")
     if args.scale_only and args.no_scale:
         parser.error("--scale-only and --no-scale exclude each other")
     if args.analytics_only and (args.no_analytics or args.scale_only):
@@ -1392,9 +1544,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--analytics-events: at least 10,000")
     if args.scale_events < 2 * ScaleSpec.users:
         parser.error(f"--scale-events: at least {2 * ScaleSpec.users:,} (2 per user)")
+    # Run as ``python -m bench.run`` this module is ``__main__``, and the other
+    # bench modules raise ``bench.run.BenchError``, a class of their own.
+    from bench.run import BenchError as ImportedBenchError
+
     try:
         results = run(args)
-    except BenchError as exc:
+    except (BenchError, ImportedBenchError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
     print(markdown(results))
