@@ -238,7 +238,7 @@ def create_server(
     models = ModelHolder(config.models_dir)
     if worker is not None and worker.model_version:
         models.reload(worker.model_version)  # the primary's, pinned or not
-    elif worker is None or not worker.model_version:
+    else:
         models.load_initial()
     catalog = Catalog(store, max_items_per_call=config.max_items_per_call)
     catalog.refresh()
