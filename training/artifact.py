@@ -573,7 +573,7 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ArtifactError(f"{version}: array {name} holds NaN or infinity")
     try:
-        users = Vocabulary(arrays["users"].tolist())
+        users = Vocabulary.stored(arrays["users"])
         items = Vocabulary(arrays["items"].tolist())
         model_arrays = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
         model = ALGORITHMS[algorithm].from_arrays(meta.get("params", {}), model_arrays)

@@ -20,9 +20,29 @@ class Vocabulary:
 
     def __init__(self, ids: Iterable[str]):
         self.ids = np.asarray(list(ids), dtype=str)
-        self._index = {value: row for row, value in enumerate(self.ids.tolist())}
-        if len(self._index) != len(self.ids):
+        self._lookup: dict[str, int] | None = None
+        self._build()
+
+    @classmethod
+    def stored(cls, ids: np.ndarray) -> Vocabulary:
+        """A vocabulary read back from an artifact, as stored; its lookup table is
+        built on first use (serving never looks users up, and a million user ids
+        cost about 250 MiB as a dict)."""
+        vocabulary = cls.__new__(cls)
+        vocabulary.ids = np.asarray(ids, dtype=str)
+        vocabulary._lookup = None
+        return vocabulary
+
+    def _build(self) -> dict[str, int]:
+        lookup = {value: row for row, value in enumerate(self.ids.tolist())}
+        if len(lookup) != len(self.ids):
             raise ValueError("vocabulary ids must be unique")
+        self._lookup = lookup
+        return lookup
+
+    @property
+    def _index(self) -> dict[str, int]:
+        return self._lookup if self._lookup is not None else self._build()
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> Vocabulary:

@@ -114,6 +114,18 @@ def test_save_then_load_current_gives_the_same_recommendations(
         assert after.reasons == before.reasons
 
 
+def test_a_loaded_artifact_looks_users_up_only_when_asked(
+    models_dir: Path, interactions: Interactions
+) -> None:
+    saved = save(models_dir, interactions, "als")
+    loaded = load_artifact(models_dir, saved.version)
+    assert loaded.users._lookup is None  # serving never looks users up: no dict built
+    assert list(loaded.users.ids) == list(interactions.users.ids)
+    for user in ("a00", "b03", "nobody"):
+        assert loaded.users.number(user) == interactions.users.number(user)
+    assert "a01" in loaded.users and len(loaded.users) == len(interactions.users)
+
+
 def test_meta_describes_the_artifact(models_dir: Path, interactions: Interactions) -> None:
     saved = save(models_dir, interactions, extra_meta={"note": "unit"})
     meta = json.loads((folder(models_dir, saved.version) / "meta.json").read_text())
