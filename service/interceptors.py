@@ -81,13 +81,8 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             try:
                 with deadline.caller_deadline(remaining):
                     return behavior(request, context)
-            except errors.SessionrecError as exc:
-                if status_for(exc) is grpc.StatusCode.INTERNAL:
-                    log.error("%s failed", method, exc_info=True)
-                abort_with(context, exc)
-            except Exception:
-                log.exception("%s failed with an unexpected error", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (logged)")
+            except Exception as exc:
+                _end_with(method, context, exc)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
@@ -125,14 +120,21 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
                 # knows this error; ending the stream normally or aborting again
                 # would leave the call unfinished (server.stop would hang).
                 raise
-            except errors.SessionrecError as exc:
-                if status_for(exc) is grpc.StatusCode.INTERNAL:
-                    log.error("%s failed", method, exc_info=True)
-                abort_with(context, exc)
-            except Exception:
-                log.exception("%s failed with an unexpected error", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (logged)")
+            except Exception as exc:
+                _end_with(method, context, exc)
 
         return grpc.stream_stream_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+def _end_with(method: str, context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    """Ends a call that raised ``exc``: a domain error with its status (logged
+    when it is INTERNAL), anything else INTERNAL with the traceback logged."""
+    if isinstance(exc, errors.SessionrecError):
+        if status_for(exc) is grpc.StatusCode.INTERNAL:
+            log.error("%s failed", method, exc_info=exc)
+        abort_with(context, exc)
+    log.error("%s failed with an unexpected error", method, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (logged)")
+    raise AssertionError("context.abort returned")  # it raises; for the type checker

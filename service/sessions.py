@@ -250,7 +250,7 @@ class GroupCommit:
         """Commits the next group (the caller's ticket is first in it), then
         hands the lead to the first caller still waiting."""
         with self._lock:
-            group, size = [self._waiting.pop(0)], 0
+            group = [self._waiting.pop(0)]
             size = group[0].size
             while self._waiting and size + self._waiting[0].size <= self.max_events:
                 size += self._waiting[0].size
