@@ -7,8 +7,10 @@ the embedded default, PostgreSQL can be added behind the same interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -110,10 +112,40 @@ class EventColumns:
         )
 
 
+class SQLCursor(Protocol):
+    """What :meth:`SQLReader.execute` returns (a DB-API cursor, as far as readers go)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class SQLReader(Protocol):
+    """A read-only view of a SQL store in one snapshot (:meth:`Store.read_snapshot`).
+
+    SQL is written once for every backend: ``?`` placeholders and the subset of
+    SQL that SQLite and PostgreSQL share (``COUNT(*) FILTER (WHERE ...)``, not
+    ``SUM(x = 1)``; ``CASE``, not two-argument ``MIN``)."""
+
+    #: ``"sqlite"`` or ``"postgresql"``, for the rare query that must differ.
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> SQLCursor: ...
+
+
 class Store(abc.ABC):
     """Events, sessions and the item catalog. All writes are durable when the call returns."""
 
     url: str
+
+    @abc.abstractmethod
+    def read_snapshot(self) -> contextlib.AbstractContextManager[SQLReader]:
+        """A read-only transaction: every query through it sees the same committed
+        state (for reports and exports that read several tables)."""
 
     # ---- sessions
     @abc.abstractmethod

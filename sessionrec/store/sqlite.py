@@ -66,6 +66,7 @@ from sessionrec.store.base import (
     OfferLogEntry,
     OfferOutcome,
     QuarantinedEvent,
+    SQLReader,
     Store,
 )
 
@@ -209,6 +210,18 @@ def _translate(exc: sqlite3.OperationalError) -> Exception:
     return exc
 
 
+class _SQLiteReader:
+    """A reader connection seen as :class:`SQLReader`."""
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
+
+
 class SQLiteStore(Store):
     def __init__(
         self,
@@ -300,6 +313,15 @@ class SQLiteStore(Store):
             yield self._reader()
         except sqlite3.OperationalError as exc:
             raise _translate(exc) from exc
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[SQLReader]:
+        with self._read() as c:
+            c.execute("BEGIN")
+            try:
+                yield _SQLiteReader(c)
+            finally:
+                c.execute("COMMIT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
