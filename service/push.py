@@ -117,11 +117,6 @@ _PROGRESS_STEPS = 20_000
 #: How long the read-only connection waits on a busy file (recording goes through
 #: the store's writer and its busy timeout).
 BUSY_TIMEOUT_MS = 5000
-_PUSH_LOG_SQL = (
-    "CREATE TABLE IF NOT EXISTS push_log ("
-    "user_id TEXT NOT NULL, planned_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL)"
-)
-_PUSH_LOG_INDEX_SQL = "CREATE INDEX IF NOT EXISTS push_log_user ON push_log(user_id, planned_ms)"
 
 
 @dataclass(frozen=True)
@@ -245,14 +240,13 @@ def plan_push(
             raise InvalidArgument(f"{name}: must be callable or None, got {fn!r}")
     if recommender is None:
         raise InvalidArgument("recommender: required")
-    path = _store_path(store)
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     plan = PushPlan(now_ms=now)
     timeout_ms = int(getattr(recommender, "timeout_ms", 1800 * 1000))
     since_ms = now - int(cap_window_days * DAY_MS)
     stop = _Stop(should_stop)
 
-    with _read_only(path, stop) as conn:
+    with _reading(store, stop) as conn:
         lapsing = _lapsing_users(
             conn, plan, now, lapse_days, rhythm_factor, min_sessions, quiet, timeout_ms, stop
         )
@@ -404,6 +398,20 @@ def _store_path(store: Store) -> str:
 
 
 @contextlib.contextmanager
+def _reading(store: Store, stop: _Stop) -> Iterator[Any]:
+    """One read-only snapshot of the store: a SQLite file is read by a
+    connection of its own, interrupted when the caller's deadline is over; a
+    server store through :meth:`Store.read_snapshot` (deadline checked between
+    users)."""
+    if store.url.startswith("sqlite:"):
+        with _read_only(_store_path(store), stop) as conn:
+            yield conn
+        return
+    with store.read_snapshot() as reader:
+        yield reader
+
+
+@contextlib.contextmanager
 def _read_only(path: str, stop: _Stop) -> Iterator[sqlite3.Connection]:
     resolved = Path(path).resolve()
     if not resolved.is_file():
@@ -431,17 +439,8 @@ def _translate(exc: sqlite3.OperationalError) -> Exception:
     return exc
 
 
-def _has_push_log(conn: sqlite3.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'push_log'"
-    ).fetchone()
-    return row is not None
-
-
-def _cap_counts(conn: sqlite3.Connection, since_ms: int) -> dict[str, int]:
+def _cap_counts(conn: Any, since_ms: int) -> dict[str, int]:
     """Per user: pushes planned after ``since_ms`` (future ones included)."""
-    if not _has_push_log(conn):
-        return {}
     rows = conn.execute(
         "SELECT user_id, COUNT(*) FROM push_log WHERE planned_ms > ? GROUP BY user_id",
         (since_ms,),
@@ -450,7 +449,7 @@ def _cap_counts(conn: sqlite3.Connection, since_ms: int) -> dict[str, int]:
 
 
 def _lapsing_users(
-    conn: sqlite3.Connection,
+    conn: Any,
     plan: PushPlan,
     now: int,
     lapse_days: float,
@@ -567,10 +566,8 @@ def _record(
     created = time.time_ns() // 1_000_000
     write = getattr(store, "write_transaction", None)
     if write is None:
-        raise FailedPrecondition("store: recording pushes needs the SQLite store's writer")
+        raise FailedPrecondition("store: recording pushes needs a SQL store's writer")
     with write() as conn:
-        conn.execute(_PUSH_LOG_SQL)
-        conn.execute(_PUSH_LOG_INDEX_SQL)
         counts = _cap_counts(conn, since_ms)
         kept = [c for c in candidates if counts.get(c.user_id, 0) < max_per_user]
         conn.executemany(

@@ -60,7 +60,7 @@ from service.workers import (
 )
 from sessionrec.config import Config
 from sessionrec.errors import SessionrecError
-from sessionrec.store import Store, open_store, sqlite_path_from_url
+from sessionrec.store import Store, open_store
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -194,8 +194,7 @@ def refresh_analytics_days(store: Store) -> None:
     GetSessionStats finds them cached."""
     from sessionrec.analytics import refresh_days
 
-    path = sqlite_path_from_url(store.url)
-    built = refresh_days(path, store.cache_analytics_days, limit=ANALYTICS_DAYS_PER_REFRESH)
+    built = refresh_days(store, store.cache_analytics_days, limit=ANALYTICS_DAYS_PER_REFRESH)
     if built:
         log.debug("analytics: built %d changed days", built)
 
@@ -337,7 +336,7 @@ def create_server(
         internal_dir=internal_dir,
     )
     primary = worker is None
-    if primary and config.analytics_refresh_interval_s > 0 and store.url.startswith("sqlite:"):
+    if primary and config.analytics_refresh_interval_s > 0:
         running.analytics_refresh = PeriodicTask(
             "analytics-refresh",
             config.analytics_refresh_interval_s,

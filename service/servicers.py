@@ -36,7 +36,7 @@ from sessionrec.errors import (
 from sessionrec.events import SessionRecord
 from sessionrec.items import ItemRecord
 from sessionrec.offers import Offer
-from sessionrec.store import Store, sqlite_path_from_url
+from sessionrec.store import Store
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 
@@ -455,7 +455,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             raise InvalidArgument("skip_below_ms: must be >= 0")
         if request.platform not in pb.Platform.values():
             raise InvalidArgument(f"platform: unknown platform {request.platform}")
-        path = sqlite_path_from_url(self.store.url)
+        path = self.store
         platform = request.platform or None
         version = request.app_version or None
         skip = int(request.skip_below_ms) or 3000

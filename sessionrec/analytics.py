@@ -80,6 +80,8 @@ import numpy as np
 from sessionrec.analytics_days import DAY_MS, CacheWriter, DayColumns, build_stale, load_days
 from sessionrec.errors import InvalidArgument
 from sessionrec.events import EndReason
+from sessionrec.store.base import SQLReader, Store
+from sessionrec.store.sqlite import SQLiteReader
 
 __all__ = [
     "DURATION_BIN_EDGES_S",
@@ -108,7 +110,9 @@ TOP_ITEMS = 20
 EXIT = "(exit)"
 
 
-DbPath = str | PathLike[str]
+#: Where the analytics read: a store, or the path (or ``sqlite:///`` URL) of a
+#: SQLite store file (opened read-only).
+DbPath = str | PathLike[str] | Store
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,7 @@ class SessionStats:
 
 
 # ------------------------------------------------------------------ plumbing
-def _resolve_path(db_path: DbPath) -> Path:
+def _resolve_path(db_path: str | PathLike[str]) -> Path:
     text = str(db_path)
     if text.startswith("sqlite:"):
         from sessionrec.store import sqlite_path_from_url
@@ -262,7 +266,22 @@ def _resolve_path(db_path: DbPath) -> Path:
 
 
 @contextmanager
-def _read_only(db_path: DbPath) -> Iterator[sqlite3.Connection]:
+def _snapshot(source: DbPath) -> Iterator[SQLReader]:
+    """One read-only snapshot of ``source`` (a store, or a SQLite file)."""
+    if isinstance(source, Store):
+        with source.read_snapshot() as reader:
+            yield reader
+        return
+    with _read_only(source) as conn:
+        conn.execute("BEGIN")
+        try:
+            yield SQLiteReader(conn)
+        finally:
+            conn.execute("COMMIT")
+
+
+@contextmanager
+def _read_only(db_path: str | PathLike[str]) -> Iterator[sqlite3.Connection]:
     path = _resolve_path(db_path)
     conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
     try:
@@ -329,16 +348,11 @@ def load_session_data(
     users' first and last session starts."""
     if segment is not None and segment not in SEGMENTS:
         raise InvalidArgument(f"segment: expected one of {', '.join(SEGMENTS)}, got {segment!r}")
-    with _read_only(db_path) as c:
-        c.execute("BEGIN")
-        try:
-            columns, built = load_days(c, start_ms, end_ms)
-            users = c.execute(
-                "SELECT user_id, MIN(started_at_ms), MAX(started_at_ms) FROM sessions"
-                " GROUP BY user_id"
-            ).fetchall()
-        finally:
-            c.execute("COMMIT")
+    with _snapshot(db_path) as c:
+        columns, built = load_days(c, start_ms, end_ms)
+        users = c.execute(
+            "SELECT user_id, MIN(started_at_ms), MAX(started_at_ms) FROM sessions GROUP BY user_id"
+        ).fetchall()
     if cache is not None and built:
         cache(built)
     ids = np.array([u for u, _, _ in users], dtype=str) if users else np.array([], dtype="<U1")
@@ -379,12 +393,8 @@ def refresh_days(db_path: DbPath, cache: CacheWriter, *, limit: int | None = Non
     """Builds the analytics days that changed since they were cached (the most
     recent first, at most ``limit``) and hands them to ``cache``. Returns how
     many were built."""
-    with _read_only(db_path) as c:
-        c.execute("BEGIN")
-        try:
-            built = build_stale(c, limit)
-        finally:
-            c.execute("COMMIT")
+    with _snapshot(db_path) as c:
+        built = build_stale(c, limit)
     if built:
         cache(built)
     return len(built)

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
+
+from sessionrec.store.base import SQLReader
 
 __all__ = [
     "DAY_MS",
@@ -159,21 +160,25 @@ def _text(values: Sequence[str]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- build
-def build_day(conn: sqlite3.Connection, day: int) -> DayColumns:
+def build_day(conn: SQLReader, day: int) -> DayColumns:
     """The columns of the sessions starting on UTC day ``day`` (days since
     1970-01-01), read through ``conn``."""
     lo, hi = day * DAY_MS, (day + 1) * DAY_MS
     sessions = conn.execute(
-        """SELECT session_id, user_id, started_at_ms,
-                  MAX(0, MAX(last_event_at_ms, COALESCE(ended_at_ms, last_event_at_ms))
-                         - started_at_ms),
-                  platform, app_version, end_reason
+        """SELECT session_id, user_id, started_at_ms, last_event_at_ms,
+                  COALESCE(ended_at_ms, last_event_at_ms), platform, app_version, end_reason
         FROM sessions WHERE started_at_ms >= ? AND started_at_ms < ? ORDER BY session_id""",
         (lo, hi),
     ).fetchall()
     if not sessions:
         return DayColumns.empty()
-    ids, users, starts, durations, platforms, versions, ends = zip(*sessions, strict=True)
+    ids, users, starts, lasts, ended, platforms, versions, ends = zip(*sessions, strict=True)
+    # A session lasts until its last event or its end, whichever is later (never < 0).
+    durations = np.maximum(
+        np.maximum(np.array(lasts, dtype=np.int64), np.array(ended, dtype=np.int64))
+        - np.array(starts, dtype=np.int64),
+        0,
+    )
     row_of = {sid: k for k, sid in enumerate(ids)}
     events = conn.execute(
         """SELECT session_id, type, screen, dwell_ms, item_id, ts_ms FROM events
@@ -276,7 +281,7 @@ def _floor_day(ms: int) -> int:
 
 
 def load_days(
-    conn: sqlite3.Connection,
+    conn: SQLReader,
     start_ms: int | None,
     end_ms: int | None,
 ) -> tuple[DayColumns, list[tuple[int, int, bytes]]]:
@@ -306,19 +311,21 @@ def load_days(
     return DayColumns.concat(days), built
 
 
-def build_stale(conn: sqlite3.Connection, limit: int | None = None) -> list[tuple[int, int, bytes]]:
+def build_stale(conn: SQLReader, limit: int | None = None) -> list[tuple[int, int, bytes]]:
     """Builds the days without cached columns (the most recent first, at most
     ``limit``), as ``(day, stamp, data)`` for a :data:`CacheWriter`. Run it in one
     read transaction of ``conn``."""
     _check_table(conn)
     days = conn.execute(
         "SELECT day, stamp FROM analytics_days WHERE data IS NULL ORDER BY day DESC LIMIT ?",
-        (-1 if limit is None else int(limit),),
+        (2**62 if limit is None else int(limit),),
     ).fetchall()
     return [(int(d), int(stamp), encode(build_day(conn, int(d)))) for d, stamp in days]
 
 
-def _check_table(conn: sqlite3.Connection) -> None:
+def _check_table(conn: SQLReader) -> None:
+    if conn.dialect != "sqlite":
+        return  # a PostgreSQL store is always migrated by whoever opens it
     found = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'analytics_days'"
     ).fetchone()

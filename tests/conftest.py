@@ -16,6 +16,12 @@ server is stopped when the test ends. Nothing is mocked.
 * ``movielens_copy`` / ``synthetic_copy``: a private copy (store and models) for
   one test, so tests that write never see each other's events.
 * ``cli(*args)`` runs the real console script; ``sessionrec_bin`` is its path.
+
+The store under test: SQLite files by default; with ``SESSIONREC_TEST_STORE=postgresql``
+(``make test-postgres``) every store a fixture opens is a PostgreSQL database
+instead, one per store path (:func:`store_url`), on a private cluster started
+for the session (``tests/pgserver.py``). Tests marked ``sqlite_only`` check
+SQLite itself (its files, WAL, pages) and are skipped then.
 """
 
 from __future__ import annotations
@@ -40,11 +46,86 @@ from grpc_health.v1 import health_pb2_grpc
 from service.server import SessionrecServer, create_server
 from sessionrec.config import Config
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+from tests.pgserver import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 #: The console script of the virtualenv that runs the tests.
 SESSIONREC = Path(sys.executable).parent / "sessionrec"
 CLI_TIMEOUT_S = 180
+
+
+# ----------------------------------------------------------------- stores
+#: Which store the suite runs on: "sqlite" (default) or "postgresql".
+TEST_STORE = os.environ.get("SESSIONREC_TEST_STORE", "sqlite")
+if TEST_STORE not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"SESSIONREC_TEST_STORE: sqlite or postgresql, got {TEST_STORE!r}")
+
+
+class _Postgres:
+    """The session's PostgreSQL, started on first use and stopped at the end."""
+
+    server: PostgresServer | None = None
+
+    @classmethod
+    def get(cls) -> PostgresServer:
+        if cls.server is None:
+            cls.server = PostgresServer().start()
+        return cls.server
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.server is not None:
+            cls.server.stop()
+            cls.server = None
+
+
+def store_url(path: Path) -> str:
+    """The URL of the store a test keeps at ``path``: that SQLite file, or (on
+    PostgreSQL) the database named after the path, created on first use."""
+    if TEST_STORE == "postgresql":
+        return _Postgres.get().database_for(str(path))
+    return "sqlite:///" + str(path)
+
+
+def copy_store(src: Path, dst: Path) -> None:
+    """A consistent copy of the store at ``src`` as the store at ``dst``."""
+    if TEST_STORE == "postgresql":
+        pg = _Postgres.get()
+        source = store_url(src).rpartition("/")[2]
+        pg.create_database(store_url(dst).rpartition("/")[2], template=source)
+        return
+    source = sqlite3.connect(src)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> PostgresServer:
+    """A PostgreSQL server for tests that need one whatever the suite's store
+    (skipped, with the reason, where none can be had)."""
+    from tests.pgserver import available
+
+    why = available()
+    if why is not None:
+        pytest.skip(f"PostgreSQL: {why}")
+    return _Postgres.get()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TEST_STORE != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="checks SQLite itself; this run is on PostgreSQL")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _Postgres.stop()
 
 
 # ---------------------------------------------------------------- servers
@@ -68,14 +149,14 @@ class RunningServer:
 
     @property
     def db_url(self) -> str:
-        return "sqlite:///" + str(self.db_path)
+        return store_url(self.db_path)
 
 
 def server_config(db_path: Path, models_dir: Path, **overrides: Any) -> Config:
     """A test configuration: loopback, any free port, no model polling, and no
     ``SESSIONREC_*`` variables from the environment."""
     values: dict[str, Any] = {
-        "db_url": "sqlite:///" + str(db_path),
+        "db_url": store_url(db_path),
         "models_dir": str(models_dir),
         "port": 0,
         "host": "127.0.0.1",
@@ -187,7 +268,7 @@ class TrainedStore:
 
     @property
     def db_url(self) -> str:
-        return "sqlite:///" + str(self.db_path)
+        return store_url(self.db_path)
 
 
 @dataclass
@@ -198,21 +279,10 @@ class MovieLens(TrainedStore):
     train_result: CliResult | None = None
 
 
-def copy_sqlite(src: Path, dst: Path) -> None:
-    """A consistent copy of a SQLite file (WAL included), via the backup API."""
-    source = sqlite3.connect(src)
-    target = sqlite3.connect(dst)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
-
-
 def copy_trained(store: TrainedStore, into: Path) -> TrainedStore:
     into.mkdir(parents=True, exist_ok=True)
     db = into / "store.db"
-    copy_sqlite(store.db_path, db)
+    copy_store(store.db_path, db)
     models = into / "models"
     shutil.copytree(store.models_dir, models)
     return TrainedStore(db, models, store.version, dict(store.info))
@@ -231,7 +301,7 @@ def movielens(tmp_path_factory: pytest.TempPathFactory) -> MovieLens:
     rows = movielens_to_csv(MOVIELENS_100K, csv_path)
     db = root / "ml100k.db"
     models = root / "models"
-    url = "sqlite:///" + str(db)
+    url = store_url(db)
     imported = run_cli("import", "--db", url, str(csv_path), "--quiet")
     assert imported.returncode == 0, imported.stderr
     # A fixed live-session blend: choosing one on MovieLens costs ~30 s (tested elsewhere).
@@ -305,7 +375,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> TrainedStore:
             fh.write(f"{user},{item},{etype},{ts}\n")
     db = root / "synthetic.db"
     models = root / "models"
-    with open_store("sqlite:///" + str(db)) as store:
+    with open_store(store_url(db)) as store:
         report = import_csv(store, csv_path)
         assert report.imported == len(rows) and not report.bad
         artifact = train(store, str(models), "als", dict(SYNTHETIC_PARAMS))

@@ -37,12 +37,16 @@ def sqlite_path_from_url(url: str) -> str:
 
 
 def open_store(url: str, *, synchronous: str = "FULL", readonly: bool = False) -> Store:
-    """Opens (and creates or migrates) the store named by ``url``; ``readonly``:
-    reads what another process writes (a server's worker process)."""
+    """Opens (and creates or migrates) the store named by ``url``
+    (``sqlite:///path`` or ``postgresql://user:password@host:port/db``);
+    ``readonly``: reads what another process writes (a server's worker process).
+    ``synchronous`` is SQLite's."""
     if url.startswith("sqlite:"):
         from sessionrec.store.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path_from_url(url), synchronous=synchronous, readonly=readonly)
-    if url.startswith("postgresql:"):
-        raise ConfigError("db_url: the PostgreSQL store is not available yet; use sqlite:///path")
+    if url.startswith(("postgresql://", "postgres://")):
+        from sessionrec.store.postgres import PostgresStore
+
+        return PostgresStore(url, readonly=readonly)
     raise ConfigError(f"db_url: unsupported store URL {url!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ import scipy.sparse as sp
 
 from sessionrec.events import EventType
 from sessionrec.store import EventColumns, Store, open_store
+from tests.conftest import TEST_STORE, store_url
 
 GROUP_A_USERS = 12
 GROUP_B_USERS = 8
@@ -34,7 +36,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(db_path: Path) -> Iterator[Store]:
-    s = open_store("sqlite:///" + str(db_path))
+    s = open_store(store_url(db_path))
     try:
         yield s
     finally:
@@ -42,8 +44,17 @@ def store(db_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def raw_db(db_path: Path, store: Store) -> Iterator[sqlite3.Connection]:
-    """A second, independent connection to the store's file (to look at raw rows)."""
+def raw_db(db_path: Path, store: Store) -> Iterator[Any]:
+    """A second, independent connection to the store (to look at raw rows): a
+    sqlite3 connection, or on PostgreSQL one that takes the same ``?`` SQL."""
+    if TEST_STORE == "postgresql":
+        import psycopg
+
+        from sessionrec.store.postgres import _Connection
+
+        with psycopg.connect(store.url, autocommit=True) as pg:
+            yield _Connection(pg)
+        return
     conn = sqlite3.connect(db_path)
     try:
         yield conn

@@ -43,7 +43,7 @@ from sessionrec.analytics import TOP_ITEMS, refresh_days, screen_flows, session_
 from sessionrec.analytics_days import DayColumns, build_day, decode, encode
 from sessionrec.events import EndReason
 from sessionrec.store import Store, open_store
-from sessionrec.store.sqlite import SCHEMA_VERSION
+from sessionrec.store.schema import SCHEMA_VERSION
 
 NOW = T0 + 40 * DAY
 

@@ -7,11 +7,14 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.items import ItemRecord, check_item
 from sessionrec.store import Store, open_store
-from sessionrec.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from sessionrec.store.schema import MIGRATIONS, SCHEMA_VERSION, apply_migration
+from sessionrec.store.sqlite import SQLiteStore
+from tests.conftest import store_url
 
 VIEW = int(EventType.ITEM_VIEW)
 SCREEN = int(EventType.SCREEN_VIEW)
@@ -52,6 +55,7 @@ def dwell_of(raw: sqlite3.Connection, event_id: str) -> tuple[int | None, int]:
 
 
 # ------------------------------------------------------------------ schema
+@pytest.mark.sqlite_only
 def test_open_store_creates_schema_in_wal_mode(store: Store, db_path: Path) -> None:
     assert isinstance(store, SQLiteStore)
     assert db_path.is_file()
@@ -74,6 +78,7 @@ def test_open_store_creates_schema_in_wal_mode(store: Store, db_path: Path) -> N
     assert store.count_sessions() == 0
 
 
+@pytest.mark.sqlite_only
 def test_event_id_is_unique_in_the_schema(raw_db: sqlite3.Connection) -> None:
     # index_list rows: (seq, name, unique, origin, partial)
     unique = [r for r in raw_db.execute("PRAGMA index_list(events)").fetchall() if r[2] == 1]
@@ -351,7 +356,7 @@ def test_get_sessions_returns_the_found_ones(store: Store) -> None:
 
 # -------------------------------------------------------------- durability
 def test_reopening_the_file_keeps_everything(db_path: Path) -> None:
-    url = "sqlite:///" + str(db_path)
+    url = store_url(db_path)
     with open_store(url) as first:
         open_session(first, at=1000)
         first.append_events([ev("e1", 1000), ev("e2", 3000, item="i2")])
@@ -371,6 +376,7 @@ def test_reopening_the_file_keeps_everything(db_path: Path) -> None:
         assert third.count_events() == 3
 
 
+@pytest.mark.sqlite_only
 def test_open_store_with_a_missing_parent_directory_creates_it(tmp_path: Path) -> None:
     path = tmp_path / "deeper" / "still" / "events.db"
     with open_store("sqlite:///" + str(path)) as s:
@@ -400,12 +406,17 @@ def test_user_items_lists_every_item_of_the_user(store: Store) -> None:
     assert store.user_items("nobody") == set()
 
 
-def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> None:
-    from sessionrec.store.sqlite import _migration_1
+def _migrate_to(conn: sqlite3.Connection, version: int) -> None:
+    """A file as an older sessionrec left it: the first ``version`` migrations."""
+    for migration in MIGRATIONS[:version]:
+        apply_migration(migration, conn.execute, "sqlite")
 
+
+@pytest.mark.sqlite_only
+def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
-    _migration_1(conn)
+    _migrate_to(conn, 1)
     conn.execute(
         "INSERT INTO sessions (session_id, user_id, started_at_ms, last_event_at_ms) "
         "VALUES ('s1', 'u1', 1000, 5000)"
@@ -421,17 +432,15 @@ def test_a_version_1_file_is_migrated_keeping_its_sessions(tmp_path: Path) -> No
     finally:
         store.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     check.close()
 
 
+@pytest.mark.sqlite_only
 def test_a_version_2_file_gains_an_empty_catalog_keeping_its_events(tmp_path: Path) -> None:
-    from sessionrec.store.sqlite import _migration_1, _migration_2
-
     path = tmp_path / "v2.db"
     conn = sqlite3.connect(path)
-    _migration_1(conn)
-    _migration_2(conn)
+    _migrate_to(conn, 2)
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
@@ -458,13 +467,11 @@ def test_a_version_2_file_gains_an_empty_catalog_keeping_its_events(tmp_path: Pa
         check.close()
 
 
+@pytest.mark.sqlite_only
 def test_a_version_4_file_gains_the_sessions_utc_offset(tmp_path: Path) -> None:
-    from sessionrec.store.sqlite import _migration_1, _migration_2, _migration_3, _migration_4
-
     path = tmp_path / "v4.db"
     conn = sqlite3.connect(path)
-    for step in (_migration_1, _migration_2, _migration_3, _migration_4):
-        step(conn)
+    _migrate_to(conn, 4)
     conn.execute(
         "INSERT INTO sessions (session_id, user_id, started_at_ms, last_event_at_ms) "
         "VALUES ('old', 'u1', 1000, 5000)"
@@ -604,9 +611,9 @@ def test_a_failed_upsert_batch_stores_nothing(store: Store) -> None:
 
 
 def test_the_catalog_survives_reopening(db_path: Path) -> None:
-    with open_store("sqlite:///" + str(db_path)) as s:
+    with open_store(store_url(db_path)) as s:
         s.upsert_items([item("i1", categories=["x"], price=3.0, attributes={"k": "v"})], now_ms=7)
-    with open_store("sqlite:///" + str(db_path)) as s:
+    with open_store(store_url(db_path)) as s:
         assert s.catalog_items() == [
             ItemRecord(
                 "i1",
@@ -626,6 +633,7 @@ def wal_bytes(db_path: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
+@pytest.mark.sqlite_only
 def test_readers_are_query_only_and_never_checkpoint(db_path: Path) -> None:
     """Only the writer writes or checkpoints (the WAL-reset bug of SQLite < 3.51.3
     needs a checkpoint on one connection racing a commit on another)."""
@@ -660,6 +668,7 @@ def test_readers_are_query_only_and_never_checkpoint(db_path: Path) -> None:
         plain.close()
 
 
+@pytest.mark.sqlite_only
 def test_the_sqlite_version_warning() -> None:
     from sessionrec.store.sqlite import sqlite_version_warning
 
@@ -669,6 +678,7 @@ def test_the_sqlite_version_warning() -> None:
     assert warning is not None and "3.51.3" in warning and "single-writer" in warning
 
 
+@pytest.mark.sqlite_only
 def test_a_full_file_fails_the_whole_batch_and_the_next_write_clears_it(store: Store) -> None:
     import pytest
 
@@ -696,6 +706,7 @@ def test_a_full_file_fails_the_whole_batch_and_the_next_write_clears_it(store: S
     assert store.write_error is None and heard[-1] is None
 
 
+@pytest.mark.sqlite_only
 def test_waits_for_a_locked_file_end_before_the_callers_deadline(db_path: Path) -> None:
     import time
 
