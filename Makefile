@@ -8,21 +8,32 @@ MODELS ?= models
 HOST   ?= 127.0.0.1
 PORT   ?= 50051
 
-.PHONY: run test lint proto bench demo clean venv
+.PHONY: run test test-postgres lint proto bench demo clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,postgresql]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# Spark (pyspark, ~450 MB) for the Spark engine's tests; `make run` does not need it.
+SPARK_STAMP := $(VENV)/.installed-spark
+$(SPARK_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[spark]'
+	touch $(SPARK_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/sessionrec serve --db $(DB) --models $(MODELS) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(SPARK_STAMP)
 	$(PY) -m pytest -q
+
+# The same suite with every store on PostgreSQL (a private cluster the tests
+# start from Debian's server binaries; .ci/run installs them when missing).
+test-postgres: $(STAMP) $(SPARK_STAMP)
+	SESSIONREC_TEST_STORE=postgresql $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -47,6 +47,12 @@ What it measures, in order, all on this machine and against 127.0.0.1 only:
    (:mod:`bench.serving`, :mod:`bench.ceiling`). Runs after the training-at-scale
    section and reuses its generated store when both run.
 8. Approximate nearest neighbours (:mod:`bench.ann`, when present).
+9. Replicas on one PostgreSQL (in the default run, alone with ``--replicas-only``,
+   left out with ``--no-replicas`` or ``--quick``; about 2-3 min): TrackEvents
+   events/s and Recommend QPS with one and two ``sessionrec serve`` replicas on one
+   durable PostgreSQL database, and one replica on SQLite, with the CPU cores of
+   the clients, the replicas and PostgreSQL (:mod:`bench.replicas`). Without a
+   PostgreSQL server the section records why and is skipped.
 
 Numbers are printed as a markdown table and written as JSON (``--out``). Nothing
 is asserted about timings; any RPC error (or a rejected event) ends the run with
@@ -82,6 +88,8 @@ import numpy as np
 
 from bench.analytics import AnalyticsSpec, bench_analytics
 from bench.analytics import markdown_lines as analytics_markdown
+from bench.replicas import ReplicasSpec, bench_replicas
+from bench.replicas import markdown_lines as replicas_markdown
 from bench.serving import QUICK as SERVING_QUICK
 from bench.serving import ServingSpec, bench_serving, track_requests
 from bench.serving import markdown_lines as serving_markdown
@@ -1160,6 +1168,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += serving_markdown(results["serving"])
     if "ann" in results and _ANN is not None:
         lines += _ANN.markdown_lines(results["ann"])
+    if "replicas" in results:
+        lines += replicas_markdown(results["replicas"])
     lines += ["", f"total benchmark time: {results['total_seconds']:.1f} s"]
     return "\n".join(lines)
 
@@ -1324,8 +1334,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     analytics = analytics and not (args.serving_only or args.ann_only)
     soak = soak and not (args.serving_only or args.ann_only)
     serving = serving and not args.ann_only
+    # Replicas on one PostgreSQL (about 2-3 min): in the default run, or alone.
+    replicas = args.replicas_only or not (
+        args.quick
+        or args.no_replicas
+        or args.scale_only
+        or args.analytics_only
+        or args.soak_only
+        or args.serving_only
+        or args.ann_only
+    )
+    if args.replicas_only:
+        scale = analytics = soak = serving = ann = False
     started = time.perf_counter()
-    if args.ann_only:
+    if args.replicas_only:
+        name = "replicas on PostgreSQL only"
+    elif args.ann_only:
         name = "approximate nearest neighbours only" + (" (quick)" if args.quick else "")
     elif args.serving_only:
         name = "serving only" + (" (quick)" if args.quick else "")
@@ -1362,6 +1386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             or args.soak_only
             or args.serving_only
             or args.ann_only
+            or args.replicas_only
         )
         if not only:
             run_service(args, profile, tmp, results, phase, superseded=serving)
@@ -1388,6 +1413,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sspec = dataclasses.replace(SoakSpec(), seconds=args.soak_seconds)
             with phase("soak"):
                 results["soak"] = bench_soak(tmp / "soak", sspec)
+        if replicas:
+            with phase("replicas on PostgreSQL"):
+                results["replicas"] = bench_replicas(tmp / "replicas", ReplicasSpec())
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -1422,7 +1450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="smaller run (about 3 min: no training or analytics at scale, no soak, "
-        "a smaller serving section)",
+        "no replicas, a smaller serving section)",
     )
     parser.add_argument("--out", default="bench/results.json", help="JSON results file")
     parser.add_argument("--seed", type=int, default=1)
@@ -1513,6 +1541,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "minutes, not in the default run)",
     )
     parser.add_argument("--ann-only", action="store_true", help="run only the ANN section")
+    parser.add_argument(
+        "--replicas-only",
+        action="store_true",
+        help="run only the replicas-on-PostgreSQL section (about 2-3 min)",
+    )
+    parser.add_argument(
+        "--no-replicas",
+        action="store_true",
+        help="leave out the replicas-on-PostgreSQL section (in the default run)",
+    )
     args = parser.parse_args(argv)
     if (args.ann or args.ann_only) and _ANN is None:
         parser.error("--ann, --ann-only: bench/ann.py is not there")
@@ -1520,6 +1558,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.serving_only or args.scale_only or args.analytics_only or args.soak_only
     ):
         parser.error("--ann-only excludes the other --*-only flags")
+    if args.replicas_only and (
+        args.no_replicas
+        or args.ann_only
+        or args.serving_only
+        or args.scale_only
+        or args.analytics_only
+        or args.soak_only
+    ):
+        parser.error("--replicas-only excludes --no-replicas and the other --*-only flags")
     if args.serving_only and (
         args.no_serving or args.scale_only or args.analytics_only or args.soak_only
     ):

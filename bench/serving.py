@@ -482,10 +482,19 @@ class LoadClients:
             raise BenchError(f"load client: {payload}")
         return payload
 
-    def connect(self, key: str, address: str) -> None:
-        """Channels to ``address``, used by the commands whose target is ``key``."""
-        for conn in self.conns:
-            conn.send({"op": "connect", "key": key, "address": address, "channels": self.channels})
+    def connect(self, key: str, address: str | Sequence[str]) -> None:
+        """Channels to ``address``, used by the commands whose target is ``key``;
+        several addresses: client process k's go to ``address[k % len]``."""
+        addresses = [address] if isinstance(address, str) else list(address)
+        for k, conn in enumerate(self.conns):
+            conn.send(
+                {
+                    "op": "connect",
+                    "key": key,
+                    "address": addresses[k % len(addresses)],
+                    "channels": self.channels,
+                }
+            )
         for k in range(len(self.conns)):
             self._reply(k, 60)
 

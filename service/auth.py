@@ -182,6 +182,12 @@ class ApiKeyCache:
             self._keys[key_id] = (key, now)
         return key
 
+    def clear(self) -> None:
+        """Forgets every cached key (a key changed on another server)."""
+        with self._lock:
+            self._keys.clear()
+            self._any_active = None
+
     def any_active(self) -> bool:
         now = time.monotonic()
         cached = self._any_active

@@ -25,6 +25,7 @@ import signal
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from functools import partial
@@ -116,6 +117,8 @@ class SessionrecServer:
     catalog: Catalog
     analytics_refresh: PeriodicTask | None = None
     store_probe: PeriodicTask | None = None
+    #: Stops the store's change listener (a store shared by several servers).
+    stop_listening: Callable[[], None] | None = None
     #: Accepting calls (False before the start and while draining).
     accepting: bool = False
     #: The primary's worker processes (``processes`` > 1), and its internal socket's folder.
@@ -172,6 +175,8 @@ class SessionrecServer:
         self.server.stop(grace).wait()
         if self.internal_dir is not None:
             shutil.rmtree(self.internal_dir, ignore_errors=True)
+        if self.stop_listening is not None:
+            self.stop_listening()
         if self.store_probe is not None:
             self.store_probe.stop()
         self.sessions.stop()
@@ -197,6 +202,14 @@ def refresh_analytics_days(store: Store) -> None:
     built = refresh_days(store, store.cache_analytics_days, limit=ANALYTICS_DAYS_PER_REFRESH)
     if built:
         log.debug("analytics: built %d changed days", built)
+
+
+def on_store_change(catalog: Catalog, auth: AuthInterceptor, topic: str) -> None:
+    """Another server changed ``topic`` in the shared store ("*": anything)."""
+    if topic in ("catalog", "*"):
+        catalog.refresh()
+    if topic in ("keys", "*"):
+        auth.keys.clear()
 
 
 def tls_credentials(config: Config) -> grpc.ServerCredentials:
@@ -353,6 +366,9 @@ def create_server(
     models.add_listener(lambda _error: running.refresh_health())
     running.set_serving(False)
     server.start()
+    listen = getattr(store, "listen", None)
+    if listen is not None:  # other servers share the store: hear of their changes
+        running.stop_listening = listen(partial(on_store_change, catalog, auth))
     catalog.start_polling(config.catalog_refresh_interval_s)
     if primary:
         sessions.start_reaper(config.reaper_interval_s)

@@ -179,10 +179,12 @@ def quarantine_entry(e: IncomingEvent, error: SessionrecError, now: int) -> Quar
         "properties": properties,
         "offer_id": cut(e.offer_id),
     }
+    # The id columns with control characters escaped (an id that has any was
+    # refused; PostgreSQL text cannot hold NUL); ``event`` keeps them as sent.
     return QuarantinedEvent(
-        user_id=cut(e.user_id) or None,
-        session_id=cut(e.session_id) or None,
-        event_id=cut(e.event_id) or None,
+        user_id=_printable(e.user_id, QUARANTINE_MAX_CHARS) or None,
+        session_id=_printable(e.session_id, QUARANTINE_MAX_CHARS) or None,
+        event_id=_printable(e.event_id, QUARANTINE_MAX_CHARS) or None,
         error=type(error).__name__,
         reason=str(error),
         event=json.dumps(sent, ensure_ascii=False, sort_keys=True),

@@ -1,5 +1,5 @@
 """``sessionrec`` command line: serve, import, train, evaluate, tune, models, catalog, offers,
-keys.
+keys, export.
 
 A thin layer over ``service.server`` and the ``training`` package; progress
 goes to stderr, results (JSON) to stdout.
@@ -8,11 +8,12 @@ goes to stderr, results (JSON) to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="any other model parameter (JSON value), repeatable",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("implicit", "spark"),
+        default=None,
+        help="what fits ALS: implicit (default) or Spark MLlib (pip install 'sessionrec[spark]'; "
+        "same parameters, artifact and serving)",
+    )
+    p.add_argument(
+        "--spark-master",
+        default=None,
+        metavar="URL",
+        help="with --engine spark: the Spark master (default $SESSIONREC_SPARK_MASTER or local[*])",
+    )
+    p.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --engine spark: a Spark setting, e.g. spark.driver.memory=4g (repeatable)",
     )
     _add_weight_args(p)
 
@@ -170,6 +191,11 @@ def _model_params(args: argparse.Namespace) -> dict[str, Any]:
             params[key] = json.loads(raw)
         except ValueError:
             params[key] = raw
+    engine = getattr(args, "engine", None)
+    if engine == "spark" and "engine" not in accepted:
+        raise SessionrecError(f"--engine: spark fits only --algorithm als, not {args.algorithm}")
+    if engine is not None and "engine" in accepted:
+        params["engine"] = engine
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise SessionrecError(
@@ -177,6 +203,28 @@ def _model_params(args: argparse.Namespace) -> dict[str, Any]:
             f"(it takes {', '.join(sorted(accepted)) or 'none'})"
         )
     return params
+
+
+def _spark_setup(args: argparse.Namespace, params: dict[str, Any], *, start: bool = False) -> None:
+    """Checks pyspark is there (before any data is read) and passes --spark-master
+    and --spark-conf on, when Spark will run; ``start``: start Spark now, saying so
+    (evaluate fits without progress messages)."""
+    if params.get("engine") != "spark" and getattr(args, "events_parquet", None) is None:
+        return
+    from training.spark_als import configure, require_pyspark
+
+    conf: dict[str, str] = {}
+    for item in args.spark_conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SessionrecError(f"--spark-conf: expected KEY=VALUE, got {item!r}")
+        conf[key.strip()] = value.strip()
+    require_pyspark()
+    configure(args.spark_master, conf)
+    if start:
+        from training.spark_als import spark_session
+
+        spark_session(progress=_stderr)
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> Config:
@@ -266,6 +314,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args, models_dir=args.models)
     params = _model_params(args)
     weights = _weights(args)
+    if args.events_parquet is not None:
+        from training.spark_als import check_parquet_weights
+
+        for flag, value in (
+            ("--db", args.db),
+            ("--every", args.every),
+            ("--evaluate", args.evaluate),
+        ):
+            if value is not None:
+                raise SessionrecError(f"{flag}: not with --events-parquet (train from the store)")
+        check_parquet_weights(weights)
+    _spark_setup(args, params)
     if args.every is not None:
         outcomes = retrain_periodically(
             config.db_url,
@@ -282,7 +342,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(json.dumps([{"version": v, "promoted": p} for v, p in outcomes], indent=2))
         return 0
-    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+    with (
+        contextlib.nullcontext(None)
+        if args.events_parquet is not None
+        else open_store(config.db_url, synchronous=config.sqlite_synchronous)
+    ) as store:
         artifact = train(
             store,
             config.models_dir,
@@ -295,6 +359,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress=None if args.quiet else _stderr,
             session_model=not args.no_session_model,
             blend=args.blend,
+            events_parquet=args.events_parquet,
             **({} if args.ann_min_items is None else {"ann_min_items": args.ann_min_items}),
         )
     meta = artifact.meta
@@ -308,6 +373,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "load_seconds": meta["load_seconds"],
         "fit_seconds": meta["fit_seconds"],
         "session_model": meta.get("session"),
+        **({"spark": meta["spark"]} if "spark" in meta else {}),
         "current": not args.no_promote,
         "models_dir": config.models_dir,
     }
@@ -455,6 +521,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     config = _config(args)
+    _spark_setup(args, _model_params(args), start=not args.quiet)
     if args.protocol == "next-item":
         return _evaluate_next_item(args, config)
     seed = 0 if args.seed is None else args.seed
@@ -734,42 +801,53 @@ def cmd_push_candidates(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """``report``: the session analytics page of a store (:mod:`sessionrec.analytics_report`)."""
-    from sessionrec.store import open_store, sqlite_path_from_url
-
+def _period(args: argparse.Namespace, parse: Callable[[str], int]) -> tuple[int | None, int | None]:
+    """``--from`` and ``--to`` (``args.start``, ``args.end``) in ms, each parsed
+    by ``parse`` (None: open); a bad or empty period names the option."""
     bounds: dict[str, int | None] = {}
     for flag, text in (("--from", args.start), ("--to", args.end)):
         bounds[flag] = None
         if text is not None:
-            from sessionrec.analytics_report import parse_iso_ms
-
             try:
-                bounds[flag] = parse_iso_ms(text)
+                bounds[flag] = parse(text)
             except ValueError as exc:
                 raise SessionrecError(f"{flag}: {exc}") from None
     start, end = bounds["--from"], bounds["--to"]
     if start is not None and end is not None and start >= end:
         raise SessionrecError(f"--from: must be before --to ({args.start} >= {args.end})")
+    return start, end
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: the session analytics page of a store (:mod:`sessionrec.analytics_report`)."""
+    from sessionrec.analytics_report import parse_iso_ms
+    from sessionrec.store import open_store, sqlite_path_from_url
+
+    start, end = _period(args, parse_iso_ms)
     config = _config(args)
-    if not config.db_url.startswith("sqlite:"):
-        raise SessionrecError(f"--db: the report reads SQLite store files, got {config.db_url!r}")
-    db_file = Path(sqlite_path_from_url(config.db_url))
-    if not db_file.is_file():
-        raise SessionrecError(f"--db: no store file at {db_file}")
+    where = config.db_url
+    if config.db_url.startswith("sqlite:"):
+        db_file = Path(sqlite_path_from_url(config.db_url))
+        if not db_file.is_file():
+            raise SessionrecError(f"--db: no store file at {db_file}")
+        where = str(db_file)
+    else:
+        from sessionrec.store.postgres import redact_url
+
+        where = redact_url(config.db_url)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise SessionrecError(f"--out: no such directory {out.parent}")
     from sessionrec.analytics_report import PLATFORMS, write_report
 
-    _stderr(f"report: reading {db_file}")
+    _stderr(f"report: reading {where}")
     # Opening the store brings its schema up to date; the days the report builds
     # are kept for the next one (and for the server).
     with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
         try:
             stats = write_report(
                 out,
-                db_file,
+                store,
                 start_ms=start,
                 end_ms=end,
                 platform=None if args.platform is None else PLATFORMS[args.platform],
@@ -868,6 +946,40 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 "event": json.loads(q.event),
             }
             print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export``: events, sessions and the catalog as Parquet partitioned by day
+    (:mod:`training.export`)."""
+    from sessionrec.store import open_store, sqlite_path_from_url
+    from training.export import ExportError, check_target, export_parquet, parse_time_ms
+
+    start, end = _period(args, parse_time_ms)
+    try:  # refused before anything is read
+        check_target(args.out, overwrite=args.overwrite)
+    except ExportError as exc:
+        raise SessionrecError(f"--out: {exc}") from None
+    config = _config(args)
+    if config.db_url.startswith("sqlite:"):
+        db_file = sqlite_path_from_url(config.db_url)
+        if db_file != ":memory:" and not Path(db_file).is_file():
+            raise SessionrecError(f"--db: no store file at {db_file}")
+    with open_store(config.db_url, synchronous=config.sqlite_synchronous) as store:
+        try:
+            summary = export_parquet(
+                store,
+                args.out,
+                start_ms=start,
+                end_ms=end,
+                batch_rows=args.batch_rows,
+                overwrite=args.overwrite,
+                show_progress=not args.quiet,
+                progress=None if args.quiet else _stderr,
+            )
+        except ExportError as exc:
+            raise SessionrecError(f"--out: {exc}") from None
+    print(json.dumps(summary.to_dict(), indent=2))
     return 0
 
 
@@ -1105,6 +1217,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="catalogs of at least N items get an approximate nearest-neighbour index "
         "(faiss HNSW, tuned to recall@10 >= 0.96; default 100000)",
     )
+    p.add_argument(
+        "--events-parquet",
+        default=None,
+        metavar="DIR",
+        help="read the item events from a Parquet export (`sessionrec export --out DIR`) with "
+        "Spark instead of the store (needs pyspark; not with --evaluate, --every or "
+        "--recency-half-life; no session models)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -1215,6 +1335,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser(
+        "export",
+        help="events, sessions and the item catalog as Parquet, partitioned by UTC day "
+        "(for data lakes and Spark)",
+    )
+    _add_db(p)
+    p.add_argument("--format", choices=["parquet"], default="parquet", help="(default parquet)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the export directory (written beside it, then renamed into place)",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        metavar="DATE",
+        help="events (by time) and sessions (by start) at or after this date or ISO date-time "
+        "(UTC unless a zone is given)",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        default=None,
+        metavar="DATE",
+        help="... and before this one (exclusive)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it holds a previous export"
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=_positive_int,
+        default=50_000,
+        metavar="N",
+        help="rows read per batch (bounds memory; default 50000)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

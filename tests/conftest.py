@@ -21,11 +21,14 @@ The store under test: SQLite files by default; with ``SESSIONREC_TEST_STORE=post
 (``make test-postgres``) every store a fixture opens is a PostgreSQL database
 instead, one per store path (:func:`store_url`), on a private cluster started
 for the session (``tests/pgserver.py``). Tests marked ``sqlite_only`` check
-SQLite itself (its files, WAL, pages) and are skipped then.
+SQLite itself (its files, WAL, pages) and are skipped then. To look at raw rows
+of either store: ``raw_connection(path)`` (``?`` SQL on both), ``table_names``,
+``store_exists``; ``write_lock_held(path)`` blocks every write from outside.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -35,9 +38,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import pytest
@@ -47,6 +52,13 @@ from service.server import SessionrecServer, create_server
 from sessionrec.config import Config
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
 from tests.pgserver import PostgresServer
+
+# pytest loads this file as the module ``conftest``, and tests import it as
+# ``tests.conftest``: one module under both names, or the second copy would
+# start (and never stop) a PostgreSQL cluster of its own, and its store_url()
+# would name databases the fixtures' servers never see.
+if __name__ != "tests.conftest":
+    sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 
 REPO = Path(__file__).resolve().parent.parent
 #: The console script of the virtualenv that runs the tests.
@@ -70,6 +82,7 @@ class _Postgres:
     def get(cls) -> PostgresServer:
         if cls.server is None:
             cls.server = PostgresServer().start()
+            atexit.register(cls.stop)  # also when the session ends without finishing
         return cls.server
 
     @classmethod
@@ -101,6 +114,66 @@ def copy_store(src: Path, dst: Path) -> None:
     finally:
         source.close()
         target.close()
+
+
+@contextmanager
+def raw_connection(path: Path, *, readonly: bool = False) -> Iterator[Any]:
+    """A plain connection to the store at ``path`` beside the store's own (to look
+    at or change raw rows), in autocommit mode: sqlite3, or on PostgreSQL a
+    psycopg connection that takes the same ``?`` SQL. ``readonly``: a SQLite file
+    is opened read-only (beside a live server)."""
+    if TEST_STORE == "postgresql":
+        import psycopg
+
+        from sessionrec.store.postgres import _Connection
+
+        with psycopg.connect(store_url(path), autocommit=True) as pg:
+            yield _Connection(pg)
+        return
+    if readonly:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=10)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def table_names(conn: Any) -> set[str]:
+    """The tables of the store behind ``conn`` (a :func:`raw_connection`)."""
+    if TEST_STORE == "postgresql":
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    return {row[0] for row in conn.execute(sql).fetchall()}
+
+
+@contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Another client holds the write lock of the store at ``path`` while the
+    block runs: SQLite's file lock (``BEGIN EXCLUSIVE``), or on PostgreSQL an
+    EXCLUSIVE lock on every table. Reads go on; every write waits."""
+    with raw_connection(path) as conn:
+        if TEST_STORE == "postgresql":
+            conn.execute("BEGIN")
+            tables = ", ".join(sorted(table_names(conn)))
+            conn.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+        else:
+            conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+
+
+def store_exists(path: Path) -> bool:
+    """Whether the store at ``path`` was created: its SQLite file, or (on
+    PostgreSQL) any table in the database named after it."""
+    if TEST_STORE == "postgresql":
+        with raw_connection(path) as conn:
+            return bool(table_names(conn))
+    return path.exists()
 
 
 @pytest.fixture(scope="session")

@@ -122,18 +122,31 @@ def build_interactions(
         age = int(events.ts_ms.max()) - events.ts_ms  # before the newest event
     w = weights.weigh(events.type, events.dwell_ms, later, age)
     keep = (w > 0) & (rows >= 0) & (cols >= 0)
-    matrix = sp.csr_matrix(
-        (w[keep], (rows[keep], cols[keep])), shape=(len(users), len(items)), dtype=np.float32
+    matrix, scaling = weighted_matrix(
+        rows[keep], cols[keep], w[keep], (len(users), len(items)), weights
     )
+    return Interactions(
+        users=users, items=items, matrix=matrix, events=int(keep.sum()), scaling=scaling
+    )
+
+
+def weighted_matrix(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    values: np.ndarray,
+    shape: tuple[int, int],
+    weights: EventWeights,
+) -> tuple[sp.csr_matrix, ConfidenceScaling | None]:
+    """The user x item matrix of summed weights (repeated cells add up, zeros
+    dropped), with the confidence scaling ``weights`` asks for applied."""
+    matrix = sp.csr_matrix((values, (rows, cols)), shape=shape, dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
     scaling = None
     if weights.scaling != "none":
         scaling = ConfidenceScaling.fit(matrix, weights)
         matrix = scaling.apply(matrix)
-    return Interactions(
-        users=users, items=items, matrix=matrix, events=int(keep.sum()), scaling=scaling
-    )
+    return matrix, scaling
 
 
 def events_after(user_rows: np.ndarray) -> np.ndarray:

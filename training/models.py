@@ -13,6 +13,7 @@ artifact module writes them to ``.npz`` and loads them with
 from __future__ import annotations
 
 import abc
+import sys
 import warnings
 from typing import Any, ClassVar
 
@@ -109,6 +110,10 @@ def tie_breaks(popularity: np.ndarray) -> np.ndarray:
     return 1e-6 * (np.asarray(popularity, dtype=np.float64) / max(top, 1.0))
 
 
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _normalized(factors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(factors, axis=1)
     norms[norms == 0] = 1.0
@@ -156,14 +161,23 @@ class ALSRecommender(Recommender):
         # "auto": fit on the GPU when implicit was built with CUDA and sees one;
         # the factors always come back to the CPU, where serving folds users in.
         "use_gpu": "auto",
+        # "spark": fit with Spark MLlib's implicit ALS instead (training.spark_als,
+        # the `spark` extra); the same objective, artifact and serving.
+        "engine": "implicit",
     }
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         if self.params["use_gpu"] not in ("auto", True, False):
             raise InvalidArgument("use_gpu: must be auto, true or false")
+        if self.params["engine"] not in ("implicit", "spark"):
+            raise InvalidArgument("engine: must be implicit or spark")
+        if self.params["engine"] == "spark" and self.params["use_gpu"] is True:
+            raise InvalidArgument("use_gpu: not with engine spark (Spark fits on its own CPUs)")
         self._model: Any = None
         self._unit: np.ndarray | None = None
+        #: What the last fit wants recorded in the artifact's metadata (Spark's settings).
+        self.fit_info: dict[str, Any] = {}
 
     def _gpu(self) -> bool:
         choice = self.params["use_gpu"]
@@ -190,7 +204,15 @@ class ALSRecommender(Recommender):
             )
 
     def fit(self, matrix: sp.csr_matrix, *, show_progress: bool = False) -> None:
-        if self._gpu():  # not exercised by the CPU-only test suite
+        if self.params["engine"] == "spark":
+            from training.spark_als import fit_item_factors
+
+            factors, self.fit_info = fit_item_factors(
+                matrix, self.params, progress=_stderr_line if show_progress else None
+            )
+            model = self._implicit()
+            model.item_factors = factors
+        elif self._gpu():  # not exercised by the CPU-only test suite
             from implicit.gpu.als import AlternatingLeastSquares as GpuALS
 
             p = self.params

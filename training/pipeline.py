@@ -35,7 +35,7 @@ ANN_TUNE_RECALL = 0.96
 
 
 def train(
-    store: Store,
+    store: Store | None,
     models_dir: str,
     algorithm: str = "als",
     params: dict[str, Any] | None = None,
@@ -50,6 +50,7 @@ def train(
     blend: dict[str, float] | None = None,
     knn_params: dict[str, Any] | None = None,
     ann_min_items: int = ANN_MIN_ITEMS,
+    events_parquet: str | None = None,
 ) -> ModelArtifact:
     """Trains ``algorithm`` on every stored item event and writes a new artifact version.
 
@@ -66,7 +67,11 @@ def train(
 
     ``ann_min_items``: a factor model (ALS) over at least this many items gets
     an approximate nearest-neighbour index (``training.ann``), tuned to recall@10
-    >= 0.95 against exact search on training users and saved in the artifact."""
+    >= 0.95 against exact search on training users and saved in the artifact.
+
+    ``events_parquet``: read the item events from a Parquet export (``sessionrec
+    export``) with Spark instead of ``store`` (``training.spark_als``); neither
+    ``evaluate_k`` nor session models are available then."""
     say = progress or (lambda _msg: None)
     weights = weights or EventWeights()
     params = dict(params or {})
@@ -74,11 +79,23 @@ def train(
     if seed is not None and "random_state" in model.defaults:
         model.params["random_state"] = seed
     started = time.perf_counter()
-    events = store.item_events(with_sessions=session_model)
-    interactions = build_interactions(events, weights)
+    events: EventColumns | None = None
+    if events_parquet is not None:
+        from training.spark_als import parquet_interactions
+
+        if evaluate_k is not None:
+            from sessionrec.errors import InvalidArgument
+
+            raise InvalidArgument("evaluate_k: not with events_parquet (train from the store)")
+        interactions = parquet_interactions(events_parquet, weights, progress=say)
+    else:
+        assert store is not None, "train: a store or events_parquet"
+        events = store.item_events(with_sessions=session_model)
+        interactions = build_interactions(events, weights)
     load_seconds = time.perf_counter() - started
     say(
-        f"loaded {len(events)} item events -> {len(interactions.users)} users x "
+        f"loaded {interactions.events if events is None else len(events)} item events -> "
+        f"{len(interactions.users)} users x "
         f"{len(interactions.items)} items, {interactions.matrix.nnz} interactions "
         f"({load_seconds:.2f}s)"
     )
@@ -87,7 +104,7 @@ def train(
 
         raise FailedPrecondition("store: no weighted item events to train on")
     extra: dict[str, Any] = {}
-    if evaluate_k is not None:
+    if evaluate_k is not None and events is not None:
         from training.splits import split
         from training.tune import Configuration, score
 
@@ -119,7 +136,9 @@ def train(
                 "tune_seconds", 0
             )
     session = None
-    if session_model and events.session_id is not None:
+    if session_model and events is None:
+        say("session models: not built from Parquet events")
+    elif session_model and events is not None and events.session_id is not None:
         session_started = time.perf_counter()
         session = _session_models(
             events, interactions, algorithm, dict(model.params), weights, blend, knn_params, say
@@ -137,7 +156,9 @@ def train(
         extra_meta={
             "load_seconds": round(load_seconds, 3),
             "fit_seconds": round(fit_seconds, 3),
-            "store": store.url,
+            "store": store.url if store is not None else None,
+            **({"events_parquet": str(events_parquet)} if events_parquet is not None else {}),
+            **getattr(model, "fit_info", {}),
             **extra,
         },
     )

@@ -21,8 +21,9 @@ The URL is libpq's: ``postgresql://user:password@host:port/dbname?options``.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -31,7 +32,7 @@ from sessionrec.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from sessionrec.events import EventRecord
 from sessionrec.store.base import SQLReader
 from sessionrec.store.schema import MIGRATIONS, SCHEMA_VERSION, apply_migration
-from sessionrec.store.sql import EVENT_INSERT_SQL, SQLStore, event_params
+from sessionrec.store.sql import EVENT_COLUMNS, SQLStore, event_params
 
 try:
     import psycopg
@@ -39,12 +40,36 @@ try:
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
 
+log = logging.getLogger("sessionrec.store")
+
 #: Of the caller's remaining time, this much (at most) is kept to answer in.
 DEADLINE_RESERVE_S = 0.25
+#: A statement stops this long before the caller's deadline.
+STATEMENT_MARGIN_MS = 20
 #: Longest wait for a lock without a caller deadline.
 LOCK_TIMEOUT_MS = 5000
-#: Events per multi-row INSERT (11 parameters each; PostgreSQL allows 65535).
-EVENT_ROWS = 1000
+#: PostgreSQL's array type of each inserted event column.
+_EVENT_ARRAYS = {
+    "type": "bigint",
+    "dwell_ms": "bigint",
+    "value": "float8",
+    "ts_ms": "bigint",
+    "received_at_ms": "bigint",
+}
+_NAMES = ", ".join(EVENT_COLUMNS)
+#: Inserts a batch given as one array per column (in ``event_params`` order),
+#: in batch order (``seq`` follows it), skipping stored ids; returns the new ids.
+_INSERT_EVENTS_SQL = (
+    f"INSERT INTO events ({_NAMES}) SELECT {_NAMES} FROM unnest("
+    + ", ".join(f"?::{_EVENT_ARRAYS.get(name, 'text')}[]" for name in EVENT_COLUMNS)
+    + f") WITH ORDINALITY AS batch ({_NAMES}, n) ORDER BY n"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+#: The LISTEN/NOTIFY channel of change notices (:meth:`PostgresStore.listen`).
+CHANNEL = "sessionrec_changes"
+#: How often a listener looks at its stop flag, and waits after a failure.
+LISTEN_POLL_S = 0.5
+LISTEN_RETRY_S = 1.0
 #: The advisory lock key that serializes migrations.
 _MIGRATION_LOCK = 0x5E55_10_4EC
 
@@ -85,6 +110,25 @@ class _Connection:
         cur = self.raw.cursor()
         if rows:
             cur.executemany(self._text(sql), rows)
+        return cur
+
+
+class _SnapshotConnection(_Connection):
+    """Reads of a snapshot through server-side cursors: ``fetchmany`` holds one
+    batch in memory, not the whole result (exports, reports)."""
+
+    #: Rows per round trip when a cursor is iterated.
+    ITERSIZE = 10_000
+
+    def __init__(self, conn: Any):
+        super().__init__(conn)
+        self._cursors = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self._cursors += 1
+        cur = self.raw.cursor(name=f"snapshot_{self._cursors}")
+        cur.itersize = self.ITERSIZE
+        cur.execute(self._text(sql), params)
         return cur
 
 
@@ -169,20 +213,20 @@ class PostgresStore(SQLStore):
         try:
             with conn.raw.transaction():
                 conn.raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield conn
+                yield _SnapshotConnection(conn.raw)
         except psycopg.Error as exc:
             raise _error(exc) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[_Connection]:
         self._check_writable()
-        timeout_ms = self._timeout_ms()
+        lock_ms, statement_ms = self._timeouts_ms()
         conn = self._conn()
         try:
             with conn.raw.transaction():
-                conn.raw.execute(f"SET LOCAL lock_timeout = {timeout_ms}")
-                if deadline.remaining_s() is not None:
-                    conn.raw.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                conn.raw.execute(f"SET LOCAL lock_timeout = {lock_ms}")
+                if statement_ms is not None:
+                    conn.raw.execute(f"SET LOCAL statement_timeout = {statement_ms}")
                 yield conn
         except psycopg.Error as exc:
             error = _error(exc)
@@ -192,18 +236,21 @@ class PostgresStore(SQLStore):
         if self._write_error is not None:
             self._set_write_error(None)  # a write went through: space is back
 
-    def _timeout_ms(self) -> int:
-        """How long a write may wait for locks: the lock timeout, or what is left
-        of the caller's deadline less a reserve (DeadlineExceeded: nothing left)."""
+    def _timeouts_ms(self) -> tuple[int, int | None]:
+        """How long a write may wait for a lock (the lock timeout, or what is left
+        of the caller's deadline less a reserve to answer in), and how long one
+        statement may run (None: no caller deadline; else up to the deadline, so
+        that a lock wait ends first, as Unavailable). DeadlineExceeded: no time."""
         left = deadline.remaining_s()
         if left is None:
-            return LOCK_TIMEOUT_MS
+            return LOCK_TIMEOUT_MS, None
         wait = min(LOCK_TIMEOUT_MS / 1000, left - min(DEADLINE_RESERVE_S, left / 4))
         if wait <= 0.001:
             raise DeadlineExceeded(
                 "deadline: the caller's deadline is (nearly) over; nothing was written"
             )
-        return max(1, int(wait * 1000))
+        lock_ms = max(1, int(wait * 1000))
+        return lock_ms, max(lock_ms + 1, int(left * 1000) - STATEMENT_MARGIN_MS)
 
     def recheck_space(self) -> bool:
         """PostgreSQL manages its own space: the next write tells. Clears
@@ -226,12 +273,11 @@ class PostgresStore(SQLStore):
                 conn.execute(
                     "INSERT INTO schema_version (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING"
                 )
-            row = conn.execute(
-                "SELECT version FROM schema_version WHERE id = 1"
-                if not self.readonly
-                else "SELECT COALESCE((SELECT version FROM schema_version WHERE id = 1), 0)"
-            ).fetchone()
-            version = int(row[0])
+            if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+                version = 0  # read-only, and nobody migrated this database yet
+            else:
+                row = conn.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+                version = int(row[0]) if row else 0
             where = redact_url(self.url)
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -271,6 +317,40 @@ class PostgresStore(SQLStore):
     def _least(self, a: str, b: str) -> str:
         return f"LEAST({a}, {b})"
 
+    def _notify(self, c: _Connection, topic: str) -> None:
+        c.execute("SELECT pg_notify(?, ?)", (CHANNEL, topic))
+
+    def listen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Calls ``callback(topic)`` on a thread of its own whenever a server on
+        this database commits a change to ``topic`` ("catalog", "offers",
+        "keys"; LISTEN/NOTIFY), and ``callback("*")`` whenever it (re)connects:
+        anything may have changed while it was not listening. Returns ``stop``."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=self._connect_timeout_s
+                    ) as conn:
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        callback("*")
+                        while not stop.is_set():
+                            for note in conn.notifies(timeout=LISTEN_POLL_S):
+                                callback(note.payload)
+                except Exception:  # a lost connection, or a failing callback
+                    log.warning("store: change listener failed; retrying", exc_info=True)
+                    stop.wait(LISTEN_RETRY_S)
+
+        thread = threading.Thread(target=run, name="store-listener", daemon=True)
+        thread.start()
+
+        def stop_listening() -> None:
+            stop.set()
+            thread.join(timeout=LISTEN_POLL_S + 5)
+
+        return stop_listening
+
     def _lock(self, c: _Connection, key: str) -> None:
         c.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
@@ -278,21 +358,17 @@ class PostgresStore(SQLStore):
         self, c: _Connection, events: Sequence[EventRecord], received: int
     ) -> list[EventRecord]:
         # ON CONFLICT DO NOTHING: of two servers storing the same event at once,
-        # one inserts it and the other waits for that commit and skips it.
+        # one inserts it and the other waits for that commit and skips it. One
+        # statement of constant text (arrays, one per column): parsed and
+        # planned once per connection, whatever the batch size.
         first: dict[str, EventRecord] = {}
         for e in events:
             first.setdefault(e.event_id, e)
         batch = list(first.values())
-        stored: set[str] = set()
-        values = EVENT_INSERT_SQL.split(" VALUES ", 1)
-        for start in range(0, len(batch), EVENT_ROWS):
-            chunk = batch[start : start + EVENT_ROWS]
-            sql = (
-                values[0]
-                + " VALUES "
-                + ", ".join([values[1]] * len(chunk))
-                + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-            )
-            params = [p for e in chunk for p in event_params(e, received)]
-            stored.update(r[0] for r in c.execute(sql, params).fetchall())
+        if not batch:
+            return []
+        columns = [
+            list(col) for col in zip(*(event_params(e, received) for e in batch), strict=True)
+        ]
+        stored = {r[0] for r in c.execute(_INSERT_EVENTS_SQL, columns).fetchall()}
         return [e for e in batch if e.event_id in stored]

@@ -179,11 +179,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         "The push log (re-engagement pushes planned per user), created with the"
-        " store instead of on the first recorded push.",
+        " store instead of on the first recorded push; events by time (exports and"
+        " popularity read a period, not the whole table).",
         (
             "CREATE TABLE IF NOT EXISTS push_log (user_id TEXT NOT NULL,"
             " planned_ms {int} NOT NULL, created_ms {int} NOT NULL)",
             "CREATE INDEX IF NOT EXISTS push_log_user ON push_log (user_id, planned_ms)",
+            "CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms)",
         ),
     ),
 )

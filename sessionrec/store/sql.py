@@ -63,10 +63,23 @@ ITEM_COLUMNS = (
     "item_id, title, categories, price, available, attributes, created_at_ms,"
     " updated_at_ms, version"
 )
+#: The columns an event is inserted with, in :func:`event_params` order.
+EVENT_COLUMNS = (
+    "event_id",
+    "session_id",
+    "user_id",
+    "type",
+    "item_id",
+    "screen",
+    "dwell_ms",
+    "value",
+    "ts_ms",
+    "properties",
+    "received_at_ms",
+)
 EVENT_INSERT_SQL = (
-    "INSERT INTO events (event_id, session_id, user_id, type, item_id,"
-    " screen, dwell_ms, value, ts_ms, properties, received_at_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 )
 #: Rows per ``IN (...)`` list of literal placeholders.
 CHUNK = 500
@@ -183,6 +196,11 @@ class SQLStore(Store):
     @abc.abstractmethod
     def _least(self, a: str, b: str) -> str: ...
 
+    def _notify(self, c: Any, topic: str) -> None:
+        """Tells the other servers on this store, once the transaction commits,
+        that ``topic`` changed ("catalog", "offers", "keys"): see
+        :meth:`PostgresStore.listen`. Nothing to tell with one server per file."""
+
     def _lock(self, c: Any, key: str) -> None:
         """Serializes the transactions that lock ``key`` until they end (a store
         with one writer has nothing to do)."""
@@ -219,19 +237,31 @@ class SQLStore(Store):
         return self._transaction()
 
     # ----------------------------------------------------------- helpers
-    def _mark_days(self, c: Any, session_ids: Sequence[str]) -> None:
-        """Marks the start days of these sessions as changed (inside a
-        transaction): their cached analytics columns are dropped and their
-        stamps raised, so a cache built before cannot be stored any more."""
+    def _start_days(self, c: Any, session_ids: Sequence[str]) -> set[int]:
+        """The UTC start days of these sessions."""
         if not session_ids:
-            return
+            return set()
         where, param = self._in("session_id", list(dict.fromkeys(session_ids)))
-        c.execute(
-            f"INSERT INTO analytics_days (day) SELECT DISTINCT {START_DAY_SQL} AS day"
-            f" FROM sessions WHERE {where} ORDER BY day"
-            " ON CONFLICT (day) DO UPDATE SET stamp = analytics_days.stamp + 1, data = NULL",
-            (param,),
-        )
+        return {
+            int(r[0])
+            for r in c.execute(
+                f"SELECT DISTINCT {START_DAY_SQL} FROM sessions WHERE {where}", (param,)
+            ).fetchall()
+        }
+
+    def _mark_days(self, c: Any, session_ids: Sequence[str], also_days: Iterable[int] = ()) -> None:
+        """Marks the start days of these sessions (and ``also_days``) as changed,
+        inside a transaction: their cached analytics columns are dropped and their
+        stamps raised, so a cache built before cannot be stored any more. Each
+        day's row stays locked until the transaction ends, so writers call this
+        last; days are locked in ascending order (no deadlock between writers)."""
+        days = sorted(self._start_days(c, session_ids) | set(also_days))
+        if days:
+            c.executemany(
+                "INSERT INTO analytics_days (day) VALUES (?) ON CONFLICT (day)"
+                " DO UPDATE SET stamp = analytics_days.stamp + 1, data = NULL",
+                [(d,) for d in days],
+            )
 
     def _finalize(self, c: Any, session_ids: Sequence[str]) -> None:
         """Derives unknown dwell times of view events (from the next event of the
@@ -402,10 +432,10 @@ class SQLStore(Store):
                     " ON CONFLICT DO NOTHING",
                     [session_params(s) for s in stored_new],
                 )
+            # A late event can move an open session's start to an earlier day:
+            # both the day it was on and the day it is on now change.
+            old_days = self._start_days(c, list(touched))
             if touched:
-                # A late event can move an open session's start to an earlier day:
-                # both the day it was on and the day it is on now change.
-                self._mark_days(c, list(touched))
                 # In session order: concurrent writers lock rows in one order.
                 c.executemany(
                     f"""UPDATE sessions SET
@@ -430,8 +460,8 @@ class SQLStore(Store):
             to_finalize = [s.session_id for s in stored_new if not s.is_open]
             to_finalize += close_sessions
             self._finalize(c, to_finalize)
-            self._mark_days(c, [*touched, *close_sessions])
             quarantined = self._quarantine(c, quarantine, received)
+            self._mark_days(c, [*touched, *close_sessions], old_days)
         return AppendResult(
             accepted=accepted,
             duplicates=len(events) - accepted,
@@ -562,6 +592,7 @@ class SQLStore(Store):
                     " updated_at_ms = excluded.updated_at_ms, version = excluded.version",
                     [_item_params(i) for i in changed.values()],
                 )
+                self._notify(c, "catalog")
         return ItemUpsertResult(inserted, updated, unchanged, version)
 
     def get_item(self, item_id: str) -> ItemRecord | None:
@@ -613,6 +644,7 @@ class SQLStore(Store):
                     updated += 1
                 else:
                     inserted += 1
+            self._notify(c, "offers")
         return inserted, updated
 
     def delete_offer(self, offer_id: str) -> bool:
@@ -620,6 +652,7 @@ class SQLStore(Store):
             gone = c.execute("DELETE FROM offers WHERE offer_id = ?", (offer_id,)).rowcount > 0
             if gone:
                 c.execute("UPDATE offers_meta SET version = version + 1 WHERE id = 1")
+                self._notify(c, "offers")
             return bool(gone)
 
     def list_offers(self) -> list[Offer]:
@@ -886,6 +919,7 @@ class SQLStore(Store):
                     key.revoked_at_ms,
                 ),
             )
+            self._notify(c, "keys")
         return key
 
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
@@ -909,6 +943,7 @@ class SQLStore(Store):
                 "UPDATE api_keys SET revoked_at_ms = ? WHERE key_id = ? AND revoked_at_ms IS NULL",
                 (at, key_id),
             )
+            self._notify(c, "keys")
             row = c.execute(
                 f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
             ).fetchone()

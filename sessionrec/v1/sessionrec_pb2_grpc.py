@@ -451,7 +451,8 @@ class CatalogServiceServicer:
         `rejected`; if no item of the batch is valid the call fails with
         INVALID_ARGUMENT naming the field ("items[3].price: must be >= 0").
         Recommendations served by this server see the change when the call
-        returns (other servers on the same store within their refresh interval).
+        returns; other servers on a shared PostgreSQL store a moment later (a
+        change notice), worker processes on SQLite within catalog_refresh_interval_s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

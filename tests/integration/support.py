@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+from tests.conftest import raw_connection
 
 T = TypeVar("T")
 RPC_TIMEOUT_S = 10.0
@@ -83,12 +83,10 @@ def free_port() -> int:
 
 
 def sql_scalar(db_path: Path, query: str, params: tuple = ()) -> Any:
-    """One value read straight from the SQLite file (read-only, its own connection)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-    try:
+    """One value read straight from the store at ``db_path`` (its own connection;
+    a SQLite file is opened read-only)."""
+    with raw_connection(db_path, readonly=True) as conn:
         return conn.execute(query, params).fetchone()[0]
-    finally:
-        conn.close()
 
 
 def health_status(channel: grpc.Channel, service: str = "") -> int:

@@ -23,6 +23,7 @@ import pytest
 from sessionrec.store import open_store
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+from tests.conftest import store_url
 from training.datasets import MOVIELENS_100K, SHARED_DATASETS
 from training.formats import import_dataset
 
@@ -136,7 +137,7 @@ def test_movielens_session_stats_match_an_independent_computation(movielens_copy
 @pytest.mark.skipif(not DIGINETICA.exists(), reason=f"DIGINETICA sample not found at {DIGINETICA}")
 def test_diginetica_session_stats_match_an_independent_computation(tmp_path: Path, start_server):
     db = tmp_path / "dg.db"
-    with open_store("sqlite:///" + str(db)) as store:
+    with open_store(store_url(db)) as store:
         report = import_dataset(store, DIGINETICA, "diginetica")
     bad_lines = {b.line for b in report.bad}
     assert len(bad_lines) == 3  # two sessions naming two known users (see the importer)

@@ -35,6 +35,7 @@ from sessionrec.errors import ConfigError
 from sessionrec.store import open_store
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+from tests.conftest import TEST_STORE, raw_connection, store_url
 
 from .support import RPC_TIMEOUT_S, rpc_error, sql_scalar, view, wait_for
 
@@ -56,7 +57,7 @@ def auth(key: str) -> list[tuple[str, str]]:
 
 def make_keys(db_path: Path) -> dict[str, str]:
     """One key per role in the store at ``db_path`` (created before any server)."""
-    with open_store("sqlite:///" + str(db_path)) as store:
+    with open_store(store_url(db_path)) as store:
         return {role: create_key(store, f"test {role}", role)[0] for role in ROLES}
 
 
@@ -321,7 +322,7 @@ def test_with_a_key_a_non_loopback_host_starts_and_needs_keys(tmp_path, make_con
             assert invoke(channel, path) is UNAUTHENTICATED
             assert invoke(channel, path, metadata=auth(keys["admin"])) is grpc.StatusCode.OK
             # Every key revoked: not open mode off loopback, nobody may call.
-            with open_store("sqlite:///" + str(db)) as store:
+            with open_store(store_url(db)) as store:
                 for k in store.list_api_keys():
                     store.revoke_api_key(k.key_id)
             time.sleep(0.7)
@@ -335,7 +336,7 @@ def test_cli_serve_without_keys_on_all_interfaces_fails_cleanly(tmp_path, cli):
     result = cli(
         "serve",
         "--db",
-        "sqlite:///" + str(tmp_path / "s.db"),
+        store_url(tmp_path / "s.db"),
         "--models",
         str(tmp_path / "m"),
         "--host",
@@ -370,7 +371,7 @@ def test_is_loopback(host, loopback):
 
 # ----------------------------------------------------------- key storage
 def test_keys_cli_create_list_revoke(tmp_path, cli):
-    url = "sqlite:///" + str(tmp_path / "k.db")
+    url = store_url(tmp_path / "k.db")
     made = cli("keys", "create", "--db", url, "--name", "ios app", "--role", "ingest")
     assert made.returncode == 0, made.stderr
     created = made.json()
@@ -402,20 +403,24 @@ def test_keys_cli_create_list_revoke(tmp_path, cli):
 
 def test_the_store_holds_only_a_hash_of_the_secret(tmp_path):
     db = tmp_path / "hash.db"
-    with open_store("sqlite:///" + str(db)) as store:
+    with open_store(store_url(db)) as store:
         key, record = create_key(store, "backend", "serve")
     secret = key.split("_", 2)[2]
     assert record.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
     stored = sql_scalar(db, "SELECT secret_hash FROM api_keys WHERE key_id = ?", (record.key_id,))
     assert stored == record.secret_hash
-    for path in db.parent.glob(db.name + "*"):  # the file, and a WAL if one is left
-        data = path.read_bytes()
-        assert secret.encode() not in data, path
-        assert key.encode() not in data, path
+    with raw_connection(db) as conn:
+        rows = repr(conn.execute("SELECT * FROM api_keys").fetchall())
+    assert secret not in rows and key not in rows
+    if TEST_STORE == "sqlite":  # nor anywhere in the file, or a WAL if one is left
+        for path in db.parent.glob(db.name + "*"):
+            data = path.read_bytes()
+            assert secret.encode() not in data, path
+            assert key.encode() not in data, path
 
 
 def test_server_secrets_are_created_once(tmp_path):
-    url = "sqlite:///" + str(tmp_path / "sec.db")
+    url = store_url(tmp_path / "sec.db")
     with open_store(url) as store:
         first = store.get_or_create_secret("session_token_key", 32)
         assert len(first) == 32

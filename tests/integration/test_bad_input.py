@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from sessionrec.v1 import sessionrec_pb2 as pb
+from tests.conftest import raw_connection
 
 from .support import assert_status, now_ms, rpc_error, sql_scalar, ts, view
 
@@ -209,12 +210,11 @@ def test_mixed_batch_stores_the_valid_events(srv, session):
     assert list(reply.event_ids) == ["mix-0", "", "mix-2", "", "", "mix-5"]
 
     assert count_events(srv) == before + 3
-    stored = sql_scalar(
-        srv.db_path,
-        "SELECT group_concat(event_id, ',') FROM "
-        "(SELECT event_id FROM events WHERE event_id LIKE 'mix-%' ORDER BY event_id)",
-    )
-    assert stored == "mix-0,mix-2,mix-5"
+    with raw_connection(srv.db_path, readonly=True) as conn:
+        stored = conn.execute(
+            "SELECT event_id FROM events WHERE event_id LIKE 'mix-%' ORDER BY event_id"
+        ).fetchall()
+    assert [r[0] for r in stored] == ["mix-0", "mix-2", "mix-5"]
     got = srv.sessions.GetSession(pb.GetSessionRequest(session_id=session), timeout=10)
     assert got.event_count == 5  # 2 from the fixture + 3
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from tests.conftest import store_url
 from training.artifact import current_version, load_artifact
 
 from .support import sql_scalar
@@ -66,7 +67,7 @@ def test_import_reports_bad_rows_with_line_numbers(movielens, tmp_path, cli):
         rows.append(bad[line_no] if line_no in bad else next(good_iter))
     path = tmp_path / "mixed.csv"
     path.write_text("\n".join([header, *rows]) + "\n")
-    db_url = "sqlite:///" + str(tmp_path / "mixed.db")
+    db_url = store_url(tmp_path / "mixed.db")
 
     result = cli("import", "--db", db_url, str(path), "--quiet")
     assert result.returncode == 0, result.stderr
@@ -152,7 +153,7 @@ def test_import_reports_a_session_shared_by_two_users_at_its_line(tmp_path, cli)
         "u2,i4,ITEM_VIEW,1030,s2\n"
     )
     db = tmp_path / "sessions.db"
-    result = cli("import", "--db", "sqlite:///" + str(db), str(path), "--quiet")
+    result = cli("import", "--db", store_url(db), str(path), "--quiet")
     assert result.returncode == 0, result.stderr
     report = result.json()
     assert (report["imported"], report["bad_rows"]) == (3, 1)
@@ -164,9 +165,9 @@ def test_import_reports_a_session_shared_by_two_users_at_its_line(tmp_path, cli)
 
 
 def test_cli_errors_exit_2(tmp_path, cli):
-    missing = cli("import", "--db", "sqlite:///" + str(tmp_path / "e.db"), str(tmp_path / "nope"))
+    missing = cli("import", "--db", store_url(tmp_path / "e.db"), str(tmp_path / "nope"))
     assert missing.returncode == 2
     assert "error" in missing.stderr
-    empty = cli("evaluate", "--db", "sqlite:///" + str(tmp_path / "e.db"), "--quiet")
+    empty = cli("evaluate", "--db", store_url(tmp_path / "e.db"), "--quiet")
     assert empty.returncode == 2
     assert "store" in empty.stderr

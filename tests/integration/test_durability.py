@@ -5,13 +5,13 @@ calls finish) and exits cleanly. kill -9 under load, again and again, is in
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from sessionrec.v1 import sessionrec_pb2 as pb
+from tests.conftest import store_url, write_lock_held
 
 from .support import health_status, server_process, sql_scalar, view
 
@@ -20,7 +20,7 @@ GRACE_S = 2.0
 
 def test_sigterm_drains_and_exits_zero(tmp_path, sessionrec_bin):
     db = tmp_path / "t.db"
-    url = "sqlite:///" + str(db)
+    url = store_url(db)
     with server_process(
         sessionrec_bin, url, tmp_path / "m", tmp_path / "serve.log", SESSIONREC_GRACE_S=str(GRACE_S)
     ) as sp:
@@ -31,11 +31,9 @@ def test_sigterm_drains_and_exits_zero(tmp_path, sessionrec_bin):
         assert reply.accepted == 1
         assert health_status(sp.channel) == health_pb2.HealthCheckResponse.SERVING
 
-        # A call in flight when SIGTERM comes: it waits for the file's write
+        # A call in flight when SIGTERM comes: it waits for the store's write
         # lock, which the test holds (the server's busy timeout outlasts it).
-        holder = sqlite3.connect(db, isolation_level=None, timeout=0)
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
+        with write_lock_held(db):
             in_flight = sp.sessions.TrackEvents.future(
                 pb.TrackEventsRequest(events=[view("i", user_id="tim", event_id="in-flight")]),
                 timeout=GRACE_S + 5,
@@ -44,9 +42,6 @@ def test_sigterm_drains_and_exits_zero(tmp_path, sessionrec_bin):
             assert not in_flight.done()
             sp.proc.send_signal(signal.SIGTERM)
             outcome = wait_until_draining(sp)
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
         # Within the grace period the in-flight call finishes, and is stored.
         assert in_flight.result(timeout=GRACE_S + 5).accepted == 1
         # Draining said so: NOT_SERVING, or new calls refused (a stopping grpc

@@ -1,11 +1,11 @@
 """Faults a running server must survive, each with the behaviour it promises:
 
-* the store file locked by someone else: UNAVAILABLE within the caller's
+* the store locked by someone else: UNAVAILABLE within the caller's
   deadline (never a hang, never UNKNOWN), and the same batch goes through once
   the lock is released;
 * the disk full (SQLite's ``max_page_count`` on the writer: SQLITE_FULL exactly
-  as a full disk gives): RESOURCE_EXHAUSTED "store: disk full", nothing of the
-  batch stored, health NOT_SERVING, SERVING again once there is room;
+  as a full disk gives; SQLite only): RESOURCE_EXHAUSTED "store: disk full",
+  nothing of the batch stored, health NOT_SERVING, SERVING again once there is room;
 * a corrupted or tampered model artifact: the last good model keeps serving
   (``test_hot_reload``), the health name ``sessionrec.model`` says degraded;
 * deadlines: work stops once the caller gave up.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import sessionrec.analytics
 from service.server import MODEL_HEALTH, STORE_PROBE_INTERVAL_S
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+from tests.conftest import TEST_STORE, write_lock_held
 from training.artifact import VERSIONS_DIR, set_current
 
 from .support import health_status, now_ms, rpc_error, sql_scalar, view, wait_for
@@ -42,6 +42,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SESSIONS = "sessionrec.v1.SessionService"
 RECOMMENDATIONS = "sessionrec.v1.RecommendationService"
+#: How each store words a write that waited for a lock held elsewhere.
+STORE_BUSY = "store: busy" if TEST_STORE == "postgresql" else "store: database is locked"
 
 
 def error_within(call: Any, request: Any, timeout: float) -> grpc.RpcError:
@@ -75,12 +77,11 @@ def test_a_locked_store_answers_unavailable_within_the_deadline_then_takes_the_b
         for sid in sids
     ]
     deadline_s = 1.5
-    # Another process (here: a connection of the test) takes the file's write lock.
-    holder = sqlite3.connect(srv.db_path, isolation_level=None, timeout=0)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        # Three calls at once: one waits in SQLite's busy handler, the others for
-        # this server's write lock; each answers within its own deadline.
+    # Another process (here: a connection of the test) takes the store's write lock.
+    with write_lock_held(srv.db_path):
+        # Three calls at once: on SQLite one waits in the busy handler, the others
+        # for this server's write lock (on PostgreSQL all three wait for the table
+        # locks); each answers within its own deadline.
         results: list[tuple[Any, float]] = [(None, 0.0)] * len(batches)
 
         def call(k: int) -> None:
@@ -98,14 +99,11 @@ def test_a_locked_store_answers_unavailable_within_the_deadline_then_takes_the_b
             thread.join(timeout=30)
         # A lock held elsewhere is transient: no reason to leave the pool.
         assert health_status(srv.channel) == SERVING
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
 
     for outcome, elapsed in results:
         assert isinstance(outcome, grpc.RpcError), outcome
         assert outcome.code() == grpc.StatusCode.UNAVAILABLE, outcome.details()
-        assert outcome.details().startswith("store: database is locked"), outcome.details()
+        assert outcome.details().startswith(STORE_BUSY), outcome.details()
         assert elapsed < deadline_s, elapsed
     assert stored(srv.db_path, "lock-") == 0
 
@@ -116,6 +114,8 @@ def test_a_locked_store_answers_unavailable_within_the_deadline_then_takes_the_b
 
 
 # --------------------------------------------------------------- disk full
+# A full disk is simulated with SQLite's page cap (``set_max_pages``): the
+# PostgreSQL store has no such cap, so these two run on SQLite only.
 def big_batch(prefix: str, n: int = 200) -> pb.TrackEventsRequest:
     """Enough bytes that the batch needs new pages in the file."""
     start = now_ms() - 60_000
@@ -133,6 +133,7 @@ def big_batch(prefix: str, n: int = 200) -> pb.TrackEventsRequest:
     )
 
 
+@pytest.mark.sqlite_only
 def test_a_full_disk_stores_nothing_reports_not_serving_and_recovers(start_server):
     srv = start_server()
     store: Any = srv.server.store
@@ -173,6 +174,7 @@ def test_a_full_disk_stores_nothing_reports_not_serving_and_recovers(start_serve
     assert stored(srv.db_path, "full-") == len(batch.events)
 
 
+@pytest.mark.sqlite_only
 def test_a_successful_write_clears_the_failure_at_once(start_server):
     """Without waiting for the probe: the next write that stores something."""
     srv = start_server()

@@ -40,7 +40,6 @@ import functools
 import logging
 import math
 import os
-import sqlite3
 import string
 import threading
 import time
@@ -60,7 +59,7 @@ from hypothesis import strategies as st
 from service.server import SERVICE_NAMES, SessionrecServer, create_server
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
-from tests.conftest import TrainedStore, copy_trained, server_config
+from tests.conftest import TrainedStore, copy_trained, raw_connection, server_config
 
 from .support import health_status, now_ms, view
 
@@ -813,11 +812,8 @@ class FuzzServer:
 
 
 def sql_rows(db_path: Path, query: str, params: tuple[Any, ...] = ()) -> set[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-    try:
-        return set(conn.execute(query, params).fetchall())
-    finally:
-        conn.close()
+    with raw_connection(db_path, readonly=True) as conn:
+        return {tuple(row) for row in conn.execute(query, params).fetchall()}
 
 
 def fuzz_targets() -> tuple[str, ...]:
@@ -986,15 +982,15 @@ def assert_stored(srv: FuzzServer, response: pb.TrackEventsResponse) -> None:
     ids = {i for i in response.event_ids if i}
     if not ids:
         return
-    conn = sqlite3.connect(f"file:{srv.db_path}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.execute("CREATE TEMP TABLE acked (event_id TEXT PRIMARY KEY)")
-        conn.executemany("INSERT OR IGNORE INTO acked VALUES (?)", [(i,) for i in ids])
-        missing = conn.execute(
-            "SELECT event_id FROM acked WHERE event_id NOT IN (SELECT event_id FROM events)"
-        ).fetchall()
-    finally:
-        conn.close()
+    wanted = sorted(ids)
+    found: set[str] = set()
+    with raw_connection(srv.db_path, readonly=True) as conn:
+        for k in range(0, len(wanted), 500):
+            part = wanted[k : k + 500]
+            marks = ", ".join("?" * len(part))
+            query = f"SELECT event_id FROM events WHERE event_id IN ({marks})"
+            found.update(row[0] for row in conn.execute(query, part).fetchall())
+    missing = [i for i in wanted if i not in found]
     assert not missing, f"acknowledged but not stored: {missing[:5]} ({response})"
 
 

@@ -3,12 +3,11 @@ sessions, live events and recommendations that react to them."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 import pytest
 
 from sessionrec.v1 import sessionrec_pb2 as pb
+from tests.conftest import raw_connection
 
 from .support import assert_status, now_ms, ts, view
 
@@ -21,14 +20,11 @@ def ml(movielens_copy, start_server):
 
 
 def seen_items(db_path, user_id: str) -> set[str]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
+    with raw_connection(db_path, readonly=True) as conn:
         rows = conn.execute(
             "SELECT DISTINCT item_id FROM events WHERE user_id = ? AND item_id IS NOT NULL",
             (user_id,),
         ).fetchall()
-    finally:
-        conn.close()
     return {r[0] for r in rows}
 
 
@@ -160,13 +156,10 @@ def test_new_user_gets_personalized_after_three_views_and_popular_before(ml, mov
 
     # The events opened a server-side session for the new user.
     # (sessionization: every event of the batch joined one session)
-    conn = sqlite3.connect(f"file:{ml.db_path}?mode=ro", uri=True)
-    try:
+    with raw_connection(ml.db_path, readonly=True) as conn:
         sessions = conn.execute(
             "SELECT session_id, event_count FROM sessions WHERE user_id = ?", (user,)
         ).fetchall()
-    finally:
-        conn.close()
     assert len(sessions) == 1 and sessions[0][1] == 3
     session = ml.sessions.GetSession(pb.GetSessionRequest(session_id=sessions[0][0]), timeout=10)
     assert session.active and session.event_count == 3

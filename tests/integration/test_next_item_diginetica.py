@@ -16,6 +16,7 @@ import pytest
 
 from sessionrec.store import open_store
 from sessionrec.v1 import sessionrec_pb2 as pb
+from tests.conftest import store_url
 from training.datasets import SHARED_DATASETS
 from training.formats import import_dataset
 from training.importer import import_csv
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("diginetica")
-    url = "sqlite:///" + str(root / "all.db")
+    url = store_url(root / "all.db")
     with open_store(url) as store:
         import_dataset(store, SAMPLE, "diginetica")
         events = store.item_events(with_sessions=True)
@@ -76,7 +77,7 @@ def test_recommend_through_grpc_matches_the_offline_blend(
     db = tmp_path / "train.db"
     models = tmp_path / "models"
     chosen = by_name["blend"].params
-    with open_store("sqlite:///" + str(db)) as store:
+    with open_store(store_url(db)) as store:
         import_csv(store, csv_path)
         artifact = train(store, str(models), "als", blend=chosen["blend"], knn_params=chosen["knn"])
     known = set(artifact.items.ids.tolist())

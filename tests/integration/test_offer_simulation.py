@@ -21,6 +21,7 @@ from service.recommender import ModelHolder
 from service.sessions import IncomingEvent, SessionManager
 from sessionrec.events import EventType
 from sessionrec.store import open_store
+from tests.conftest import store_url
 
 TRUE_RATES = {"five": 0.05, "ten": 0.10, "thirty": 0.30}
 BASE_CONVERSION, TREATED_CONVERSION = 0.20, 0.30
@@ -28,7 +29,7 @@ VISITORS = 1500
 
 
 def test_thompson_sampling_finds_the_best_offer_and_the_uplift_is_covered(tmp_path) -> None:
-    store = open_store("sqlite:///" + str(tmp_path / "sim.db"))
+    store = open_store(store_url(tmp_path / "sim.db"))
     try:
         engine = OfferEngine(
             store,

@@ -18,6 +18,7 @@ import pytest
 from sessionrec.offers import in_holdout
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
+from tests.conftest import store_url
 
 from .support import assert_status, now_ms, ts, view
 
@@ -312,7 +313,7 @@ def test_holdout_users_get_no_offers_and_the_report_compares_arms(synthetic_copy
 def test_the_cli_imports_yaml_lists_and_writes_the_report(synthetic_copy, tmp_path):
     from tests.conftest import run_cli
 
-    url = "sqlite:///" + str(synthetic_copy.db_path)
+    url = store_url(synthetic_copy.db_path)
     path = tmp_path / "offers.yaml"
     path.write_text(
         "offers:\n"

@@ -4,7 +4,7 @@ No test hopes that the kernel routed a connection to a worker: a primary with
 ``processes=2`` (its internal Unix socket, one real worker process) is joined
 by a worker built in this process (``create_server(..., worker=WorkerLink)``)
 on a port of its own, and the tests call that worker directly. Its writes go
-to the primary (checked in the SQLite file and through the primary), its
+to the primary (checked in the store and through the primary), its
 reads stay local (its own engine runs, the primary's does not), and the
 primary's statuses, details and trailing metadata come back through it. The
 real worker process is checked where that is deterministic: it follows a
@@ -43,7 +43,7 @@ from sessionrec.store import open_store
 from sessionrec.store.sqlite import SQLiteStore
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
-from tests.conftest import TrainedStore, copy_trained
+from tests.conftest import TrainedStore, copy_trained, raw_connection, store_url
 from training.pipeline import train
 
 from .support import free_port, sql_scalar, view, wait_for
@@ -566,7 +566,7 @@ def test_reload_model_through_a_worker_reaches_every_process(cluster):
 def keyed(make_config, tmp_path_factory) -> Iterator[tuple[Pair, dict[str, str]]]:
     root = tmp_path_factory.mktemp("processes-keyed")
     db = root / "keyed.db"
-    with open_store("sqlite:///" + str(db)) as store:
+    with open_store(store_url(db)) as store:
         keys = {role: create_key(store, f"test {role}", role)[0] for role in ("ingest", "serve")}
     pair = start_pair(make_config, db, root / "models")
     yield pair, keys
@@ -608,54 +608,78 @@ def test_api_keys_are_checked_by_the_primary_when_forwarded_and_locally_otherwis
 
 
 # ------------------------------------------------------- read-only store
-def test_a_read_only_store_reads_and_refuses_every_write(tmp_path):
-    path = tmp_path / "ro.db"
-    with open_store("sqlite:///" + str(path)) as writer:
+def make_read_only_source(path: Path) -> bytes:
+    """A store at ``path`` with a secret, a key and an item; the secret."""
+    with open_store(store_url(path)) as writer:
         secret = writer.get_or_create_secret("token-key", 32)
         create_key(writer, "k", "admin")
         writer.upsert_items([ItemRecord("x1", title="X")])
+    return secret
+
+
+def reads_and_refuses_every_write(ro: Any, secret: bytes) -> None:
+    assert ro.readonly
+    assert ro.get_item("x1").title == "X"
+    assert len(ro.list_api_keys()) == 1
+    assert ro.get_or_create_secret("token-key", 32) == secret
+    writes: list[Callable[[], Any]] = [
+        lambda: ro.upsert_items([ItemRecord("x2")]),
+        lambda: ro.append_events([]),
+        lambda: ro.expire_sessions(0),
+        lambda: ro.delete_user("u"),
+        lambda: ro.quarantine_events([]),
+        lambda: ro.cache_analytics_days([]),
+        lambda: create_key(ro, "k2", "admin"),
+        lambda: ro.get_or_create_secret("another", 32),
+    ]
+    for write in writes:
+        with pytest.raises(FailedPrecondition, match="store: "):
+            write()
+    assert ro.write_error is None
+
+
+def test_a_read_only_store_reads_and_refuses_every_write(tmp_path):
+    path = tmp_path / "ro.db"
+    secret = make_read_only_source(path)
+    with open_store(store_url(path), readonly=True) as ro:
+        reads_and_refuses_every_write(ro, secret)
+    assert sql_scalar(path, "SELECT COUNT(*) FROM items") == 1
+    assert sql_scalar(path, "SELECT COUNT(*) FROM api_keys") == 1
+
+
+@pytest.mark.sqlite_only  # the SQLite file: its connections are opened read-only
+def test_a_read_only_sqlite_store_leaves_the_file_as_it_was(tmp_path):
+    path = tmp_path / "ro.db"
+    secret = make_read_only_source(path)
     before = path.read_bytes()
     ro = SQLiteStore(str(path), readonly=True)
     try:
-        assert ro.readonly
-        assert ro.get_item("x1").title == "X"
-        assert len(ro.list_api_keys()) == 1
-        assert ro.get_or_create_secret("token-key", 32) == secret
-        writes: list[Callable[[], Any]] = [
-            lambda: ro.upsert_items([ItemRecord("x2")]),
-            lambda: ro.append_events([]),
-            lambda: ro.expire_sessions(0),
-            lambda: ro.delete_user("u"),
-            lambda: ro.quarantine_events([]),
-            lambda: ro.cache_analytics_days([]),
-            lambda: create_key(ro, "k2", "admin"),
-            lambda: ro.get_or_create_secret("another", 32),
-        ]
-        for write in writes:
-            with pytest.raises(FailedPrecondition, match="store: "):
-                write()
+        reads_and_refuses_every_write(ro, secret)
         # No connection of it can write, whatever asks.
         for conn in (ro._writer, ro._reader()):
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
                 conn.execute("DELETE FROM items")
-        assert ro.write_error is None
     finally:
         ro.close()
     assert path.read_bytes() == before
     assert sql_scalar(path, "SELECT COUNT(*) FROM items") == 1
 
 
-def test_a_read_only_store_needs_a_migrated_file(tmp_path):
+def test_a_read_only_store_needs_a_migrated_store(tmp_path):
     path = tmp_path / "plain.db"
-    plain = sqlite3.connect(path)
-    plain.execute("CREATE TABLE t (x)")
-    plain.close()
+    with raw_connection(path) as plain:
+        plain.execute("CREATE TABLE t (x INTEGER)")
     with pytest.raises(RuntimeError, match="schema version 0"):
-        SQLiteStore(str(path), readonly=True)
+        open_store(store_url(path), readonly=True)
+
+
+@pytest.mark.sqlite_only  # an in-memory SQLite store has no other process to write it
+def test_a_read_only_sqlite_store_needs_a_file(tmp_path):
     with pytest.raises(ValueError, match="readonly"):
         SQLiteStore(":memory:", readonly=True)
 
 
+@pytest.mark.sqlite_only  # the SQLite file and its WAL
 def test_a_read_only_store_never_writes_the_file(tmp_path):
     missing = tmp_path / "missing.db"
     with pytest.raises(RuntimeError):

@@ -1,4 +1,4 @@
-"""Push-notification candidates (``service.push``) on real SQLite store files:
+"""Push-notification candidates (``service.push``) on real stores:
 the lapse and rhythm rules, the active hour and send time, quiet hours, the
 per-user cap in ``push_log`` (and its window, moved with ``now_ms``), the item
 and offer from the real engines on the trained synthetic store, the
@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
@@ -27,7 +26,7 @@ from service.recommender import ModelHolder, RecommendationEngine
 from sessionrec.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.store import Store, open_store
-from tests.conftest import CLUSTER_A
+from tests.conftest import CLUSTER_A, raw_connection, store_url, table_names
 
 HOUR = 3600 * 1000
 DAY = 24 * HOUR
@@ -73,7 +72,7 @@ def add_sessions(
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    with open_store("sqlite:///" + str(tmp_path / "push.db")) as s:
+    with open_store(store_url(tmp_path / "push.db")) as s:
         yield s
 
 
@@ -91,14 +90,11 @@ def run(store: Store, recommender: RecommendationEngine, **kw: Any) -> dict[str,
 
 
 def push_log(path: Path) -> list[tuple[str, int]]:
-    conn = sqlite3.connect(path)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "push_log" not in tables:
+    with raw_connection(path) as conn:
+        if "push_log" not in table_names(conn):
             return []
-        return conn.execute("SELECT user_id, planned_ms FROM push_log ORDER BY rowid").fetchall()
-    finally:
-        conn.close()
+        rows = conn.execute("SELECT user_id, planned_ms FROM push_log ORDER BY planned_ms, user_id")
+        return [tuple(row) for row in rows.fetchall()]
 
 
 # ------------------------------------------------------------------- rules
@@ -252,11 +248,8 @@ def engines(trained, holdout_share: float = 0.0):
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+    with raw_connection(path) as conn:
+        return [tuple(row) for row in conn.execute(sql, args).fetchall()]
 
 
 def test_item_and_offer_come_from_the_engines(synthetic_copy):
@@ -374,6 +367,7 @@ def test_bad_arguments_name_the_parameter(store, recommender, kwargs, message):
         push_candidates(store, recommender, **kwargs)
 
 
+@pytest.mark.sqlite_only  # an in-memory SQLite store (no file another process could read)
 def test_an_in_memory_store_is_refused(tmp_path):
     with open_store("sqlite:///:memory:") as mem:
         engine = RecommendationEngine(mem, ModelHolder(str(tmp_path / "m")))
@@ -391,7 +385,7 @@ def test_get_push_candidates_through_grpc(tmp_path: Path, start_server) -> None:
 
     now = int(time.time() * 1000)
     db = tmp_path / "push.db"
-    with open_store("sqlite:///" + str(db)) as s:
+    with open_store(store_url(db)) as s:
         add_sessions(s, "gone", [at(d, 17, now=now) for d in (30, 25, 20, 15)])
         add_sessions(s, "daily", [at(d, 17, now=now) for d in range(9, 0, -1)])
     srv = start_server(db, tmp_path / "models", push_quiet_start_hour=1, push_quiet_end_hour=5)
@@ -635,7 +629,7 @@ def test_get_push_candidates_gives_up_with_the_caller(tmp_path: Path, start_serv
     users = 5000
     now = int(time.time() * 1000)
     db = tmp_path / "crowd.db"
-    with open_store("sqlite:///" + str(db)) as s:
+    with open_store(store_url(db)) as s:
         lapsing_crowd(s, users, now)
     srv = start_server(db, tmp_path / "models", push_quiet_start_hour=0, push_quiet_end_hour=0)
     stub = pb_grpc.AnalyticsServiceStub(srv.channel)

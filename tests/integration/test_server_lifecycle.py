@@ -10,6 +10,7 @@ import pytest
 
 from service.server import create_server
 from sessionrec.v1 import sessionrec_pb2 as pb
+from tests.conftest import store_url
 
 from .support import rpc_error, sql_scalar, view
 
@@ -37,7 +38,7 @@ def test_cli_serve_on_a_taken_port_fails_cleanly(tmp_path, taken_port, cli):
     result = cli(
         "serve",
         "--db",
-        "sqlite:///" + str(tmp_path / "p.db"),
+        store_url(tmp_path / "p.db"),
         "--models",
         str(tmp_path / "m"),
         "--host",

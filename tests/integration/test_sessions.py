@@ -150,10 +150,7 @@ def test_sessionization_splits_at_the_inactivity_timeout(client, batched):
 
 
 def _rows(srv, query: str, params: tuple) -> list[tuple]:
-    import sqlite3
+    from tests.conftest import raw_connection
 
-    conn = sqlite3.connect(f"file:{srv.db_path}?mode=ro", uri=True)
-    try:
-        return conn.execute(query, params).fetchall()
-    finally:
-        conn.close()
+    with raw_connection(srv.db_path, readonly=True) as conn:
+        return [tuple(row) for row in conn.execute(query, params).fetchall()]

@@ -1,6 +1,8 @@
-"""Fixtures of the unit suite: real SQLite files in ``tmp_path``, small hand-made data.
+"""Fixtures of the unit suite: real stores (SQLite files in ``tmp_path``, or on
+PostgreSQL the databases named after them), small hand-made data.
 
-* ``db_path``: a fresh SQLite file path; ``store``: an open :class:`SQLiteStore` on it.
+* ``db_path``: a fresh store path; ``store``: an open :class:`Store` on it
+  (:func:`tests.conftest.store_url`); ``raw_db``: a second, plain connection.
 * ``group_matrix``: two clear user groups (group A: 12 users who like items 0-9,
   group B: 8 users who like items 10-19). The groups differ in size on purpose:
   popularity alone ranks group-A items first for everyone, so only a
@@ -11,7 +13,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import scipy.sparse as sp
 
 from sessionrec.events import EventType
 from sessionrec.store import EventColumns, Store, open_store
-from tests.conftest import TEST_STORE, store_url
+from tests.conftest import raw_connection, store_url
 
 GROUP_A_USERS = 12
 GROUP_B_USERS = 8
@@ -46,20 +47,10 @@ def store(db_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def raw_db(db_path: Path, store: Store) -> Iterator[Any]:
     """A second, independent connection to the store (to look at raw rows): a
-    sqlite3 connection, or on PostgreSQL one that takes the same ``?`` SQL."""
-    if TEST_STORE == "postgresql":
-        import psycopg
-
-        from sessionrec.store.postgres import _Connection
-
-        with psycopg.connect(store.url, autocommit=True) as pg:
-            yield _Connection(pg)
-        return
-    conn = sqlite3.connect(db_path)
-    try:
+    sqlite3 connection, or on PostgreSQL one that takes the same ``?`` SQL
+    (:func:`tests.conftest.raw_connection`)."""
+    with raw_connection(db_path) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 @pytest.fixture

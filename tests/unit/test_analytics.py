@@ -1,9 +1,9 @@
-"""Session analytics (sessionrec.analytics) on real store files.
+"""Session analytics (sessionrec.analytics) on real stores.
 
 * A small hand-made store whose every answer is worked out by hand below.
 * Retention on sessions alone, boundaries and an excluded (unfinished) window.
 * A seeded random store (~2,000 events) where every statistic is computed a
-  second, independent way in plain Python from rows read with plain sqlite3.
+  second, independent way in plain Python from the raw rows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import random
-import sqlite3
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from sessionrec.analytics import (
 from sessionrec.errors import InvalidArgument
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
 from sessionrec.store import Store, open_store
+from tests.conftest import store_url
 
 SCREEN = int(EventType.SCREEN_VIEW)
 ITEM = int(EventType.ITEM_VIEW)
@@ -118,16 +118,16 @@ def build_hand_store(store: Store) -> None:
 
 
 @pytest.fixture
-def hand_db(db_path: Path, store: Store) -> Path:
+def hand_store(store: Store) -> Store:
     build_hand_store(store)
-    return db_path
+    return store
 
 
 NOW = T0 + 40 * DAY
 
 
-def test_counts_durations_events_and_bounce(hand_db: Path) -> None:
-    st = session_stats(hand_db, now_ms=NOW)
+def test_counts_durations_events_and_bounce(hand_store: Store) -> None:
+    st = session_stats(hand_store, now_ms=NOW)
     assert (st.sessions, st.users) == (6, 4)
     assert st.sessions_per_user == 1.5
     # Durations A 60000, B 2000, C 0, D 600000, E 0, F 0 -> [0, 0, 0, 2000, 60000, 600000]:
@@ -147,8 +147,8 @@ def test_counts_durations_events_and_bounce(hand_db: Path) -> None:
     assert st.end_reasons == {"OPEN": 3, "CLOSED": 2, "TIMEOUT": 1}
 
 
-def test_screens_dwell_and_skip_rate(hand_db: Path) -> None:
-    st = session_stats(hand_db, now_ms=NOW)
+def test_screens_dwell_and_skip_rate(hand_store: Store) -> None:
+    st = session_stats(hand_store, now_ms=NOW)
     rows = {s.screen: s for s in st.screens}
     # home: 1000 (skip), 5000, NULL (unknown: neither), 2999 (skip) -> 2 of 3 known.
     home = rows["home"]
@@ -169,23 +169,23 @@ def test_screens_dwell_and_skip_rate(hand_db: Path) -> None:
     )
     assert [s.screen for s in st.screens] == ["home", "promo", "detail", "list", "search"]
     # A higher threshold makes list (3000) a skip, and home's 5000 still is not.
-    st2 = session_stats(hand_db, now_ms=NOW, skip_below_ms=3001)
+    st2 = session_stats(hand_store, now_ms=NOW, skip_below_ms=3001)
     rows2 = {s.screen: s for s in st2.screens}
     assert rows2["list"].skip_rate == 1.0
     assert rows2["home"].skips == 2
     assert st.top_items == (("i1", 2),)
 
 
-def test_entry_exit_screens_ties_by_seq(hand_db: Path) -> None:
-    st = session_stats(hand_db, now_ms=NOW)
+def test_entry_exit_screens_ties_by_seq(hand_store: Store) -> None:
+    st = session_stats(hand_store, now_ms=NOW)
     # Entries: A home, B home, C home (home and promo share a ts: home stored first), F promo.
     assert st.entry_screens == (("home", 3), ("promo", 1))
     # Exits: A detail, B home (same ts as search, later seq), C promo, F promo.
     assert st.exit_screens == (("promo", 2), ("detail", 1), ("home", 1))
 
 
-def test_activity_heatmap_cells(hand_db: Path) -> None:
-    st = session_stats(hand_db, now_ms=NOW)
+def test_activity_heatmap_cells(hand_store: Store) -> None:
+    st = session_stats(hand_store, now_ms=NOW)
     b = T0 + 2 * DAY + 9 * H
     assert (utc(b).weekday(), utc(b).hour) == (2, 9)  # the test's own premise
     assert st.activity[2][9] == 4  # all of B
@@ -195,18 +195,18 @@ def test_activity_heatmap_cells(hand_db: Path) -> None:
     assert len(st.activity) == 7 and all(len(row) == 24 for row in st.activity)
 
 
-def test_activity_before_1970_floors(db_path: Path, store: Store) -> None:
+def test_activity_before_1970_floors(store: Store) -> None:
     # 1969-12-31 23:59:59.999 UTC was a Wednesday.
     store.append_events(
         [ev("x", "X", "u", SCREEN, -1, screen="s")], [session("X", "u", -1)], received_ms=0
     )
-    st = session_stats(db_path, now_ms=0)
+    st = session_stats(store, now_ms=0)
     assert st.activity[2][23] == 1
     assert sum(map(sum, st.activity)) == 1
 
 
-def test_retention_of_hand_store(hand_db: Path) -> None:
-    st = session_stats(hand_db, now_ms=NOW)
+def test_retention_of_hand_store(hand_store: Store) -> None:
+    st = session_stats(hand_store, now_ms=NOW)
     # u1 returns 2 days 23 h after its first session; u2's second session is 1 h later;
     # u3 once; u4 (first on day 20) has no day 30 yet.
     assert st.retention_cohort == 4
@@ -214,50 +214,50 @@ def test_retention_of_hand_store(hand_db: Path) -> None:
     assert got == {1: (4, 1), 7: (4, 0), 30: (3, 0)}
 
 
-def test_filters_platform_version_and_time_range(hand_db: Path) -> None:
-    ios = session_stats(hand_db, platform=IOS, now_ms=NOW)
+def test_filters_platform_version_and_time_range(hand_store: Store) -> None:
+    ios = session_stats(hand_store, platform=IOS, now_ms=NOW)
     assert (ios.sessions, ios.users, ios.bounces) == (3, 2, 1)  # A, B, D; D bounces
     assert ios.end_reasons == {"OPEN": 0, "CLOSED": 2, "TIMEOUT": 1}
-    old = session_stats(hand_db, app_version="3.0", now_ms=NOW)
+    old = session_stats(hand_store, app_version="3.0", now_ms=NOW)
     assert (old.sessions, old.users) == (3, 2)  # C and F of u2, E of u4
     assert {s.screen for s in old.screens} == {"home", "promo"}
     # [T0, T0 + 6 h): C (05:00) and D (01:00); F starts exactly at the end: left out.
-    early = session_stats(hand_db, start_ms=T0, end_ms=T0 + 6 * H, now_ms=NOW)
+    early = session_stats(hand_store, start_ms=T0, end_ms=T0 + 6 * H, now_ms=NOW)
     assert (early.sessions, early.users) == (2, 2)
     assert sum(map(sum, early.activity)) == 4
     assert early.top_items == (("i1", 1),)
     # Starting exactly at F: F, A, B, E; u2's first session (C, 05:00) is outside, so
     # the cohort is u1 and u4 only.
-    late = session_stats(hand_db, start_ms=T0 + 6 * H, now_ms=NOW)
+    late = session_stats(hand_store, start_ms=T0 + 6 * H, now_ms=NOW)
     assert late.sessions == 4
     assert late.retention_cohort == 2
     assert {p.day: (p.eligible, p.returned) for p in late.retention}[1] == (2, 1)
-    none = session_stats(hand_db, platform=4, now_ms=NOW)
+    none = session_stats(hand_store, platform=4, now_ms=NOW)
     assert none.sessions == 0 and none.bounce_rate is None and none.duration_p50_ms is None
 
 
-def test_to_dict_is_strict_json(hand_db: Path) -> None:
+def test_to_dict_is_strict_json(hand_store: Store) -> None:
     for st in (
-        session_stats(hand_db, now_ms=NOW),
-        session_stats(hand_db, platform=4, now_ms=NOW),  # empty: every rate undefined
+        session_stats(hand_store, now_ms=NOW),
+        session_stats(hand_store, platform=4, now_ms=NOW),  # empty: every rate undefined
     ):
         d = st.to_dict()
         again = json.loads(json.dumps(d, allow_nan=False))
         assert again == d
-    empty = session_stats(hand_db, platform=4, now_ms=NOW).to_dict()
+    empty = session_stats(hand_store, platform=4, now_ms=NOW).to_dict()
     assert empty["sessions_per_user"] is None and empty["duration_ms"]["p99"] is None
     assert empty["events_per_session"] == {"mean": None, "p50": None}
     assert [p["rate"] for p in empty["retention"]["days"]] == [None, None, None]
     assert empty["duration_histogram"][-1] == {"from_s": 10000, "to_s": None, "sessions": 0}
-    full = session_stats(hand_db, now_ms=NOW).to_dict()
+    full = session_stats(hand_store, now_ms=NOW).to_dict()
     assert full["screens"][0]["screen"] == "home"
     assert full["screens"][0]["skip_rate"] == pytest.approx(2 / 3)
     assert full["activity_utc"][2][9] == 4
 
 
-def test_screen_flows(hand_db: Path) -> None:
+def test_screen_flows(hand_store: Store) -> None:
     # Paths: A home>list>detail, B home>search>home, C home>promo, F promo.
-    assert screen_flows(hand_db) == [
+    assert screen_flows(hand_store) == [
         ("promo", EXIT, 2),
         ("detail", EXIT, 1),
         ("home", EXIT, 1),
@@ -268,34 +268,43 @@ def test_screen_flows(hand_db: Path) -> None:
         ("search", "home", 1),
     ]
     # First two steps: A and B are cut (no exit), C and F end inside.
-    assert screen_flows(hand_db, max_steps=2) == [
+    assert screen_flows(hand_store, max_steps=2) == [
         ("promo", EXIT, 2),
         ("home", "list", 1),
         ("home", "promo", 1),
         ("home", "search", 1),
     ]
-    assert screen_flows(hand_db, max_steps=1) == [("promo", EXIT, 1)]
-    assert screen_flows(hand_db, top=1) == [("promo", EXIT, 2)]
-    assert screen_flows(hand_db, start_ms=T0, end_ms=T0 + 6 * H) == [
+    assert screen_flows(hand_store, max_steps=1) == [("promo", EXIT, 1)]
+    assert screen_flows(hand_store, top=1) == [("promo", EXIT, 2)]
+    assert screen_flows(hand_store, start_ms=T0, end_ms=T0 + 6 * H) == [
         ("home", "promo", 1),
         ("promo", EXIT, 1),
     ]
-    assert screen_flows(hand_db, platform=ANDROID, max_steps=None) == [
+    assert screen_flows(hand_store, platform=ANDROID, max_steps=None) == [
         ("promo", EXIT, 2),
         ("home", "promo", 1),
     ]
 
 
-def test_reads_url_and_refuses_missing_file(hand_db: Path, tmp_path: Path) -> None:
-    assert session_stats("sqlite:///" + str(hand_db), now_ms=NOW).sessions == 6
+@pytest.mark.sqlite_only  # reading a SQLite file by its path, without a Store
+def test_reads_a_sqlite_file_by_path_or_url(
+    hand_store: Store, db_path: Path, tmp_path: Path
+) -> None:
+    want = session_stats(hand_store, now_ms=NOW).to_dict()
+    assert session_stats(db_path, now_ms=NOW).to_dict() == want
+    assert session_stats("sqlite:///" + str(db_path), now_ms=NOW).to_dict() == want
+    assert screen_flows(db_path) == screen_flows(hand_store)
     with pytest.raises(FileNotFoundError):
         session_stats(tmp_path / "nope.db")
+
+
+def test_refuses_max_steps_below_one(hand_store: Store) -> None:
     with pytest.raises(ValueError):
-        screen_flows(hand_db, max_steps=0)
+        screen_flows(hand_store, max_steps=0)
 
 
 # ------------------------------------------------------------------ retention
-def test_retention_boundaries_and_unfinished_windows(db_path: Path, store: Store) -> None:
+def test_retention_boundaries_and_unfinished_windows(store: Store) -> None:
     now = T0 + 40 * DAY
     starts = {
         "r1": [T0, T0 + DAY],  # back exactly at day 1: d1 yes, d7 no
@@ -311,12 +320,12 @@ def test_retention_boundaries_and_unfinished_windows(db_path: Path, store: Store
     # r7's first session is on Android: a cohort only without the iOS filter.
     store.start_session(session("r7-0", "r7", T0 + 2 * H, ANDROID))
     store.start_session(session("r7-1", "r7", T0 + 10 * DAY))
-    st = session_stats(db_path, start_ms=T0, end_ms=T0 + 40 * DAY, now_ms=now)
+    st = session_stats(store, start_ms=T0, end_ms=T0 + 40 * DAY, now_ms=now)
     assert st.retention_cohort == 6  # r1, r2, r3, r4, r6, r7
     got = {p.day: (p.eligible, p.returned) for p in st.retention}
     assert got == {1: (5, 4), 7: (5, 3), 30: (4, 1)}
     assert [p.rate for p in st.retention] == [0.8, 0.6, 0.25]
-    ios = session_stats(db_path, start_ms=T0, end_ms=T0 + 40 * DAY, platform=IOS, now_ms=now)
+    ios = session_stats(store, start_ms=T0, end_ms=T0 + 40 * DAY, platform=IOS, now_ms=now)
     assert ios.retention_cohort == 5
     assert {p.day: (p.eligible, p.returned) for p in ios.retention} == {
         1: (4, 3),
@@ -324,18 +333,18 @@ def test_retention_boundaries_and_unfinished_windows(db_path: Path, store: Store
         30: (3, 1),
     }
     # Earlier "now": only windows that are over count.
-    early = session_stats(db_path, start_ms=T0, end_ms=T0 + 40 * DAY, now_ms=T0 + DAY)
+    early = session_stats(store, start_ms=T0, end_ms=T0 + 40 * DAY, now_ms=T0 + DAY)
     assert {p.day: p.eligible for p in early.retention} == {1: 2, 7: 0, 30: 0}  # r1, r3
 
 
 # --------------------------------------------------- independent recomputation
 @pytest.fixture(scope="module")
-def random_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def random_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     path = tmp_path_factory.mktemp("analytics") / "random.db"
     rng = random.Random(20240101)
     screens = ["home", "list", "detail", "cart", "search", "promo", "account"]
     types = [SCREEN] * 5 + [ITEM] * 4 + [CART, CLICK, int(EventType.PURCHASE)]
-    store = open_store("sqlite:///" + str(path), synchronous="OFF")
+    store = open_store(store_url(path), synchronous="OFF")
     try:
         n_events = 0
         k = 0
@@ -371,9 +380,9 @@ def random_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 )
             elif fate < 0.7:
                 store.end_session(sid, last, EndReason.TIMEOUT, derive_last_dwell=False)
+        yield store
     finally:
         store.close()
-    yield path
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -386,7 +395,7 @@ def percentile(values: list[int], q: float) -> float:
 
 
 def expected_stats(
-    path: Path,
+    store: Store,
     *,
     start_ms: int | None = None,
     end_ms: int | None = None,
@@ -395,8 +404,7 @@ def expected_stats(
     skip_below_ms: int = 3000,
     now_ms: int,
 ) -> dict[str, Any]:
-    conn = sqlite3.connect(path)
-    try:
+    with store.read_snapshot() as conn:
         sessions = conn.execute(
             "SELECT session_id, user_id, platform, app_version, started_at_ms,"
             " last_event_at_ms, ended_at_ms, end_reason FROM sessions"
@@ -404,8 +412,6 @@ def expected_stats(
         events = conn.execute(
             "SELECT seq, session_id, type, item_id, screen, dwell_ms, ts_ms FROM events"
         ).fetchall()
-    finally:
-        conn.close()
 
     def selected(row: tuple) -> bool:
         _, _, plat, version, started, *_ = row
@@ -537,9 +543,8 @@ def expected_stats(
     }
 
 
-def expected_flows(path: Path, *, max_steps: int | None, **filters: Any) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
+def expected_flows(store: Store, *, max_steps: int | None, **filters: Any) -> list[tuple]:
+    with store.read_snapshot() as conn:
         sessions = conn.execute(
             "SELECT session_id, platform, app_version, started_at_ms FROM sessions"
         ).fetchall()
@@ -547,8 +552,6 @@ def expected_flows(path: Path, *, max_steps: int | None, **filters: Any) -> list
             f"SELECT seq, session_id, screen, ts_ms FROM events WHERE type = {SCREEN}"
             " AND screen IS NOT NULL"
         ).fetchall()
-    finally:
-        conn.close()
     lo, hi = filters.get("start_ms"), filters.get("end_ms")
     plat, version = filters.get("platform"), filters.get("app_version")
     ids = {
@@ -597,11 +600,11 @@ def assert_same(got: Any, want: Any, where: str = "") -> None:
     ],
 )
 def test_every_statistic_matches_an_independent_computation(
-    random_db: Path, filters: dict[str, Any]
+    random_store: Store, filters: dict[str, Any]
 ) -> None:
     now = T0 + 50 * DAY
-    got = session_stats(random_db, now_ms=now, **filters).to_dict()
-    want = expected_stats(random_db, now_ms=now, **filters)
+    got = session_stats(random_store, now_ms=now, **filters).to_dict()
+    want = expected_stats(random_store, now_ms=now, **filters)
     # The random store exercises what it should.
     assert got["sessions"] > 20
     assert want["retention"]["days"][2]["eligible"] < want["retention"]["cohort_users"]
@@ -609,21 +612,18 @@ def test_every_statistic_matches_an_independent_computation(
     assert_same(got, want)
     flow_filters = {k: v for k, v in filters.items() if k != "skip_below_ms"}
     for max_steps in (None, 3):
-        assert screen_flows(random_db, max_steps=max_steps, top=None, **flow_filters) == (
-            expected_flows(random_db, max_steps=max_steps, **flow_filters)
+        assert screen_flows(random_store, max_steps=max_steps, top=None, **flow_filters) == (
+            expected_flows(random_store, max_steps=max_steps, **flow_filters)
         )
 
 
-def test_random_store_has_about_2000_events(random_db: Path) -> None:
-    conn = sqlite3.connect(random_db)
-    try:
+def test_random_store_has_about_2000_events(random_store: Store) -> None:
+    with random_store.read_snapshot() as conn:
         n = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-    finally:
-        conn.close()
     assert 2000 <= n < 2100
 
 
-def test_screen_anomalies_rank_the_screen_that_moved(db_path: Path, store: Store) -> None:
+def test_screen_anomalies_rank_the_screen_that_moved(store: Store) -> None:
     """Week 1: checkout views last 20 s, home 5 s. Week 2: checkout views last
     1 s (all skips), home unchanged; "rare" has too few known dwells to judge."""
     from sessionrec.analytics import screen_anomalies
@@ -660,7 +660,7 @@ def test_screen_anomalies_rank_the_screen_that_moved(db_path: Path, store: Store
                 ],
                 [session(sid, f"u{k}", at)],
             )
-    changes = screen_anomalies(db_path, start_ms=T0 + week, end_ms=T0 + 2 * week, min_views=20)
+    changes = screen_anomalies(store, start_ms=T0 + week, end_ms=T0 + 2 * week, min_views=20)
     assert [c.screen for c in changes] == ["checkout", "home"]
     checkout, home = changes
     assert checkout.skip_rate_change == pytest.approx(1.0)
@@ -668,17 +668,17 @@ def test_screen_anomalies_rank_the_screen_that_moved(db_path: Path, store: Store
     assert checkout.strength == pytest.approx(1.0 + math.log2(20))
     assert home.strength == 0.0 and home.views == home.previous_views == 30
     with pytest.raises(InvalidArgument, match="end_ms"):
-        screen_anomalies(db_path, start_ms=T0, end_ms=T0)
+        screen_anomalies(store, start_ms=T0, end_ms=T0)
 
 
-def test_segments_split_first_sessions_from_later_ones(hand_db: Path) -> None:
-    every = session_stats(hand_db, now_ms=T0 + 400 * DAY)
-    new = session_stats(hand_db, now_ms=T0 + 400 * DAY, segment="NEW_USER")
-    returning = session_stats(hand_db, now_ms=T0 + 400 * DAY, segment="RETURNING_USER")
+def test_segments_split_first_sessions_from_later_ones(hand_store: Store) -> None:
+    every = session_stats(hand_store, now_ms=T0 + 400 * DAY)
+    new = session_stats(hand_store, now_ms=T0 + 400 * DAY, segment="NEW_USER")
+    returning = session_stats(hand_store, now_ms=T0 + 400 * DAY, segment="RETURNING_USER")
     # u1 (A, B), u2 (C, F), u3 (D), u4 (E): four first sessions, two later ones.
     assert (every.sessions, every.users) == (6, 4)
     assert (new.sessions, new.users) == (4, 4)
     assert (returning.sessions, returning.users) == (2, 2)
     assert new.to_dict()["filters"]["segment"] == "NEW_USER"
     with pytest.raises(InvalidArgument, match="segment"):
-        session_stats(hand_db, segment="VIP")
+        session_stats(hand_store, segment="VIP")

@@ -1,4 +1,4 @@
-"""The session analytics page (sessionrec/analytics_report.py) on a real store file:
+"""The session analytics page (sessionrec/analytics_report.py) on a real store:
 its plots, escaping of hostile screen names and item ids, the empty store, the
 ``sessionrec report`` CLI end to end and, where Chromium is installed, the page in a
 headless browser."""
@@ -29,7 +29,8 @@ from sessionrec.analytics_report import (
 )
 from sessionrec.cli import main
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
-from sessionrec.store import open_store
+from sessionrec.store import Store, open_store
+from tests.conftest import store_url
 
 #: Session length, activity, skip rate, screen flows, retention.
 PLOTS = 5
@@ -110,14 +111,20 @@ def decode_png(src: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("analytics") / "store.db"
-    build_store("sqlite:///" + str(path))
+    build_store(store_url(path))
     return path
 
 
 @pytest.fixture(scope="module")
-def report(db: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+def db_store(db: Path) -> Iterator[Store]:
+    with open_store(store_url(db)) as store:
+        yield store
+
+
+@pytest.fixture(scope="module")
+def report(db: Path, db_store: Store) -> Iterator[tuple[Path, dict[str, Any]]]:
     out = db.parent / "report.html"
-    stats = write_report(out, db)
+    stats = write_report(out, db_store)
     yield out, stats
 
 
@@ -140,9 +147,9 @@ def test_one_self_contained_page_with_one_png_per_plot(
     assert page.tables == ["screens", "entry", "exit", "flows", "items", "retention", "end-reasons"]
 
 
-def test_the_page_has_the_numbers(db: Path, report: tuple[Path, dict[str, Any]]) -> None:
+def test_the_page_has_the_numbers(db_store: Store, report: tuple[Path, dict[str, Any]]) -> None:
     path, stats = report
-    want = session_stats(db).to_dict()
+    want = session_stats(db_store).to_dict()
     assert {k: v for k, v in stats.items() if k != "now_ms"} == {
         k: v for k, v in want.items() if k != "now_ms"
     }
@@ -166,7 +173,7 @@ def test_the_page_has_the_numbers(db: Path, report: tuple[Path, dict[str, Any]])
         assert str(point["eligible"]) in cells
     for reason in ("OPEN", "CLOSED", "TIMEOUT"):
         assert reason in cells
-    flows = screen_flows(db, max_steps=5, top=20)
+    flows = screen_flows(db_store, max_steps=5, top=20)
     assert flows and cells.count("(exit)") == sum(1 for _, b, _ in flows if b == "(exit)")
     assert "all sessions" in text
 
@@ -185,9 +192,8 @@ def test_hostile_names_are_escaped(report: tuple[Path, dict[str, Any]]) -> None:
 
 
 def test_the_empty_store_still_renders(tmp_path: Path) -> None:
-    url = "sqlite:///" + str(tmp_path / "empty.db")
-    open_store(url).close()
-    stats = write_report(tmp_path / "empty.html", url)
+    with open_store(store_url(tmp_path / "empty.db")) as store:
+        stats = write_report(tmp_path / "empty.html", store)
     assert stats["sessions"] == 0 and stats["bounce_rate"] is None
     text = (tmp_path / "empty.html").read_text(encoding="utf-8")
     page = parse(text)
@@ -201,11 +207,16 @@ def test_the_empty_store_still_renders(tmp_path: Path) -> None:
     assert again.count('class="nodata"') == PLOTS + 1
 
 
-def test_refuses_an_empty_period_and_an_unknown_platform(db: Path, tmp_path: Path) -> None:
+def test_refuses_an_empty_period_and_an_unknown_platform(db_store: Store, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
-        write_report(tmp_path / "x.html", db, start_ms=T0 + DAY, end_ms=T0)
+        write_report(tmp_path / "x.html", db_store, start_ms=T0 + DAY, end_ms=T0)
     with pytest.raises(ValueError, match="platform"):
-        write_report(tmp_path / "x.html", db, platform=9)
+        write_report(tmp_path / "x.html", db_store, platform=9)
+    assert not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.sqlite_only  # a SQLite store file read by its path
+def test_refuses_a_missing_sqlite_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_report(tmp_path / "x.html", tmp_path / "missing.db")
     assert not (tmp_path / "x.html").exists()
@@ -229,13 +240,13 @@ def test_parse_iso_ms_and_describe_period() -> None:
 
 # ------------------------------------------------------------------ the CLI
 def test_cli_writes_the_page_and_prints_the_stats(
-    db: Path, tmp_path: Path, cli: Callable[..., Any]
+    db: Path, db_store: Store, tmp_path: Path, cli: Callable[..., Any]
 ) -> None:
     out = tmp_path / "cli.html"
     done = cli(
         "report",
         "--db",
-        "sqlite:///" + str(db),
+        store_url(db),
         "--out",
         str(out),
         "--from",
@@ -247,7 +258,7 @@ def test_cli_writes_the_page_and_prints_the_stats(
     )
     assert done.returncode == 0, done.stderr
     stats = done.json()
-    want = session_stats(db, start_ms=T0, end_ms=parse_iso_ms("2024-03-01"), platform=1)
+    want = session_stats(db_store, start_ms=T0, end_ms=parse_iso_ms("2024-03-01"), platform=1)
     assert 0 < stats["sessions"] == want.sessions < 30
     assert stats["filters"] == {
         "start_ms": T0,
@@ -267,13 +278,13 @@ def test_cli_errors_exit_2(
     db: Path, tmp_path: Path, cli: Callable[..., Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bad.html"
-    url = "sqlite:///" + str(db)
+    url = store_url(db)
     done = cli("report", "--db", url, "--out", str(out), "--from", "last tuesday")
     assert done.returncode == 2
     assert "sessionrec report: error: --from:" in done.stderr and "ISO" in done.stderr
     assert done.stdout == ""
     # the other refusals in process (the same main() the console script runs)
-    missing = tmp_path / "nope.db"
+    missing = tmp_path / "nope.db"  # a SQLite URL whatever the store: its file is checked
     cases = [
         (["--db", "sqlite:///" + str(missing)], "--db: no store file"),
         (["--db", url, "--from", "2024-02-01", "--to", "2024-01-01"], "--from: must be before"),

@@ -1,5 +1,5 @@
 """Artifacts with an approximate item index (training/pipeline.py item_index,
-training/artifact.py): trained through the real pipeline on a real SQLite store,
+training/artifact.py): trained through the real pipeline on a real store,
 saved in the .npz, loaded, and served; results agree with exact search and
 honour every exclusion. The catalog is small (2,000 items), so the threshold
 ``ann_min_items`` is lowered to make the faiss path run."""
@@ -16,6 +16,7 @@ import pytest
 from sessionrec.errors import ArtifactError
 from sessionrec.events import EventRecord, EventType, ItemEvent, SessionRecord
 from sessionrec.store import Store
+from tests.conftest import store_url
 from training.ann import ExactIndex, FaissIndex
 from training.artifact import VERSIONS_DIR, load_artifact
 from training.pipeline import ANN_TUNE_RECALL, train
@@ -52,7 +53,7 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             )
             t += 1000
         history[user] = [f"i{i}" for i in picks.tolist()]
-    with open_store(f"sqlite:///{root / 'ann.db'}") as store:
+    with open_store(store_url(root / "ann.db")) as store:
         store.append_events(events, sessions)
     return root, history
 
@@ -60,7 +61,7 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 def train_on(root: Path, name: str, **kw: object) -> str:
     from sessionrec.store import open_store
 
-    with open_store(f"sqlite:///{root / 'ann.db'}") as store:
+    with open_store(store_url(root / "ann.db")) as store:
         artifact = train(store, str(root / name), "als", PARAMS, ann_min_items=1000, **kw)
     return artifact.version
 
@@ -196,7 +197,7 @@ def test_the_cli_trains_with_an_index_from_the_threshold_given(events_db, capsys
     from sessionrec.cli import main
 
     root, _ = events_db
-    args = ["train", "--db", f"sqlite:///{root / 'ann.db'}", "--no-session-model", "--quiet"]
+    args = ["train", "--db", store_url(root / "ann.db"), "--no-session-model", "--quiet"]
     args += ["--factors", "16", "--iterations", "5"]
     assert main([*args, "--models", str(root / "cli-low"), "--ann-min-items", "1000"]) == 0
     low = json.loads(capsys.readouterr().out)

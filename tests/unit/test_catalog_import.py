@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sessionrec.store import Store, open_store
+from tests.conftest import store_url
 from training.catalog_import import detect_format, import_catalog
 from training.importer import ImportFormatError
 
@@ -100,7 +101,7 @@ def test_format_detection_and_a_csv_without_item_id(store: Store, tmp_path: Path
 
 def test_the_cli_reports_bad_rows_on_stderr_and_json_on_stdout(tmp_path: Path, cli) -> None:
     path = write(tmp_path, "items.csv", CSV)
-    url = "sqlite:///" + str(tmp_path / "cat.db")
+    url = store_url(tmp_path / "cat.db")
     result = cli("catalog", "import", "--db", url, str(path), "--quiet")
     assert result.returncode == 0, result.stderr
     out = result.json()

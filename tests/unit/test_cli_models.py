@@ -1,4 +1,4 @@
-"""The tune and models commands end to end on a real SQLite store."""
+"""The tune and models commands end to end on a real store."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from sessionrec.cli import main
 from sessionrec.events import EventType
 from sessionrec.store import Store
+from tests.conftest import store_url
 from training.artifact import current_version, list_versions
 
 pytestmark = pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
@@ -25,7 +26,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_train_evaluate_promote_refusal_and_rollback(
     three_groups: Store, db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db, models = f"sqlite:///{db_path}", str(tmp_path / "models")
+    db, models = store_url(db_path), str(tmp_path / "models")
     code, out, _ = run(
         capsys,
         "train",
@@ -83,7 +84,7 @@ def test_tune_saves_and_promotes_the_winner(
         "tune",
         "--quiet",
         "--db",
-        f"sqlite:///{db_path}",
+        store_url(db_path),
         "--models",
         models,
         "--trials",
@@ -110,7 +111,7 @@ def test_weight_flags_are_checked(
         "train",
         "--quiet",
         "--db",
-        f"sqlite:///{db_path}",
+        store_url(db_path),
         "--models",
         str(tmp_path / "m"),
         "--weight",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from sessionrec.cli import main
 from sessionrec.events import EndReason, EventType
 from sessionrec.store import Store
+from tests.conftest import raw_connection, store_exists, store_url
 from training.datasets import MOVIELENS_100K, SHARED_DATASETS, movielens_to_csv
 from training.formats import (
     FORMATS,
@@ -38,11 +38,8 @@ def write(tmp_path: Path, name: str, lines: list[str]) -> Path:
 
 
 def query(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    with raw_connection(db_path) as conn:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
 
 
 def day_ms(date: str) -> int:
@@ -452,7 +449,7 @@ def test_cli_movielens_format_with_min_rating(
     path = write(tmp_path, "ratings.tsv", [f"1\t{i}\t{i}\t{T0 + i}" for i in range(1, 6)])
     db = tmp_path / "cli.db"
     code, report, _ = run_import(
-        capsys, "--db", f"sqlite:///{db}", str(path), "--format", "movielens", "--min-rating", "4"
+        capsys, "--db", store_url(db), str(path), "--format", "movielens", "--min-rating", "4"
     )
     assert code == 0
     assert (report["rows"], report["imported"], report["skipped"]) == (5, 2, 3)
@@ -463,7 +460,7 @@ def test_cli_detects_diginetica_and_reports_bad_rows(
 ) -> None:
     path = write(tmp_path, "views.csv", [DIGI_HEADER, "1;NA;10;100;2016-05-09", "1;NA;11;x;2016"])
     db = tmp_path / "cli.db"
-    code, report, err = run_import(capsys, "--db", f"sqlite:///{db}", str(path))
+    code, report, err = run_import(capsys, "--db", store_url(db), str(path))
     assert code == 0
     assert (report["imported"], report["bad_rows"]) == (1, 1)
     assert f"{path}:3: timeframe" in err
@@ -479,7 +476,7 @@ def test_cli_map_implies_the_mapped_format(
     code, report, _ = run_import(
         capsys,
         "--db",
-        f"sqlite:///{db}",
+        store_url(db),
         str(path),
         *args,
         "--event-type",
@@ -495,13 +492,11 @@ def test_cli_option_errors_exit_2_before_creating_the_store(
 ) -> None:
     path = write(tmp_path, "views.csv", [DIGI_HEADER, "1;NA;10;100;2016-05-09"])
     db = tmp_path / "cli.db"
-    code, report, err = run_import(
-        capsys, "--db", f"sqlite:///{db}", str(path), "--min-rating", "4"
-    )
+    code, report, err = run_import(capsys, "--db", store_url(db), str(path), "--min-rating", "4")
     assert (code, report) == (2, None)
     assert "min_rating" in err and "error" in err
-    assert not db.exists()
-    code, _, err = run_import(capsys, "--db", f"sqlite:///{db}", str(path), "--map", "user_id")
+    assert not store_exists(db)
+    code, _, err = run_import(capsys, "--db", store_url(db), str(path), "--map", "user_id")
     assert code == 2 and "FIELD=COLUMN" in err
 
 
@@ -509,7 +504,7 @@ def test_cli_a_bad_header_is_an_error_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(tmp_path, "x.csv", ["a,b,c", "1,2,3"])
-    code, _, err = run_import(capsys, "--db", f"sqlite:///{tmp_path / 'x.db'}", str(path))
+    code, _, err = run_import(capsys, "--db", store_url(tmp_path / "x.db"), str(path))
     assert code == 2 and "missing required column" in err
 
 
@@ -545,7 +540,7 @@ def test_the_real_movielens_u_data_through_the_cli(
         pytest.skip(f"MovieLens 100K not found at {MOVIELENS_100K} (../shared/datasets)")
     db = tmp_path / "ml.db"
     code, report, _ = run_import(
-        capsys, "--db", f"sqlite:///{db}", str(MOVIELENS_100K), "--format", "movielens"
+        capsys, "--db", store_url(db), str(MOVIELENS_100K), "--format", "movielens"
     )
     assert code == 0
     assert (report["rows"], report["imported"], report["bad_rows"]) == (100_000, 100_000, 0)

@@ -3,13 +3,13 @@ timestamps, sessionization, idempotent re-imports."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from sessionrec.events import EndReason, EventType
 from sessionrec.store import Store
+from tests.conftest import raw_connection
 from training.importer import BadRow, ImportFormatError, import_csv, parse_timestamp_ms
 
 HEADER = "user_id,item_id,event_type,timestamp,session_id,dwell_ms"
@@ -23,13 +23,10 @@ def write_csv(tmp_path: Path, lines: list[str], name: str = "events.csv") -> Pat
 
 
 def session_ids(db_path: Path, user: str) -> list[str]:
-    conn = sqlite3.connect(db_path)
-    try:
+    with raw_connection(db_path) as conn:
         rows = conn.execute(
             "SELECT session_id FROM sessions WHERE user_id = ? ORDER BY started_at_ms", (user,)
         ).fetchall()
-    finally:
-        conn.close()
     return [r[0] for r in rows]
 
 

@@ -1,5 +1,5 @@
 """Offer definitions (sessionrec/offers.py) and the store's offer log limits
-(caps, budget, single use, idempotency) on a real SQLite file."""
+(caps, budget, single use, idempotency) on a real store."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sessionrec.offers import (
     offer_from_dict,
 )
 from sessionrec.store import OfferLogEntry, Store, open_store
+from tests.conftest import store_url
 
 
 def offer(**fields: Any) -> dict[str, Any]:
@@ -126,10 +127,10 @@ def test_caps_budget_and_single_use_hold(store: Store) -> None:
 def test_concurrent_writers_never_exceed_a_budget(db_path) -> None:
     """16 threads, each with its own store connection, redeem at once: exactly
     the budget gets through."""
-    with open_store("sqlite:///" + str(db_path)) as store:
+    with open_store(store_url(db_path)) as store:
         o = offer_from_dict(offer(budget=5))
         store.upsert_offers([o])
-    stores = [open_store("sqlite:///" + str(db_path)) for _ in range(16)]
+    stores = [open_store(store_url(db_path)) for _ in range(16)]
     results: list[str | None] = []
     lock = threading.Lock()
     barrier = threading.Barrier(16)
@@ -152,7 +153,7 @@ def test_concurrent_writers_never_exceed_a_budget(db_path) -> None:
         s.close()
     assert len(results) == 64
     assert sum(r is None for r in results) == 5
-    with open_store("sqlite:///" + str(db_path)) as store:
+    with open_store(store_url(db_path)) as store:
         assert store.offer_counts(["o1"], "x", None)["o1"].redemptions == 5
 
 

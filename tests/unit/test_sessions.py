@@ -1,12 +1,13 @@
-"""SessionManager (service/sessions.py) over a real SQLite store: sessions, validation
+"""SessionManager (service/sessions.py) over a real store: sessions, validation
 of tracked events, server-side sessionization and the inactivity timeout."""
 
 from __future__ import annotations
 
+import json
 import math
-import sqlite3
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -271,7 +272,7 @@ def test_track_without_timestamp_uses_the_receive_time(
     assert before <= event.ts_ms <= after
 
 
-def test_track_stores_optional_fields(manager: SessionManager, db_path) -> None:
+def test_track_stores_optional_fields(manager: SessionManager, raw_db: Any) -> None:
     manager.track(
         [
             IncomingEvent(
@@ -285,15 +286,28 @@ def test_track_stores_optional_fields(manager: SessionManager, db_path) -> None:
             )
         ]
     )
-    conn = sqlite3.connect(db_path)
-    try:
-        row = conn.execute(
-            "SELECT type, screen, item_id, value, dwell_ms, properties FROM events "
-            "WHERE event_id = 'e-screen'"
-        ).fetchone()
-    finally:
-        conn.close()
-    assert row == (SCREEN, "home", None, 2.5, 800, '{"ab": "b"}')
+    row = raw_db.execute(
+        "SELECT type, screen, item_id, value, dwell_ms, properties FROM events "
+        "WHERE event_id = 'e-screen'"
+    ).fetchone()
+    assert tuple(row) == (SCREEN, "home", None, 2.5, 800, '{"ab": "b"}')
+
+
+def test_events_refused_for_a_nul_in_an_id_are_quarantined_with_it_escaped(
+    manager: SessionManager, store: Store
+) -> None:
+    """An id with control characters is refused; its quarantine row keeps the
+    id escaped (PostgreSQL text cannot hold NUL) and the event as sent."""
+    bad = IncomingEvent(user_id="u\x00", type=VIEW, item_id="i1", event_id="e\x00")
+    result = manager.track([view("i1", user_id="u1", event_id="ok"), bad])
+    assert (result.accepted, result.quarantined) == (1, 1)
+    with pytest.raises(InvalidArgument, match="control characters"):
+        manager.track([IncomingEvent(user_id="u1", type=VIEW, item_id="i1", event_id="f\x00")])
+    rows = {q.event_id: q for q in store.quarantined()}
+    assert set(rows) == {"e\\x00", "f\\x00"}
+    assert rows["e\\x00"].user_id == "u\\x00"
+    assert "contains control characters" in rows["e\\x00"].reason
+    assert json.loads(rows["f\\x00"].event)["event_id"] == "f\x00"
 
 
 # ---------------------------------------------------------- sessionization
