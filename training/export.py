@@ -19,8 +19,8 @@ has no partition directory, only ``_SUCCESS``; its columns are in the manifest
 Everything is read through :meth:`Store.read_snapshot`, in one snapshot, so the
 tables agree; rows arrive in batches (``fetchmany``) ordered by time, and each
 day's file is written by one ``ParquetWriter`` that is closed as soon as the
-next day starts: memory stays bounded by the batch size (as far as the store's
-cursor streams: SQLite's does).
+next day starts: memory stays bounded by the batch size (SQLite's cursor
+streams; PostgreSQL's snapshot reads through server-side cursors).
 
 Safety: the export is written into a hidden staging directory beside
 ``out_dir`` (``.NAME.tmp-XXXX``; Spark and pyarrow ignore names starting with a
