@@ -75,6 +75,7 @@ import numpy as np
 from bench.ceiling import free_port
 from bench.serving import (
     RECOMMEND,
+    Laps,
     LoadClients,
     ServingSpec,
     Target,
@@ -582,13 +583,7 @@ def bench_replicas(tmp: Path, spec: ReplicasSpec) -> dict[str, Any]:
     phase_seconds: dict[str, float] = {}
     section["phase_seconds"] = phase_seconds
     section["load_average_start"] = load_average()
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phase_seconds[name] = round(now - clock, 2)
-        clock = now
+    lap = Laps(phase_seconds)
 
     tmp.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

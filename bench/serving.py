@@ -1099,6 +1099,20 @@ def _real_server(overrides: dict[str, Any], processes: int | None) -> Iterator[t
 
 
 # ------------------------------------------------------------------- main
+class Laps:
+    """``lap(name)`` records the seconds since the previous lap (or since the
+    start) under ``name`` in ``seconds``: a section's phases, back to back."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._clock, 2)
+        self._clock = now
+
+
 def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) -> dict[str, Any]:
     from bench.run import BenchError, ScaleSpec, _scale_generate, say
     from sessionrec.config import Config
@@ -1111,13 +1125,7 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
     section: dict[str, Any] = {"spec": dataclasses.asdict(spec)}
     phase_seconds: dict[str, float] = {}
     section["phase_seconds"] = phase_seconds
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phase_seconds[name] = round(now - clock, 2)
-        clock = now
+    lap = Laps(phase_seconds)
 
     # ---- data and model
     if reuse_db is not None and reuse_db.is_file():
