@@ -40,6 +40,7 @@ from sessionrec.analytics_days import CacheWriter
 from sessionrec.html_page import escape as _e
 from sessionrec.html_page import page_start
 from sessionrec.html_page import png as _png
+from sessionrec.isotime import EPOCH, parse_iso_ms
 
 __all__ = [
     "DEFAULT_TITLE",
@@ -71,29 +72,13 @@ BLUE = "#0969da"
 GREY = "#8c959f"
 GREEN = "#1a7f37"
 ORANGE = "#bf8700"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- entry points ------------------------------------------------------------------------------
 
 
-def parse_iso_ms(text: str) -> int:
-    """Milliseconds since the epoch of an ISO 8601 date or date-time
-    (``2024-01-31``, ``2024-01-31T12:00``, ``2024-01-31T12:00:00+02:00``,
-    ``...Z``); without a zone it is UTC. Raises ``ValueError``."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"expected an ISO date or date-time like 2024-01-31 or 2024-01-31T12:00Z, got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // timedelta(milliseconds=1)
-
-
 def _iso(ms: int) -> str:
-    when = _EPOCH + timedelta(milliseconds=int(ms))
+    when = EPOCH + timedelta(milliseconds=int(ms))
     if when.hour == when.minute == when.second == when.microsecond == 0:
         return when.strftime("%Y-%m-%d")
     return when.strftime("%Y-%m-%d %H:%M:%S").removesuffix(":00")

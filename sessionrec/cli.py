@@ -820,7 +820,7 @@ def _period(args: argparse.Namespace, parse: Callable[[str], int]) -> tuple[int 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``report``: the session analytics page of a store (:mod:`sessionrec.analytics_report`)."""
-    from sessionrec.analytics_report import parse_iso_ms
+    from sessionrec.isotime import parse_iso_ms
     from sessionrec.store import open_store, sqlite_path_from_url
 
     start, end = _period(args, parse_iso_ms)
@@ -952,10 +952,11 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """``export``: events, sessions and the catalog as Parquet partitioned by day
     (:mod:`training.export`)."""
+    from sessionrec.isotime import parse_iso_ms
     from sessionrec.store import open_store, sqlite_path_from_url
-    from training.export import ExportError, check_target, export_parquet, parse_time_ms
+    from training.export import ExportError, check_target, export_parquet
 
-    start, end = _period(args, parse_time_ms)
+    start, end = _period(args, parse_iso_ms)
     try:  # refused before anything is read
         check_target(args.out, overwrite=args.overwrite)
     except ExportError as exc:

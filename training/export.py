@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 from sessionrec.errors import SessionrecError
 from sessionrec.events import EventType
+from sessionrec.isotime import EPOCH
 from sessionrec.store import Store
 from sessionrec.store.base import SQLReader
 
@@ -147,25 +148,10 @@ class ExportError(SessionrecError):
 
 
 # ------------------------------------------------------------ time bounds
-def parse_time_ms(text: str) -> int:
-    """Milliseconds since the epoch of an ISO date (``2024-01-31``: its UTC
-    midnight) or date-time (``2024-01-31T12:00``, ``...Z``, ``...+02:00``; UTC
-    unless a zone is given). Raises ``ValueError``."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"expected a date or ISO date-time like 2024-01-31 or 2024-01-31T12:00Z, got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-
-
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    when = EPOCH + timedelta(milliseconds=ms)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sessionrec.events import EndReason, EventRecord, EventType, SessionRecord
+from sessionrec.isotime import parse_iso_ms
 from sessionrec.items import check_item
 from sessionrec.store import Store
 from training import export as export_mod
@@ -28,7 +29,6 @@ from training.export import (
     SUCCESS,
     ExportError,
     export_parquet,
-    parse_time_ms,
 )
 
 DAY = 86_400_000
@@ -307,21 +307,21 @@ def test_from_inclusive_to_exclusive(filled: Store, tmp_path: Path) -> None:
 def test_day_range_selects_whole_days(filled: Store, tmp_path: Path) -> None:
     out = tmp_path / "lake"
     export_parquet(
-        filled, out, start_ms=parse_time_ms("2024-03-11"), end_ms=parse_time_ms("2024-03-12")
+        filled, out, start_ms=parse_iso_ms("2024-03-11"), end_ms=parse_iso_ms("2024-03-12")
     )
     assert sorted(read(out, "events").column("event_id").to_pylist()) == ["e6"]
     assert [p.name for p in (out / "sessions").iterdir()] == [SUCCESS]  # s2 started on the 10th
 
 
-def test_parse_time_ms() -> None:
-    assert parse_time_ms("2024-03-10") == T0
-    assert parse_time_ms("2024-03-10T00:00:01") == T0 + 1000
-    assert parse_time_ms("2024-03-10T02:00:00+02:00") == T0
-    assert parse_time_ms("2024-03-10T00:00:00.5Z") == T0 + 500
+def test_parse_iso_ms() -> None:
+    assert parse_iso_ms("2024-03-10") == T0
+    assert parse_iso_ms("2024-03-10T00:00:01") == T0 + 1000
+    assert parse_iso_ms("2024-03-10T02:00:00+02:00") == T0
+    assert parse_iso_ms("2024-03-10T00:00:00.5Z") == T0 + 500
     with pytest.raises(ValueError, match="2024-13-01"):
-        parse_time_ms("2024-13-01")
+        parse_iso_ms("2024-13-01")
     with pytest.raises(ValueError, match="yesterday"):
-        parse_time_ms("yesterday")
+        parse_iso_ms("yesterday")
 
 
 # ------------------------------------------------------------------- empty
@@ -451,8 +451,8 @@ def test_cli_end_to_end(filled: Store, tmp_path: Path, cli: Callable[..., Any]) 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--from", "last tuesday"], "--from: expected a date"),
-        (["--to", "2024-02-30"], "--to: expected a date"),
+        (["--from", "last tuesday"], "--from: expected an ISO date"),
+        (["--to", "2024-02-30"], "--to: expected an ISO date"),
         (["--from", "2024-03-02", "--to", "2024-03-01"], "--from: must be before --to"),
     ],
 )
