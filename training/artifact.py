@@ -37,7 +37,12 @@ from sessionrec.events import EventType, ItemEvent
 from training.ann import ExactIndex, ItemIndex
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
-from training.session_models import SessionRecommender, csr_positions, normalized
+from training.session_models import (
+    SessionRecommender,
+    SparseScores,
+    csr_positions,
+    normalized,
+)
 from training.weighting import ConfidenceScaling, EventWeights
 
 FORMAT = "sessionrec-model"
@@ -100,7 +105,7 @@ class ModelArtifact:
 
     def _tie_broken(self, scores: np.ndarray) -> np.ndarray:
         """``break_ties_by_popularity`` with this artifact's popularity term, kept."""
-        return np.asarray(scores, dtype=np.float64) + self._tie_breaks
+        return np.add(scores, self._tie_breaks, dtype=np.float64)
 
     # ------------------------------------------------------------- serving
     def recommend(
@@ -142,7 +147,7 @@ class ModelArtifact:
             else:
                 model_scores = self.model.score(row)[0] if personal else None
                 blended = self._tie_broken(self.session.combine(parts, model_scores))
-                idx, scores = top_k(blended, n, excluded)
+                idx, scores = top_k(blended, n, excluded, copy=False)
             reasons = self._explain_session(live, ts, numbers, types, idx, row)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
@@ -152,14 +157,14 @@ class ModelArtifact:
             assert self.index is not None
             idx, scores = self.index.search(vectors[0], n, excluded)
         else:
-            idx, scores = top_k(self._tie_broken(self.model.score(row)[0]), n, excluded)
+            idx, scores = top_k(self._tie_broken(self.model.score(row)[0]), n, excluded, copy=False)
         reasons = self._explain(row, numbers, types, idx)
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
         )
 
     def _blend_candidates(
-        self, parts: dict[str, np.ndarray], vector: np.ndarray, n: int, excluded: np.ndarray
+        self, parts: dict[str, SparseScores], vector: np.ndarray, n: int, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The live-session blend of a big catalog (an approximate index), over
         candidates only: the items the session models score and the index's
@@ -168,12 +173,12 @@ class ModelArtifact:
         model's scores, which only the candidates get, by their range there."""
         assert self.session is not None and self.index is not None
         best, _ = self.index.search(vector, max(2 * n, BLEND_CANDIDATES), excluded)
-        candidates = np.unique(np.concatenate([best, *(np.flatnonzero(p) for p in parts.values())]))
+        candidates = np.unique(np.concatenate([best, *(p.nonzero() for p in parts.values())]))
         blend = self.session.blend
         total = np.zeros(len(candidates), dtype=np.float64)
-        for name, scores in parts.items():
+        for name, part in parts.items():
             if blend.get(name, 0.0):
-                total += blend[name] * normalized(scores)[candidates]
+                total += blend[name] * normalized(part.dense())[candidates]
         if blend.get("model", 0.0):
             total += blend["model"] * normalized(self.index.item_factors[candidates] @ vector)
         total += self._tie_breaks[candidates]

@@ -71,12 +71,15 @@ class Recommender(abc.ABC):
 
 
 def top_k(
-    scores: np.ndarray, k: int, exclude: np.ndarray | None = None
+    scores: np.ndarray, k: int, exclude: np.ndarray | None = None, *, copy: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices and scores of the ``k`` best finite scores (``exclude``: indices to skip).
-    float64 scores stay float64 (popularity tie-breaks live below float32 precision)."""
+    float64 scores stay float64 (popularity tie-breaks live below float32 precision).
+    ``copy=False``: ``scores`` (float32 or float64) is the caller's scratch array
+    and may be overwritten."""
     dtype = np.float64 if np.asarray(scores).dtype == np.float64 else np.float32
-    scores = np.array(scores, dtype=dtype, copy=True)
+    if copy or not isinstance(scores, np.ndarray) or scores.dtype != dtype:
+        scores = np.array(scores, dtype=dtype, copy=True)
     if exclude is not None and len(exclude):
         scores[exclude] = -np.inf
     finite = np.isfinite(scores)

@@ -161,7 +161,14 @@ class SessionKNN:
     def score(self, session: Sequence[int] | np.ndarray, now_ms: int | None = None) -> np.ndarray:
         """Scores of every item for a live session (item numbers in click order;
         negative numbers, unknown items, are ignored)."""
-        out = np.zeros(self.n_items, dtype=np.float32)
+        return self.score_sparse(session, now_ms).dense()
+
+    def score_sparse(
+        self, session: Sequence[int] | np.ndarray, now_ms: int | None = None
+    ) -> SparseScores:
+        """``score`` as the items the neighbours reach (every other item scores 0):
+        serving blends these few instead of a catalog-sized array."""
+        out = SparseScores.empty(self.n_items)
         cur = np.asarray(session, dtype=np.int64)
         cur = cur[(cur >= 0) & (cur < self.n_items)][-int(self.params["max_session_length"]) :]
         if len(cur) == 0:
@@ -217,9 +224,10 @@ class SessionKNN:
             anchor_pos = np.zeros(len(top), dtype=np.float32)
             anchor_pos[nb_rows[is_anchor]] = nb_pos[is_anchor]
             contribution = contribution * np.exp(-np.abs(nb_pos - anchor_pos[nb_rows]) / lam3)
-        return np.bincount(nb_items, weights=contribution, minlength=self.n_items).astype(
-            np.float32
-        )
+        # Summed per item in input order, as a catalog-wide bincount would.
+        items, where = np.unique(nb_items, return_inverse=True)
+        sums = np.bincount(where, weights=contribution, minlength=len(items))
+        return SparseScores(items.astype(np.int64), sums.astype(np.float32), self.n_items)
 
     def _rows(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Items, positions and row numbers (0..len(sessions)-1) of some sessions."""
@@ -356,14 +364,21 @@ class SequentialRules:
 
     def score(self, session: Sequence[int] | np.ndarray) -> np.ndarray:
         """Scores of every item: the rules of the live session's last known item."""
-        out = np.zeros(self.n_items, dtype=np.float32)
+        return self.score_sparse(session).dense()
+
+    def score_sparse(self, session: Sequence[int] | np.ndarray) -> SparseScores:
+        """``score`` as the items the rules lead to (every other item scores 0)."""
         cur = np.asarray(session, dtype=np.int64)
         cur = cur[(cur >= 0) & (cur < self.n_items)]
-        if len(cur):
-            last = int(cur[-1])
-            start, end = self.rules.indptr[last], self.rules.indptr[last + 1]
-            out[self.rules.indices[start:end]] = self.rules.data[start:end]
-        return out
+        if not len(cur):
+            return SparseScores.empty(self.n_items)
+        last = int(cur[-1])
+        start, end = self.rules.indptr[last], self.rules.indptr[last + 1]
+        return SparseScores(
+            self.rules.indices[start:end].astype(np.int64),
+            self.rules.data[start:end].astype(np.float32),
+            self.n_items,
+        )
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {
@@ -462,6 +477,48 @@ def normalized(scores: np.ndarray) -> np.ndarray:
     return np.where(finite, (scores - lo) / (hi - lo), 0.0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class SparseScores:
+    """Scores of some items of a catalog of ``n_items``; every other item scores 0.
+    ``items`` are distinct item numbers (int64), ``scores`` float32."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    n_items: int
+
+    @classmethod
+    def empty(cls, n_items: int) -> SparseScores:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), n_items)
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros(self.n_items, dtype=np.float32)
+        out[self.items] = self.scores
+        return out
+
+    def nonzero(self) -> np.ndarray:
+        """The items scoring other than 0."""
+        return self.items[self.scores != 0]
+
+    def normalized(self) -> SparseScores | None:
+        """``normalized(self.dense())`` at ``items`` (the same values, computed the
+        same way), or None when the items left out would not scale to 0: a
+        negative score, every item scored, or a score that is not finite."""
+        if not len(self.scores):
+            return self
+        lo, hi = float(self.scores.min()), float(self.scores.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        if len(self.items) < self.n_items:  # the catalog-wide range includes the 0s
+            if lo < 0:
+                return None
+            lo = 0.0
+        if hi <= lo:
+            return SparseScores.empty(self.n_items)
+        out = np.subtract(self.scores, lo, dtype=np.float64)
+        out /= hi - lo
+        return SparseScores(self.items, out.astype(np.float32), self.n_items)
+
+
 @dataclass
 class SessionRecommender:
     """The session models of an artifact plus the weights blending them with the
@@ -487,20 +544,35 @@ class SessionRecommender:
             check_blend(blend or DEFAULT_BLEND),
         )
 
-    def parts(self, session: np.ndarray, now_ms: int | None = None) -> dict[str, np.ndarray]:
-        return {"knn": self.knn.score(session, now_ms), "rules": self.rules.score(session)}
+    def parts(self, session: np.ndarray, now_ms: int | None = None) -> dict[str, SparseScores]:
+        return {
+            "knn": self.knn.score_sparse(session, now_ms),
+            "rules": self.rules.score_sparse(session),
+        }
 
-    def combine(self, parts: dict[str, np.ndarray], model_scores: np.ndarray | None) -> np.ndarray:
+    def combine(
+        self, parts: dict[str, SparseScores], model_scores: np.ndarray | None
+    ) -> np.ndarray:
+        """``blend[part] * normalized(part)`` summed over the parts and the model's
+        scores (float32). The session parts are added at their few items only:
+        the sum is the same, bit for bit, as over catalog-sized arrays."""
         total = np.zeros(self.knn.n_items, dtype=np.float32)
-        weighted = list(parts.items())
-        if model_scores is not None:
-            weighted.append(("model", model_scores))
-        for name, scores in weighted:
+        for name, sparse in parts.items():
             weight = self.blend.get(name, 0.0)
-            if weight:
-                part = normalized(scores)
-                part *= np.float32(weight)
-                total += part
+            if not weight:
+                continue
+            part = sparse.normalized()
+            if part is None:  # the items it leaves out would not scale to 0
+                dense = normalized(sparse.dense())
+                dense *= np.float32(weight)
+                total += dense
+            else:
+                total[part.items] += part.scores * np.float32(weight)
+        weight = self.blend.get("model", 0.0)
+        if model_scores is not None and weight:
+            dense = normalized(model_scores)
+            dense *= np.float32(weight)
+            total += dense
         return total
 
     def to_arrays(self) -> dict[str, np.ndarray]:

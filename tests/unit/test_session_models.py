@@ -25,10 +25,12 @@ from training.next_item import (
 )
 from training.session_models import (
     DAY_MS,
+    VARIANTS,
     SequentialRules,
     SessionKNN,
     SessionRecommender,
     Sessions,
+    SparseScores,
     check_blend,
     normalized,
     sessions_from_events,
@@ -249,7 +251,7 @@ def test_the_service_blend_equals_its_parts(shop: EventColumns) -> None:
     blend = SessionRecommender.fit(sessions, n, knn_params={}, blend={"knn": 1.0})
     live = interactions.items.numbers(["p1"])
     parts = blend.parts(live)
-    np.testing.assert_allclose(parts["knn"], knn.score(live))
+    np.testing.assert_allclose(parts["knn"].dense(), knn.score(live))
     combined = blend.combine(parts, None)
     assert (
         np.argsort(-combined, kind="stable").tolist()[:3]
@@ -368,3 +370,48 @@ def test_normalized_uses_the_real_range() -> None:
     np.testing.assert_allclose(normalized(np.array([2.0, 3.0])), [0.0, 1.0])
     np.testing.assert_allclose(normalized(np.array([-np.inf, 1.0, 3.0])), [0.0, 0.0, 1.0])
     assert not normalized(np.array([4.0, 4.0])).any()
+
+
+@pytest.mark.parametrize(
+    "items, scores, stays_sparse",
+    [
+        ([], [], True),
+        ([3, 1, 7], [0.5, 2.0, 0.25], True),  # some items scored, all positive
+        ([2, 5], [0.0, 0.0], True),  # flat: all zero
+        (list(range(8)), [float(k) + 1 for k in range(8)], True),  # every item scored
+        ([0, 4], [-1.0, 3.0], False),  # negative: the unscored items do not scale to 0
+        ([1, 6], [np.inf, 1.0], False),  # not finite
+    ],
+)
+def test_sparse_scores_normalize_like_the_dense_vector(
+    items: list, scores: list, stays_sparse: bool
+) -> None:
+    sparse = SparseScores(np.array(items, dtype=np.int64), np.array(scores, np.float32), 8)
+    got = sparse.normalized()
+    if not stays_sparse:
+        assert got is None  # the caller falls back to the dense vector
+        return
+    assert got is not None
+    assert np.array_equal(got.dense(), normalized(sparse.dense()))  # bit for bit
+
+
+def test_the_sparse_blend_equals_the_dense_blend(shop: EventColumns) -> None:
+    """``combine`` adds the session parts at their few items: the same sum, bit for
+    bit, as adding catalog-sized normalized arrays."""
+    interactions = build_interactions(shop, EventWeights())
+    sessions = sessions_from_events(shop, interactions.items)
+    n = len(interactions.items)
+    blend = SessionRecommender.fit(
+        sessions, n, knn_params=VARIANTS["stan"], blend={"knn": 1.0, "rules": 0.3, "model": 0.2}
+    )
+    model = np.random.default_rng(3).normal(size=n).astype(np.float32)
+    for live_ids in (["p1"], ["p1", "p2"], ["l1", "p3", "p1"]):
+        live = interactions.items.numbers(live_ids)
+        parts = blend.parts(live, int(shop.ts_ms.max()))
+        dense = np.zeros(n, dtype=np.float32)
+        for name, part in [*parts.items(), ("model", None)]:
+            values = normalized(model if part is None else part.dense())
+            values *= np.float32(blend.blend[name])
+            dense += values
+        assert parts["knn"].nonzero().size  # the case exercises the sparse path
+        assert np.array_equal(blend.combine(parts, model), dense)
