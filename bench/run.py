@@ -1439,6 +1439,8 @@ def serving_spec(args: argparse.Namespace) -> ServingSpec:
         changes["events"] = args.serving_events
     if args.client_processes is not None:
         changes["client_processes"] = args.client_processes
+    if args.workers is not None:
+        changes["workers"] = args.workers
     return dataclasses.replace(spec, **changes)
 
 
@@ -1511,6 +1513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="N",
         help="serving: pass processes=N to the real server (default: not passed, i.e. 1)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serving: request threads per process, of the real server and the ceiling "
+        "(default: the server's default)",
     )
     parser.add_argument(
         "--ceiling-processes",

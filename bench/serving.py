@@ -116,6 +116,9 @@ class ServingSpec:
     channels_per_client: int = 2
     #: Real server worker processes (the ``processes`` setting); None: not passed.
     server_processes: int | None = None
+    #: Request threads per process (the ``workers`` setting) of the real server
+    #: and of the ceiling alike; None: the server's default.
+    workers: int | None = None
     #: Ceiling process counts to measure; the best is the ceiling.
     ceiling_processes: tuple[int, ...] = (1, 2)
     sqlite_batches: int = 3000
@@ -1203,8 +1206,9 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
     section["sqlite"] = sqlite_runs
     lap("sqlite ceiling")
 
-    workers = Config().workers
+    workers = spec.workers or Config().workers
     overrides = {
+        "workers": workers,
         "db_url": db_url,
         "models_dir": str(models_dir),
         "host": "127.0.0.1",
