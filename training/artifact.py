@@ -53,12 +53,13 @@ BLEND_CANDIDATES = 200
 #: Algorithms that rank the same for everyone (the "popular" strategy).
 NON_PERSONAL = frozenset({"popular", "trending"})
 VERSIONS_DIR = "versions"
+#: What the user did, by event type number (any other type: "viewed").
 _VERBS = {
-    EventType.ITEM_VIEW: "viewed",
-    EventType.CLICK: "clicked",
-    EventType.ADD_TO_CART: "added to your cart",
-    EventType.PURCHASE: "bought",
-    EventType.OFFER_REDEEMED: "redeemed an offer for",
+    int(EventType.ITEM_VIEW): "viewed",
+    int(EventType.CLICK): "clicked",
+    int(EventType.ADD_TO_CART): "added to your cart",
+    int(EventType.PURCHASE): "bought",
+    int(EventType.OFFER_REDEEMED): "redeemed an offer for",
 }
 
 
@@ -280,10 +281,12 @@ class ModelArtifact:
             if num in named and t >= last_seen.get(num, -1):
                 last_seen[num] = t
                 verbs[num] = max(typ, verbs.get(num, typ))
-        # linked[s, r]: a rule leads from live item recent_first[s] to recommended[r]
-        # (rows of the CSR rules read directly: fancy indexing costs a millisecond).
+        # source[r]: the first s whose live item recent_first[s] has a rule leading
+        # to recommended[r], len(recent_first) for none (rows of the CSR rules read
+        # directly: fancy indexing costs a millisecond).
         rules = self.session.rules.rules
-        linked = np.zeros((len(recent_first), len(recommended)), dtype=bool)
+        none = len(recent_first)
+        source = np.full(len(recommended), none, dtype=np.int64)
         at, row_of = csr_positions(rules.indptr, np.asarray(recent_first, dtype=np.int64))
         if len(at):
             order = np.argsort(recommended, kind="stable")  # recommended items are distinct
@@ -291,8 +294,8 @@ class ModelArtifact:
             targets = rules.indices[at]
             pos = np.minimum(np.searchsorted(by_number, targets), len(by_number) - 1)
             hit = (by_number[pos] == targets) & (rules.data[at] > 0)
-            linked[row_of[hit], order[pos[hit]]] = True
-        unlinked = np.flatnonzero(~linked.any(axis=0))
+            np.minimum.at(source, order[pos[hit]], row_of[hit])
+        unlinked = np.flatnonzero(source == none)
         fallback: dict[int, str] = {}
         if len(unlinked) and row.nnz:  # the model explains only what no rule does
             fallback = dict(
@@ -303,11 +306,10 @@ class ModelArtifact:
                 )
             )
         reasons = []
-        for r in range(len(recommended)):
-            found = np.flatnonzero(linked[:, r])
-            if len(found):
-                src = recent_first[int(found[0])]
-                verb = _VERBS.get(EventType(verbs.get(src, EventType.ITEM_VIEW)), "viewed")
+        for r, s in enumerate(source.tolist()):
+            if s < none:
+                src = recent_first[s]
+                verb = _VERBS.get(verbs.get(src, EventType.ITEM_VIEW), "viewed")
                 ago = _ago(now - last_seen.get(src, now))
                 reasons.append(f"because you {verb} {self.items.id(src)} {ago}")
             else:
@@ -344,7 +346,7 @@ class ModelArtifact:
                 reasons.append("matches your history")
                 continue
             src = int(sources[b])
-            verb = _VERBS.get(EventType(strongest.get(src, EventType.ITEM_VIEW)), "viewed")
+            verb = _VERBS.get(strongest.get(src, EventType.ITEM_VIEW), "viewed")
             reasons.append(f"similar to {self.items.id(src)} you {verb}")
         return reasons
 

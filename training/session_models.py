@@ -175,20 +175,19 @@ class SessionKNN:
             return out
         p = self.params
         length = len(cur)
-        # Each distinct live item at its last position (1-based).
+        # Each distinct live item at its last position (1-based). A live session
+        # holds a few dozen items at most: a dict beats np.unique's overhead.
+        last = {item: position for position, item in enumerate(cur.tolist(), start=1)}
+        order = sorted(last)
+        distinct = np.array(order, dtype=np.int64)
         last_pos = np.zeros(self.n_items, dtype=np.float32)
-        last_pos[cur] = np.arange(1, length + 1, dtype=np.float32)
-        distinct = np.unique(cur)
+        last_pos[distinct] = [last[i] for i in order]
         weight = np.zeros(self.n_items, dtype=np.float32)
         lam1 = float(p["position_decay"])
         weight[distinct] = np.exp((last_pos[distinct] - length) / lam1) if lam1 > 0 else 1.0
+        ptr = self.item_indptr
         candidates = np.unique(
-            np.concatenate(
-                [
-                    self.item_sessions[self.item_indptr[i] : self.item_indptr[i + 1]]
-                    for i in distinct
-                ]
-            )
+            np.concatenate([self.item_sessions[ptr[i] : ptr[i + 1]] for i in order])
         )
         if len(candidates) == 0:
             return out
@@ -218,16 +217,16 @@ class SessionKNN:
             # The shared item latest in the live session anchors each neighbour;
             # its items count less the further they sit from it.
             live_pos = last_pos[nb_items]
-            starts = np.flatnonzero(np.r_[True, nb_rows[1:] != nb_rows[:-1]])
-            best = np.maximum.reduceat(live_pos, starts)  # rows are contiguous, non-empty
+            # Rows are contiguous, in order and non-empty: each starts where it first appears.
+            starts = np.searchsorted(nb_rows, np.arange(len(top)))
+            best = np.maximum.reduceat(live_pos, starts)
             is_anchor = (live_pos == best[nb_rows]) & (live_pos > 0)
             anchor_pos = np.zeros(len(top), dtype=np.float32)
             anchor_pos[nb_rows[is_anchor]] = nb_pos[is_anchor]
             contribution = contribution * np.exp(-np.abs(nb_pos - anchor_pos[nb_rows]) / lam3)
-        # Summed per item in input order, as a catalog-wide bincount would.
-        items, where = np.unique(nb_items, return_inverse=True)
-        sums = np.bincount(where, weights=contribution, minlength=len(items))
-        return SparseScores(items.astype(np.int64), sums.astype(np.float32), self.n_items)
+        sums = np.bincount(nb_items, weights=contribution, minlength=self.n_items)
+        items = np.flatnonzero(sums)
+        return SparseScores(items, sums[items].astype(np.float32), self.n_items)
 
     def _rows(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Items, positions and row numbers (0..len(sessions)-1) of some sessions."""
@@ -450,8 +449,8 @@ def csr_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
     starts = indptr[rows]
     lengths = indptr[rows + 1] - starts
     row_of = np.repeat(np.arange(len(rows)), lengths)
-    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + offsets, row_of
+    shift = starts - (np.cumsum(lengths) - lengths)  # a row's position minus its output offset
+    return np.arange(len(row_of)) + shift[row_of], row_of
 
 
 def normalized(scores: np.ndarray) -> np.ndarray:
