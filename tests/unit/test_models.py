@@ -231,6 +231,21 @@ def test_top_k_excludes_indices_and_leaves_the_input_alone() -> None:
     assert scores.tolist() == pytest.approx([0.1, 0.9, 0.5, 0.7])
 
 
+def test_top_k_without_a_copy_ranks_the_same_in_the_callers_array() -> None:
+    """``copy=False`` (a scratch array of the caller's): the same answer, and
+    the excluded and non-finite entries may be overwritten in place."""
+    scores = np.array([0.1, np.nan, 0.9, 0.5, 0.7, 0.9])
+    want = top_k(scores, 4, exclude=np.array([2]))
+    scratch = scores.copy()
+    got = top_k(scratch, 4, exclude=np.array([2]), copy=False)
+    assert got[0].tolist() == want[0].tolist() == [5, 4, 3, 0]
+    assert got[1].tolist() == want[1].tolist()
+    assert scratch[2] == -np.inf and scratch[1] == -np.inf  # written in place
+    ints = np.array([3, 1, 2])  # not float: copied whatever copy says
+    assert top_k(ints, 2, copy=False)[0].tolist() == [0, 2]
+    assert ints.tolist() == [3, 1, 2]
+
+
 def test_top_k_breaks_ties_by_lower_index() -> None:
     idx, _ = top_k(np.array([1.0, 2.0, 1.0, 2.0, 1.0, 2.0]), 4)
     assert idx.tolist() == [1, 3, 5, 0]
