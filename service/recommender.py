@@ -45,6 +45,7 @@ from service.catalog import (
 )
 from service.periodic import PeriodicTask
 from service.validation import check_id, check_n, require_id
+from sessionrec.arrays import distinct
 from sessionrec.errors import ArtifactError, FailedPrecondition, InvalidArgument, NotFound
 from sessionrec.events import SessionRecord
 from sessionrec.items import ItemRecord
@@ -367,7 +368,7 @@ class RecommendationEngine:
         groups = [view.members[c] for c in sorted(seed_categories) if c in view.members]
         if not groups:
             return []
-        candidates = np.unique(np.concatenate(groups))
+        candidates = distinct(np.concatenate(groups))
         if mask is not None:
             candidates = candidates[mask[candidates]]
         top = float(view.popularity.max()) if view.n else 0.0

@@ -78,6 +78,7 @@ from urllib.parse import quote
 import numpy as np
 
 from sessionrec.analytics_days import DAY_MS, CacheWriter, DayColumns, build_stale, load_days
+from sessionrec.arrays import distinct
 from sessionrec.errors import InvalidArgument
 from sessionrec.events import EndReason
 from sessionrec.store.base import SQLReader, Store
@@ -530,8 +531,8 @@ def session_stats(
 
     # Retention of the users whose first session is selected.
     users_sel = data.session_user[sel]
-    cohort_users = np.unique(users_sel)
-    cohort = np.unique(users_sel[col.s_start[sel] == data.first_ms[users_sel]])
+    cohort_users = distinct(users_sel)
+    cohort = distinct(users_sel[col.s_start[sel] == data.first_ms[users_sel]])
     first, last = data.first_ms[cohort], data.last_ms[cohort]
     retention = []
     for d in days:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from sessionrec.arrays import distinct
 from sessionrec.store.base import SQLReader
 
 __all__ = [
@@ -112,7 +113,7 @@ class DayColumns:
             return cls.empty()
         if len(days) == 1:
             return days[0]
-        screens = np.unique(np.concatenate([d.screens for d in days]))
+        screens = distinct(np.concatenate([d.screens for d in days]))
         offsets = np.cumsum([0, *(d.sessions for d in days)])[:-1]
         values: dict[str, np.ndarray] = {}
         for f in fields(cls):
@@ -201,7 +202,7 @@ def build_day(conn: SQLReader, day: int) -> DayColumns:
         dtype=bool,
     )
     screen_names = [s for s, keep in zip(e_screen, is_screen, strict=True) if keep]
-    screens = np.unique(_text(screen_names))
+    screens = distinct(_text(screen_names))
     dwell = np.array(
         [-1 if d is None else d for d, keep in zip(e_dwell, is_screen, strict=True) if keep],
         dtype=np.int64,
@@ -211,7 +212,7 @@ def build_day(conn: SQLReader, day: int) -> DayColumns:
         dtype=bool,
     )
     item_list = [i for i, keep in zip(e_item, is_item, strict=True) if keep]
-    item_ids = np.unique(_text(item_list))
+    item_ids = distinct(_text(item_list))
     item_hashes = item_hash(item_ids.tolist())
     hashes_by_id = dict(zip(item_ids.tolist(), item_hashes.tolist(), strict=True))
 

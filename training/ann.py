@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from sessionrec.arrays import distinct
 from training.models import top_k
 
 __all__ = [
@@ -122,7 +123,7 @@ def _exclusion(exclude: np.ndarray | Sequence[int] | None, n_items: int) -> np.n
     """Sorted unique item numbers in ``[0, n_items)`` (others cannot be returned anyway)."""
     if exclude is None:
         return np.empty(0, dtype=np.int64)
-    items = np.unique(np.asarray(exclude, dtype=np.int64).ravel())
+    items = distinct(np.asarray(exclude, dtype=np.int64))
     return items[(items >= 0) & (items < n_items)]
 
 

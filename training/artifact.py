@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sessionrec.arrays import distinct
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.ann import ExactIndex, ItemIndex
@@ -174,7 +175,7 @@ class ModelArtifact:
         model's scores, which only the candidates get, by their range there."""
         assert self.session is not None and self.index is not None
         best, _ = self.index.search(vector, max(2 * n, BLEND_CANDIDATES), excluded)
-        candidates = np.unique(np.concatenate([best, *(p.nonzero() for p in parts.values())]))
+        candidates = distinct(np.concatenate([best, *(p.nonzero() for p in parts.values())]))
         blend = self.session.blend
         total = np.zeros(len(candidates), dtype=np.float64)
         for name, part in parts.items():

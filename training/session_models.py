@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from sessionrec.arrays import distinct
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
 from training.data import Vocabulary
@@ -176,17 +177,17 @@ class SessionKNN:
         p = self.params
         length = len(cur)
         # Each distinct live item at its last position (1-based). A live session
-        # holds a few dozen items at most: a dict beats np.unique's overhead.
+        # holds a few dozen items at most: a dict beats an array's overhead.
         last = {item: position for position, item in enumerate(cur.tolist(), start=1)}
         order = sorted(last)
-        distinct = np.array(order, dtype=np.int64)
+        live_items = np.array(order, dtype=np.int64)
         last_pos = np.zeros(self.n_items, dtype=np.float32)
-        last_pos[distinct] = [last[i] for i in order]
+        last_pos[live_items] = [last[i] for i in order]
         weight = np.zeros(self.n_items, dtype=np.float32)
         lam1 = float(p["position_decay"])
-        weight[distinct] = np.exp((last_pos[distinct] - length) / lam1) if lam1 > 0 else 1.0
+        weight[live_items] = np.exp((last_pos[live_items] - length) / lam1) if lam1 > 0 else 1.0
         ptr = self.item_indptr
-        candidates = np.unique(
+        candidates = distinct(
             np.concatenate([self.item_sessions[ptr[i] : ptr[i + 1]] for i in order])
         )
         if len(candidates) == 0:
@@ -197,7 +198,7 @@ class SessionKNN:
             candidates = candidates[np.argpartition(-ends, sample - 1)[:sample]]
         sub_items, _, row_of = self._rows(candidates)
         overlap = np.bincount(row_of, weights=weight[sub_items], minlength=len(candidates))
-        sims = overlap / np.sqrt(len(distinct) * self.session_size[candidates])
+        sims = overlap / np.sqrt(len(live_items) * self.session_size[candidates])
         lam2 = float(p["recency_decay_days"])
         if lam2 > 0:
             reference = int(now_ms) if now_ms is not None else int(self.session_end_ms.max())
@@ -225,7 +226,7 @@ class SessionKNN:
             anchor_pos[nb_rows[is_anchor]] = nb_pos[is_anchor]
             contribution = contribution * np.exp(-np.abs(nb_pos - anchor_pos[nb_rows]) / lam3)
         sums = np.bincount(nb_items, weights=contribution, minlength=self.n_items)
-        items = np.flatnonzero(sums)
+        items = np.flatnonzero(sums != 0)  # a bool array: np.flatnonzero of floats is slow
         return SparseScores(items, sums[items].astype(np.float32), self.n_items)
 
     def _rows(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,33 @@
+"""``sessionrec.arrays.distinct``: np.unique's answer, by sorting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sessionrec.arrays import distinct
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).integers(-50, 50, 1000),  # many repeats, negatives
+        np.random.default_rng(2).integers(0, 2**62, 500),  # almost all distinct
+        np.array([[3, 1], [3, 2]], dtype=np.int32),  # 2-D: flattened
+        np.array(["screen b", "home", "screen b", "cart", "home"]),
+        np.array([7]),
+        np.array([], dtype=np.int64),
+        [5, 5, 5],  # a list
+    ],
+)
+def test_distinct_is_what_np_unique_returns(values) -> None:
+    want = np.unique(values)
+    got = distinct(values)
+    assert got.dtype == want.dtype
+    assert got.tolist() == want.tolist()
+
+
+def test_distinct_leaves_its_input_alone() -> None:
+    values = np.array([3, 1, 3, 2])
+    distinct(values)
+    assert values.tolist() == [3, 1, 3, 2]
