@@ -20,3 +20,14 @@ def distinct(values: Any) -> np.ndarray:
     first[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     return ordered[first]
+
+
+def contained(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in ``ordered`` (sorted, e.g. from ``distinct``): a
+    binary search each, far cheaper than ``np.isin`` for the short lists of a
+    request (3,000 values in 30: 150 us with ``np.isin``)."""
+    values = np.asarray(values)
+    if not len(ordered):
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return np.asarray(ordered[at] == values)

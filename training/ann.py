@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.arrays import distinct
+from sessionrec.arrays import contained, distinct
 from training.models import top_k
 
 __all__ = [
@@ -331,9 +331,8 @@ class FaissIndex(ItemIndex):
                 break
             found = self._candidates(q[None], fetch, value)[0]
             found = found[found >= 0]
-            if len(excluded):  # excluded is sorted: a binary search beats np.isin here
-                at = np.minimum(np.searchsorted(excluded, found), len(excluded) - 1)
-                found = found[excluded[at] != found]
+            if len(excluded):  # excluded is sorted
+                found = found[~contained(found, excluded)]
             if len(found) >= k:
                 scores = self.item_factors[found] @ q
                 order = np.lexsort((found, -scores))[:k]

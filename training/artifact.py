@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.arrays import distinct
+from sessionrec.arrays import contained, distinct
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
 from training.ann import ExactIndex, ItemIndex
@@ -184,7 +184,7 @@ class ModelArtifact:
         if blend.get("model", 0.0):
             total += blend["model"] * normalized(self.index.item_factors[candidates] @ vector)
         total += self._tie_breaks[candidates]
-        skip = np.flatnonzero(np.isin(candidates, excluded))
+        skip = np.flatnonzero(contained(candidates, distinct(excluded)))
         idx, scores = top_k(total, n, skip)
         return candidates[idx], scores
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sessionrec.arrays import distinct
+from sessionrec.arrays import contained, distinct
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,12 @@ def test_distinct_leaves_its_input_alone() -> None:
     values = np.array([3, 1, 3, 2])
     distinct(values)
     assert values.tolist() == [3, 1, 3, 2]
+
+
+def test_contained_is_what_np_isin_returns() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(-5, 60, 400)
+    ordered = distinct(rng.integers(0, 50, 30))
+    assert contained(values, ordered).tolist() == np.isin(values, ordered).tolist()
+    assert not contained(values, np.array([], dtype=np.int64)).any()
+    assert contained(np.array([], dtype=np.int64), ordered).tolist() == []
