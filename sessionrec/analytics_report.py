@@ -22,11 +22,9 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 
 from sessionrec.analytics import (
     EXIT,
@@ -37,8 +35,12 @@ from sessionrec.analytics import (
     session_stats,
 )
 from sessionrec.analytics_days import CacheWriter
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 from sessionrec.html_page import escape as _e
-from sessionrec.html_page import page_start
+from sessionrec.html_page import figure, page_start, percent_axis
 from sessionrec.html_page import png as _png
 from sessionrec.isotime import EPOCH, parse_iso_ms
 
@@ -536,7 +538,7 @@ def _end_reasons_section(stats: Mapping[str, Any]) -> list[str]:
 
 
 def _duration_figure(labels: Sequence[str], counts: Sequence[int]) -> str:
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = figure(10, 3.8)
     ax = fig.add_subplot()
     x = np.arange(len(counts))
     values = np.asarray(counts, dtype=float)
@@ -562,7 +564,7 @@ def _duration_figure(labels: Sequence[str], counts: Sequence[int]) -> str:
 
 
 def _activity_figure(matrix: np.ndarray) -> str:
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = figure(10, 3.6)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, aspect="auto", cmap="Blues", interpolation="nearest", vmin=0)
     ax.set_yticks(np.arange(7), list(WEEKDAYS))
@@ -578,7 +580,7 @@ def _activity_figure(matrix: np.ndarray) -> str:
 
 
 def _hbar_figure(n: int) -> tuple[Figure, Any, np.ndarray]:
-    fig = Figure(figsize=(10, max(2.4, 0.32 * n + 1.3)), layout="constrained")
+    fig = figure(10, max(2.4, 0.32 * n + 1.3))
     ax = fig.add_subplot()
     y = np.arange(n, dtype=float)
     ax.invert_yaxis()  # the first (largest) at the top
@@ -602,7 +604,7 @@ def _skip_figure(screens: Sequence[Mapping[str, Any]]) -> str:
     # screen names are user input: no mathtext parsing of "$...$"
     ax.set_yticks(y, [_label(s.get("screen", "")) for s in screens], parse_math=False)
     ax.set_xlim(0, 1.12)
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    percent_axis(ax.xaxis)
     ax.set_xlabel("Skip rate (views with known dwell below the threshold)")
     ax.set_title("Skip rate of the most viewed screens")
     return _png(fig)
@@ -632,7 +634,7 @@ def _flows_figure(flows: Sequence[tuple[str, str, int]]) -> str:
 
 
 def _retention_figure(points: Sequence[tuple[int, float, int]], cohort: int) -> str:
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = figure(10, 3.8)
     ax = fig.add_subplot()
     days = [0] + [d for d, _, _ in points]
     rates = [1.0] + [r for _, r, _ in points]
@@ -652,7 +654,7 @@ def _retention_figure(points: Sequence[tuple[int, float, int]], cohort: int) -> 
     ax.set_xlim(-0.5, max(days) * 1.06 + 0.5)
     ax.set_ylim(0, 1.25)
     ax.set_yticks(np.linspace(0, 1, 6))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    percent_axis(ax.yaxis)
     ax.set_xlabel("Days after the first session")
     ax.set_ylabel("Returned on or after day d")
     ax.set_title(f"Retention of the first-session cohort ({cohort:,} users)")

@@ -28,13 +28,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from sessionrec.html_page import escape as _e
-from sessionrec.html_page import page_start
+from sessionrec.html_page import figure, page_start
 from sessionrec.html_page import png as _png
 
 __all__ = [
@@ -392,7 +394,7 @@ def _label(offer: Mapping[str, Any]) -> str:
 
 def _figure(offers: Sequence[Mapping[str, Any]]) -> tuple[Figure, Any, np.ndarray]:
     width = min(16.0, max(7.0, 0.6 * len(offers) + 3.0))
-    fig = Figure(figsize=(width, 4.2), layout="constrained")
+    fig = figure(width, 4.2)
     ax = fig.add_subplot()
     x = np.arange(len(offers), dtype=float)
     # offer ids are user input: no mathtext parsing of "$...$"

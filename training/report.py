@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from sessionrec.html_page import escape as _e
-from sessionrec.html_page import page_start
+from sessionrec.html_page import figure, page_start
 from sessionrec.html_page import png as _png
 from training.evaluate import EvaluationResult
 from training.metrics import CATALOG_POPULARITY_PERCENTILE, POPULARITY, RANKING_METRICS
@@ -118,7 +117,7 @@ def _interval(result: EvaluationResult, k: int, name: str) -> tuple[float, float
 
 def _metrics_figure(results: Sequence[EvaluationResult], k: int) -> str:
     names = [*RANKING_METRICS, "coverage"]
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = figure(10, 4.2)
     ax = fig.add_subplot()
     width = 0.8 / len(results)
     x = np.arange(len(names))
@@ -162,7 +161,7 @@ def _ymax(results: Sequence[EvaluationResult], k: int, names: Sequence[str]) -> 
 
 
 def _ndcg_by_k_figure(results: Sequence[EvaluationResult]) -> str:
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = figure(10, 4)
     ax = fig.add_subplot()
     for result, color in zip(results, _colors(len(results)), strict=True):
         assert result.at is not None
@@ -185,7 +184,7 @@ def _ndcg_by_k_figure(results: Sequence[EvaluationResult]) -> str:
 
 
 def _ndcg_distribution_figure(results: Sequence[EvaluationResult], k: int) -> str:
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = figure(10, 4)
     ax = fig.add_subplot()
     bins = np.linspace(0, 1, 21).tolist()
     for result, color in zip(results, _colors(len(results)), strict=True):
@@ -215,7 +214,7 @@ def _ndcg_distribution_figure(results: Sequence[EvaluationResult], k: int) -> st
 
 
 def _popularity_figure(results: Sequence[EvaluationResult], k: int) -> str:
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = figure(10, 4.2)
     left, right = fig.subplots(1, 2)
     colors = _colors(len(results))
     ks = sorted({kk for r in results if r.at for kk in r.at.ks})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,3 +140,19 @@ def test_the_report_needs_results_with_metrics_at_k(
 def test_the_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     pixels = screenshot(report, tmp_path)
     assert np.ptp(pixels[..., :3]) > 0.5  # not all one colour
+
+
+def test_the_server_does_not_load_matplotlib_until_a_report_is_drawn() -> None:
+    """matplotlib costs a serving process about 30 MiB and half a second: it is
+    imported by the first figure drawn, not by the server's modules."""
+    code = (
+        "import sys, service.server, training.artifact\n"
+        "assert not [m for m in sys.modules if m.startswith('matplotlib')], 'loaded early'\n"
+        "from sessionrec.html_page import figure, png\n"
+        "fig = figure(2, 1)\n"
+        "fig.add_subplot().plot([0, 1], [1, 0])\n"
+        "assert png(fig).startswith('iVBOR')\n"  # base64 of the PNG signature
+        "assert 'matplotlib.figure' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
