@@ -695,8 +695,12 @@ class SQLStore(Store):
                 in_session = {
                     r[0]: int(r[1])
                     for r in c.execute(
+                        # "+arm": no index may use arm, or SQLite (no statistics)
+                        # reads every treated impression of each offer through
+                        # offer_log_kind instead of the session's through
+                        # offer_log_session (2.2 ms at 5k impressions, growing).
                         f"SELECT offer_id, COUNT(*) FROM offer_log WHERE session_id = ?"
-                        f" AND kind = {IMPRESSION} AND arm = {TREATED}"
+                        f" AND kind = {IMPRESSION} AND +arm = {TREATED}"
                         f" AND offer_id IN ({marks}) GROUP BY offer_id",
                         [session_id, *offer_ids],
                     )

@@ -188,3 +188,42 @@ def test_a_per_session_cap_needs_a_session(store: Store) -> None:
     o = offer_from_dict(offer(max_per_session=1))
     (why,) = store.record_offer_log([entry("i1", session=None)], {"o1": o})  # type: ignore[arg-type]
     assert why is not None and "needs one" in why
+
+
+@pytest.mark.sqlite_only  # SQLite's planner, and its virtual machine's steps
+def test_the_offer_counts_read_only_the_users_and_sessions_own_impressions(
+    store: Store,
+) -> None:
+    """How much work ``offer_counts`` does must not grow with everyone else's
+    impressions (it did: SQLite read every treated impression of an offer to
+    find one session's). Counted in SQLite virtual-machine steps, not time."""
+    offers = {f"o{k}": offer_from_dict(offer(offer_id=f"o{k}")) for k in range(5)}
+    store.upsert_offers(list(offers.values()))
+    ids = sorted(offers)
+    steps = [0]
+
+    def counted() -> int:
+        steps[0] += 1
+        return 0
+
+    def work() -> int:
+        reader = store._reader()  # type: ignore[attr-defined]
+        reader.set_progress_handler(counted, 1)
+        steps[0] = 0
+        try:
+            counts = store.offer_counts(ids, "u1", "s1")
+        finally:
+            reader.set_progress_handler(None, 1)
+        assert counts["o0"].session_impressions == 1
+        assert counts["o0"].user_impressions == 1
+        return steps[0]
+
+    store.record_offer_log([entry("mine", offer_id="o0")], offers)
+    before = work()
+    others = [
+        entry(f"x{k}", user=f"u{k + 2}", session=f"s{k + 2}", offer_id=ids[k % 5])
+        for k in range(3000)
+    ]
+    store.record_offer_log(others, offers)
+    after = work()
+    assert after < 1.5 * before + 50, (before, after)  # unfixed: 259 -> 15,288 steps
