@@ -46,6 +46,7 @@ builds (``training.data.build_interactions``), to float32 rounding.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import sys
@@ -69,6 +70,11 @@ INSTALL_HINT = "pip install 'sessionrec[spark]'"
 MIN_RATING = 1e-6
 #: Columns of the exported events that training reads.
 PARQUET_COLUMNS = ("user_id", "item_id", "type", "dwell_ms", "ts_ms")
+#: Starts of the local JVM tried before giving up when it exits before its gateway
+#: answers (seen once in a CI run: a JVM gone at start, nothing on its stderr).
+GATEWAY_TRIES = 2
+
+log = logging.getLogger("sessionrec.spark")
 
 _LOG4J = """\
 rootLogger.level = error
@@ -160,13 +166,21 @@ def spark_session(progress: Callable[[str], None] | None = None) -> Any:
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:
-        session = builder.getOrCreate()
-    except Exception as exc:  # no Java, a bad master URL, ...
-        raise FailedPrecondition(
-            f"engine: could not start Spark ({_settings.effective_master}): "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
-            "(Java 17 or later must be installed, on PATH or in JAVA_HOME)"
-        ) from exc
+        for attempt in range(1, GATEWAY_TRIES + 1):
+            try:
+                session = builder.getOrCreate()
+                break
+            except Exception as exc:  # no Java, a bad master URL, ...
+                if attempt < GATEWAY_TRIES and "JAVA_GATEWAY_EXITED" in str(exc):
+                    log.warning("spark: the JVM exited before its gateway answered; again")
+                    time.sleep(1.0)
+                    continue
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise FailedPrecondition(
+                    f"engine: could not start Spark ({_settings.effective_master}): "
+                    f"{first_line or type(exc).__name__} "
+                    "(Java 17 or later must be installed, on PATH or in JAVA_HOME)"
+                ) from exc
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)  # read once, at JVM start
     session.sparkContext.setLogLevel("ERROR")

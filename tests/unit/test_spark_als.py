@@ -334,3 +334,31 @@ def test_train_from_parquet_events(spark: Any, tmp_path: Path) -> None:
     loaded = load_artifact(tmp_path / "models", artifact.version)
     rec = loaded.recommend([], 3)
     assert rec.strategy == "popular" and len(rec.item_ids) == 3
+
+
+def test_a_jvm_that_cannot_start_is_tried_twice_then_named(tmp_path: Path) -> None:
+    """No usable Java (JAVA_HOME names none): the start is tried again once (a JVM
+    can exit before its gateway answers for reasons that pass), then the error
+    says what is needed."""
+    pytest.importorskip("pyspark", reason="the spark extra: pip install 'sessionrec[spark]'")
+    import os
+    import subprocess
+
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from sessionrec.errors import FailedPrecondition\n"
+        "from training import spark_als\n"
+        "spark_als.configure('local[1]')\n"
+        "try:\n"
+        "    spark_als.spark_session()\n"
+        "except FailedPrecondition as exc:\n"
+        "    print('FAILED:', exc)\n"
+    )
+    env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-java")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "FAILED: engine: could not start Spark (local[1])" in done.stdout, done.stderr
+    assert "Java 17 or later must be installed" in done.stdout
+    assert done.stderr.count("the JVM exited before its gateway answered; again") == 1
