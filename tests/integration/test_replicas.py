@@ -160,7 +160,10 @@ def test_killing_a_replica_loses_no_acknowledged_event(
     a.kill9()  # mid-stream: a call may be in flight
     sender.join(timeout=60)
     assert not sender.is_alive()
-    assert errors and errors[0] == grpc.StatusCode.UNAVAILABLE, errors
+    # The call in flight, or the next one, fails: UNAVAILABLE when the connection
+    # is refused or broken; a stream the dying transport reset reads CANCELLED
+    # (seen once in CI). Either way the batch was not acknowledged.
+    assert errors and errors[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), errors
     # The other replica goes on taking events.
     send(b, "to-b", 5)
     with open_store(shared_db) as store, store.read_snapshot() as snap:
