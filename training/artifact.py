@@ -35,6 +35,7 @@ import numpy as np
 from sessionrec.arrays import contained, distinct
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
+from training._kernels import blend_top_k
 from training.ann import ExactIndex, ItemIndex
 from training.data import Interactions, Vocabulary, user_row
 from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
@@ -53,6 +54,7 @@ CURRENT_FILE = "CURRENT"
 BLEND_CANDIDATES = 200
 #: Algorithms that rank the same for everyone (the "popular" strategy).
 NON_PERSONAL = frozenset({"popular", "trending"})
+_NO_SCORES = np.zeros(0, dtype=np.float32)
 VERSIONS_DIR = "versions"
 #: What the user did, by event type number (any other type: "viewed").
 _VERBS = {
@@ -148,8 +150,7 @@ class ModelArtifact:
                 idx, scores = self._blend_candidates(parts, vectors[0], n, excluded)
             else:
                 model_scores = self.model.score(row)[0] if personal else None
-                blended = self._tie_broken(self.session.combine(parts, model_scores))
-                idx, scores = top_k(blended, n, excluded, copy=False)
+                idx, scores = self._blend_top_k(parts, model_scores, n, excluded)
             reasons = self._explain_session(live, ts, numbers, types, idx, row)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
@@ -164,6 +165,27 @@ class ModelArtifact:
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
         )
+
+    def _blend_top_k(
+        self,
+        parts: dict[str, SparseScores],
+        model_scores: np.ndarray | None,
+        n: int,
+        excluded: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k(self._tie_broken(self.session.combine(parts, model_scores)), n,
+        excluded)``, the same result in one compiled pass over the catalog."""
+        assert self.session is not None
+        weight = self.session.blend.get("model", 0.0)
+        model = model_scores if model_scores is not None and weight else _NO_SCORES
+        if model.dtype == np.float32:  # normalized() of float64 scores works in float64
+            total = self.session.parts_total(parts)
+            total[excluded] = np.nan  # left out
+            ranked = blend_top_k(total, np.ascontiguousarray(model), weight, self._tie_breaks, n)
+            if ranked is not None:
+                return ranked
+        blended = self._tie_broken(self.session.combine(parts, model_scores))
+        return top_k(blended, n, excluded, copy=False)
 
     def _blend_candidates(
         self, parts: dict[str, SparseScores], vector: np.ndarray, n: int, excluded: np.ndarray

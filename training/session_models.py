@@ -32,13 +32,17 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from sessionrec.arrays import distinct
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
+from training._kernels import knn_scores
 from training.data import Vocabulary
 from training.weighting import EventWeights
 
 DAY_MS = 24 * 3600 * 1000
+
+#: A session-kNN index as ``knn_scores`` takes it: item_indptr, item_sessions,
+#: session_end_ms, and the session x item CSR (indptr, indices, positions).
+KernelIndex = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -124,6 +128,7 @@ class SessionKNN:
         # item -> its sessions, most recent first, capped
         self.item_indptr = np.zeros(1, dtype=np.int64)
         self.item_sessions = np.zeros(0, dtype=np.int32)
+        self._prepare()
 
     def fit(self, sessions: Sessions, n_items: int) -> SessionKNN:
         self.n_items = n_items
@@ -142,6 +147,7 @@ class SessionKNN:
         self.session_end_ms = sessions.end_ms.astype(np.int64)
         self.session_size = np.diff(matrix.indptr).astype(np.float32)
         self._index(int(self.params["max_sessions_per_item"]))
+        self._prepare()
         return self
 
     def _index(self, cap: int) -> None:
@@ -169,65 +175,48 @@ class SessionKNN:
     ) -> SparseScores:
         """``score`` as the items the neighbours reach (every other item scores 0):
         serving blends these few instead of a catalog-sized array."""
-        out = SparseScores.empty(self.n_items)
         cur = np.asarray(session, dtype=np.int64)
         cur = cur[(cur >= 0) & (cur < self.n_items)][-int(self.params["max_session_length"]) :]
         if len(cur) == 0:
-            return out
+            return SparseScores.empty(self.n_items)
         p = self.params
         length = len(cur)
         # Each distinct live item at its last position (1-based). A live session
         # holds a few dozen items at most: a dict beats an array's overhead.
         last = {item: position for position, item in enumerate(cur.tolist(), start=1)}
         order = sorted(last)
-        live_items = np.array(order, dtype=np.int64)
-        last_pos = np.zeros(self.n_items, dtype=np.float32)
-        last_pos[live_items] = [last[i] for i in order]
-        weight = np.zeros(self.n_items, dtype=np.float32)
+        live_pos = np.array([last[i] for i in order], dtype=np.float32)
         lam1 = float(p["position_decay"])
-        weight[live_items] = np.exp((last_pos[live_items] - length) / lam1) if lam1 > 0 else 1.0
-        ptr = self.item_indptr
-        candidates = distinct(
-            np.concatenate([self.item_sessions[ptr[i] : ptr[i + 1]] for i in order])
-        )
-        if len(candidates) == 0:
-            return out
-        sample = int(p["sample_size"])
-        if len(candidates) > sample:
-            ends = self.session_end_ms[candidates]
-            candidates = candidates[np.argpartition(-ends, sample - 1)[:sample]]
-        sub_items, _, row_of = self._rows(candidates)
-        overlap = np.bincount(row_of, weights=weight[sub_items], minlength=len(candidates))
-        sims = overlap / np.sqrt(len(live_items) * self.session_size[candidates])
+        weight = np.exp((live_pos - length) / lam1) if lam1 > 0 else np.ones_like(live_pos)
         lam2 = float(p["recency_decay_days"])
+        reference = 0
         if lam2 > 0:
             reference = int(now_ms) if now_ms is not None else int(self.session_end_ms.max())
-            age_days = np.maximum(reference - self.session_end_ms[candidates], 0) / DAY_MS
-            sims = sims * np.exp(-age_days / lam2)
-        k = min(int(p["k"]), len(candidates))
-        top = (
-            np.argpartition(-sims, k - 1)[:k] if k < len(candidates) else np.arange(len(candidates))
+        items, scores = knn_scores(
+            np.array(order, dtype=np.int64),
+            weight.astype(np.float32, copy=False),
+            live_pos,
+            *self._kernel_arrays,
+            self.n_items,
+            int(p["sample_size"]),
+            int(p["k"]),
+            lam2,
+            reference,
+            float(p["neighbor_decay"]),
         )
-        top = top[sims[top] > 0]
-        if len(top) == 0:
-            return out
-        nb_items, nb_pos, nb_rows = self._rows(candidates[top])
-        contribution = sims[top][nb_rows]
-        lam3 = float(p["neighbor_decay"])
-        if lam3 > 0:
-            # The shared item latest in the live session anchors each neighbour;
-            # its items count less the further they sit from it.
-            live_pos = last_pos[nb_items]
-            # Rows are contiguous, in order and non-empty: each starts where it first appears.
-            starts = np.searchsorted(nb_rows, np.arange(len(top)))
-            best = np.maximum.reduceat(live_pos, starts)
-            is_anchor = (live_pos == best[nb_rows]) & (live_pos > 0)
-            anchor_pos = np.zeros(len(top), dtype=np.float32)
-            anchor_pos[nb_rows[is_anchor]] = nb_pos[is_anchor]
-            contribution = contribution * np.exp(-np.abs(nb_pos - anchor_pos[nb_rows]) / lam3)
-        sums = np.bincount(nb_items, weights=contribution, minlength=self.n_items)
-        items = np.flatnonzero(sums != 0)  # a bool array: np.flatnonzero of floats is slow
-        return SparseScores(items, sums[items].astype(np.float32), self.n_items)
+        return SparseScores(items, scores, self.n_items)
+
+    def _prepare(self) -> None:
+        """Keeps the index as ``knn_scores`` takes it (contiguous, its dtypes)."""
+        m = self.session_items
+        self._kernel_arrays: KernelIndex = (
+            np.ascontiguousarray(self.item_indptr, dtype=np.int64),
+            np.ascontiguousarray(self.item_sessions, dtype=np.int32),
+            np.ascontiguousarray(self.session_end_ms, dtype=np.int64),
+            np.ascontiguousarray(m.indptr, dtype=np.int64),
+            np.ascontiguousarray(m.indices, dtype=np.int32),
+            np.ascontiguousarray(m.data, dtype=np.float32),
+        )
 
     def _rows(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Items, positions and row numbers (0..len(sessions)-1) of some sessions."""
@@ -284,6 +273,7 @@ class SessionKNN:
         model.session_size = np.diff(indptr).astype(np.float32)
         model.item_indptr = item_indptr
         model.item_sessions = item_sessions
+        model._prepare()
         return model
 
 
@@ -556,6 +546,16 @@ class SessionRecommender:
         """``blend[part] * normalized(part)`` summed over the parts and the model's
         scores (float32). The session parts are added at their few items only:
         the sum is the same, bit for bit, as over catalog-sized arrays."""
+        total = self.parts_total(parts)
+        weight = self.blend.get("model", 0.0)
+        if model_scores is not None and weight:
+            dense = normalized(model_scores)
+            dense *= np.float32(weight)
+            total += dense
+        return total
+
+    def parts_total(self, parts: dict[str, SparseScores]) -> np.ndarray:
+        """``combine`` of the session parts alone (float32, a new array)."""
         total = np.zeros(self.knn.n_items, dtype=np.float32)
         for name, sparse in parts.items():
             weight = self.blend.get(name, 0.0)
@@ -568,11 +568,6 @@ class SessionRecommender:
                 total += dense
             else:
                 total[part.items] += part.scores * np.float32(weight)
-        weight = self.blend.get("model", 0.0)
-        if model_scores is not None and weight:
-            dense = normalized(model_scores)
-            dense *= np.float32(weight)
-            total += dense
         return total
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,241 @@
+"""The compiled serving loops (training/_kernels.pyx) against numpy formulations
+of what they document, on random data with many ties: bit for bit where the
+arithmetic is the same, and through the models that call them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training._kernels import blend_top_k, knn_scores
+from training.models import tie_breaks, top_k
+from training.session_models import (
+    DAY_MS,
+    SessionKNN,
+    SessionRecommender,
+    Sessions,
+    SparseScores,
+    normalized,
+)
+
+
+def random_sessions(rng: np.random.Generator, n: int, n_items: int) -> Sessions:
+    lengths = rng.integers(1, 8, n)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = rng.integers(0, n_items, int(indptr[-1])).astype(np.int32)
+    # Few distinct end times: equal ones at every cut.
+    ends = rng.integers(0, 5, n).astype(np.int64) * DAY_MS
+    return Sessions(indptr, items, ends)
+
+
+def reference_knn(
+    model: SessionKNN, live: np.ndarray, weight: np.ndarray, live_pos: np.ndarray, now_ms: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``knn_scores`` as numpy calls, its ties broken by explicit sort keys."""
+    p = model.params
+    n_items = model.n_items
+    w = np.zeros(n_items, dtype=np.float32)
+    w[live] = weight
+    pos = np.zeros(n_items, dtype=np.float32)
+    pos[live] = live_pos
+    ptr = model.item_indptr
+    candidates = np.unique(np.concatenate([model.item_sessions[ptr[i] : ptr[i + 1]] for i in live]))
+    if len(candidates) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    ends = model.session_end_ms
+    if len(candidates) > p["sample_size"]:
+        keep = np.lexsort((candidates, -ends[candidates]))[: p["sample_size"]]
+        candidates = np.sort(candidates[keep])
+    m = model.session_items
+    rows = [m.indices[m.indptr[s] : m.indptr[s + 1]] for s in candidates]
+    overlap = np.array([sum(float(x) for x in w[r]) for r in rows])  # in row order
+    sims = overlap / np.sqrt(len(live) * model.session_size[candidates])
+    if p["recency_decay_days"] > 0:
+        age_days = np.maximum(now_ms - ends[candidates], 0) / DAY_MS
+        sims = sims * np.exp(-age_days / p["recency_decay_days"])
+    order = np.lexsort((np.arange(len(candidates)), -ends[candidates], -sims))
+    top = np.sort(order[: min(p["k"], len(candidates))])
+    top = top[sims[top] > 0]
+    sums = np.zeros(n_items, dtype=np.float64)
+    for c in top:
+        s = candidates[c]
+        items = m.indices[m.indptr[s] : m.indptr[s + 1]]
+        positions = m.data[m.indptr[s] : m.indptr[s + 1]]
+        contribution = np.full(len(items), sims[c])
+        if p["neighbor_decay"] > 0:
+            anchor = positions[np.argmax(pos[items])]
+            contribution = contribution * np.exp(
+                -np.abs(positions - anchor) / np.float32(p["neighbor_decay"])
+            )
+        np.add.at(sums, items, contribution)
+    items = np.flatnonzero(sums)
+    return items, sums[items].astype(np.float32)
+
+
+def kernel_knn(
+    model: SessionKNN, live: np.ndarray, weight: np.ndarray, live_pos: np.ndarray, now_ms: int
+) -> tuple[np.ndarray, np.ndarray]:
+    p = model.params
+    return knn_scores(
+        live.astype(np.int64),
+        weight.astype(np.float32),
+        live_pos.astype(np.float32),
+        *model._kernel_arrays,
+        model.n_items,
+        p["sample_size"],
+        p["k"],
+        float(p["recency_decay_days"]),
+        now_ms,
+        float(p["neighbor_decay"]),
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # every candidate votes
+        {"k": 5},  # ties at the k-th similarity
+        {"sample_size": 7, "k": 3},  # ties at the sample's last end time too
+        {"k": 4, "recency_decay_days": 2.0},
+    ],
+)
+def test_knn_kernel_equals_its_numpy_formulation(seed: int, params: dict) -> None:
+    rng = np.random.default_rng(seed)
+    n_items = 40
+    model = SessionKNN(**params).fit(random_sessions(rng, 300, n_items), n_items)
+    for _ in range(20):
+        live = np.unique(rng.integers(0, n_items, rng.integers(1, 6)))
+        weight = rng.choice(np.array([1.0, 0.5, 0.25], np.float32), len(live))
+        live_pos = rng.permutation(len(live)).astype(np.float32) + 1
+        now = 6 * DAY_MS
+        got_items, got_scores = kernel_knn(model, live, weight, live_pos, now)
+        want_items, want_scores = reference_knn(model, live, weight, live_pos, now)
+        np.testing.assert_array_equal(got_items, want_items)
+        if params.get("recency_decay_days"):  # libm's exp against numpy's, an ulp apart
+            np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(got_scores, want_scores)
+
+
+def test_knn_kernel_neighbor_decay_weighs_by_distance_to_the_anchor() -> None:
+    rng = np.random.default_rng(7)
+    n_items = 30
+    model = SessionKNN(neighbor_decay=2.0).fit(random_sessions(rng, 200, n_items), n_items)
+    for _ in range(20):
+        live = np.unique(rng.integers(0, n_items, 4))
+        weight = np.ones(len(live), np.float32)
+        live_pos = np.arange(1, len(live) + 1, dtype=np.float32)
+        got = kernel_knn(model, live, weight, live_pos, 0)
+        want = reference_knn(model, live, weight, live_pos, 0)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_knn_kernel_ranks_equal_neighbours_by_recency_then_session_number() -> None:
+    # Live item 0; sessions 0-3 all hold it with one other item (equal similarity),
+    # ending at 5, 9, 9 and 1: with k=2 the two ending at 9 vote (sessions 1, 2).
+    sessions = Sessions(
+        np.array([0, 2, 4, 6, 8]),
+        np.array([0, 1, 0, 2, 0, 3, 0, 4], dtype=np.int32),
+        np.array([5, 9, 9, 1], dtype=np.int64),
+    )
+    model = SessionKNN(k=2).fit(sessions, 5)
+    items, _ = kernel_knn(model, np.array([0]), np.ones(1, np.float32), np.ones(1, np.float32), 0)
+    assert items.tolist() == [0, 2, 3]
+    # sample_size 1: the latest ending candidate only; of two ending at 9, session 1.
+    model = SessionKNN(sample_size=1).fit(sessions, 5)
+    items, _ = kernel_knn(model, np.array([0]), np.ones(1, np.float32), np.ones(1, np.float32), 0)
+    assert items.tolist() == [0, 2]
+
+
+def test_knn_kernel_with_no_candidate_scores_nothing() -> None:
+    sessions = Sessions(np.array([0, 1]), np.array([1], dtype=np.int32), np.array([0]))
+    model = SessionKNN().fit(sessions, 3)
+    items, scores = kernel_knn(model, np.array([2]), np.ones(1, np.float32), np.ones(1), 0)
+    assert items.dtype == np.int64 and scores.dtype == np.float32
+    assert len(items) == 0 and len(scores) == 0
+
+
+def dense_blend(
+    parts: dict[str, SparseScores],
+    model_scores: np.ndarray | None,
+    blend: dict[str, float],
+    tie: np.ndarray,
+    k: int,
+    excluded: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The blend's ranking as the dense numpy path computes it."""
+    n = len(tie)
+    recommender = SessionRecommender(SessionKNN(), None, blend)  # type: ignore[arg-type]
+    recommender.knn.n_items = n
+    total = recommender.combine(parts, model_scores)
+    return top_k(np.add(total, tie, dtype=np.float64), k, excluded, copy=False)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_blend_top_k_equals_the_dense_blend(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 500
+    blend = {"knn": 1.0, "rules": 0.01, "model": 0.03}
+    knn_items = np.sort(rng.choice(n, 60, replace=False))
+    rules_items = np.sort(rng.choice(n, 20, replace=False))
+    parts = {
+        # Few distinct values: ties the tie-breaks (some equal too) must settle.
+        "knn": SparseScores(knn_items, rng.integers(1, 4, 60).astype(np.float32), n),
+        "rules": SparseScores(rules_items, rng.random(20).astype(np.float32), n),
+    }
+    popularity = rng.integers(0, 5, n).astype(np.float64)
+    tie = tie_breaks(popularity)
+    model_scores = rng.normal(size=n).astype(np.float32)
+    excluded = rng.choice(n, 30)
+    for k in (1, 10, 200, n):
+        total = SessionRecommender(SessionKNN(), None, blend)  # type: ignore[arg-type]
+        total.knn.n_items = n
+        scratch = total.parts_total(parts)
+        scratch[excluded] = np.nan
+        got = blend_top_k(scratch, model_scores, blend["model"], tie, k)
+        assert got is not None
+        want = dense_blend(parts, model_scores, blend, tie, k, excluded)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[1].dtype == np.float64
+
+
+def test_blend_top_k_without_a_model_or_with_a_flat_one() -> None:
+    n = 50
+    rng = np.random.default_rng(3)
+    tie = tie_breaks(rng.integers(0, 3, n).astype(np.float64))
+    total = np.zeros(n, np.float32)
+    total[[3, 7]] = [0.5, 1.0]
+    for model in (np.zeros(0, np.float32), np.full(n, 2.5, np.float32)):
+        got = blend_top_k(total.copy(), model, 0.03, tie, 5)
+        assert got is not None
+        want = top_k(np.add(total, tie, dtype=np.float64), 5)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_blend_top_k_leaves_non_finite_models_to_numpy_and_counts_what_is_left() -> None:
+    tie = np.zeros(4)
+    for bad in (np.nan, np.inf):
+        model = np.array([0, bad, 1, 2], np.float32)
+        assert blend_top_k(np.zeros(4, np.float32), model, 1.0, tie, 2) is None
+    # Everything left out: nothing; fewer left than asked: those.
+    idx, scores = blend_top_k(np.full(4, np.nan, np.float32), np.zeros(0, np.float32), 0.0, tie, 3)
+    assert len(idx) == 0 and len(scores) == 0
+    total = np.array([np.nan, 0.5, np.nan, 0.25], np.float32)
+    idx, scores = blend_top_k(total, np.zeros(0, np.float32), 0.0, tie, 3)
+    assert idx.tolist() == [1, 3] and scores.tolist() == [0.5, 0.25]
+    idx, _ = blend_top_k(np.zeros(4, np.float32), np.zeros(0, np.float32), 0.0, tie, 0)
+    assert len(idx) == 0
+
+
+def test_normalized_model_scores_match_the_kernels_scaling() -> None:
+    # The kernel scales by the range in float64 and rounds to float32 as normalized().
+    rng = np.random.default_rng(11)
+    model = rng.normal(size=300).astype(np.float32)
+    tie = np.zeros(300)
+    idx, scores = blend_top_k(np.zeros(300, np.float32), model, 1.0, tie, 300)
+    expected = normalized(model)
+    np.testing.assert_array_equal(scores, expected[idx].astype(np.float64))

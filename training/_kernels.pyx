@@ -1,0 +1,272 @@
+# distutils: language = c++
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Compiled inner loops of serving: session-kNN scoring and the blend's top-k.
+
+Each replaces a chain of a few dozen numpy calls on small arrays (whose call
+overhead, not their arithmetic, was the cost) with one pass, computing the
+same values in the same order (IEEE operations, no fast-math, no FMA), so a
+result equals the numpy formulation bit for bit wherever the latter's order
+is defined. Where numpy's was not (``argpartition`` among equal values), ties
+are broken deterministically, as documented on each function.
+"""
+
+from libc.math cimport exp, expf, fabsf, isfinite, sqrtf
+from libc.stdint cimport int32_t, int64_t
+from libcpp.algorithm cimport sort
+from libcpp.pair cimport pair
+from libcpp.vector cimport vector
+
+import numpy as np
+
+cdef extern from "<algorithm>" namespace "std" nogil:
+    void nth_element[Iter](Iter first, Iter nth, Iter last) except +
+    void push_heap[Iter](Iter first, Iter last) except +
+    void pop_heap[Iter](Iter first, Iter last) except +
+
+cdef double DAY_MS = 86400000.0
+
+
+cdef inline Py_ssize_t _find(const int64_t[::1] sorted_values, int64_t value) noexcept nogil:
+    """Index of ``value`` in ascending ``sorted_values``, -1 when absent."""
+    cdef Py_ssize_t lo = 0, hi = sorted_values.shape[0], mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sorted_values[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < sorted_values.shape[0] and sorted_values[lo] == value:
+        return lo
+    return -1
+
+
+def knn_scores(
+    const int64_t[::1] live_items,
+    const float[::1] live_weight,
+    const float[::1] live_position,
+    const int64_t[::1] item_indptr,
+    const int32_t[::1] item_sessions,
+    const int64_t[::1] session_end_ms,
+    const int64_t[::1] indptr,
+    const int32_t[::1] indices,
+    const float[::1] positions,
+    Py_ssize_t n_items,
+    Py_ssize_t sample,
+    Py_ssize_t k,
+    double recency_decay_days,
+    int64_t reference_ms,
+    double neighbor_decay,
+):
+    """Session-kNN scores of a live session: (items ascending int64, float32 scores),
+    the items its neighbours reach with a score other than 0.
+
+    ``live_items``: the distinct live items, ascending, with their weight and
+    1-based last position in the live session. Candidate sessions are the
+    indexed sessions of those items; past ``sample`` of them, the latest ending
+    ones are kept (equal end times: the lower session number). Each candidate's
+    similarity is its summed live-item weight over sqrt(live items x its
+    length), decayed by its age when ``recency_decay_days`` > 0; the ``k`` most
+    similar (equal similarity: the later ending, then the lower session number)
+    with a similarity above 0 vote, each adding its similarity (decayed by the
+    distance to its anchor item when ``neighbor_decay`` > 0) to its items, the
+    neighbours taken in ascending session order."""
+    cdef Py_ssize_t n_live = live_items.shape[0]
+    cdef Py_ssize_t i, j, s, e, c, n_cand, n_top, at
+    cdef int64_t item, session
+    cdef vector[int64_t] gathered
+    cdef vector[pair[int64_t, int64_t]] by_end
+    cdef vector[int64_t] candidates
+    cdef vector[double] sims
+    cdef vector[pair[double, pair[int64_t, int64_t]]] ranked
+    cdef vector[int64_t] top
+    cdef vector[double] top_sim
+    cdef double overlap, sim, age, contribution
+    cdef float live_pos, best, anchor, size_term
+    cdef Py_ssize_t where
+    # --- candidate sessions: the distinct sessions of the live items
+    for i in range(n_live):
+        item = live_items[i]
+        for j in range(item_indptr[item], item_indptr[item + 1]):
+            gathered.push_back(item_sessions[j])
+    sort(gathered.begin(), gathered.end())
+    for i in range(<Py_ssize_t>gathered.size()):
+        if i == 0 or gathered[i] != gathered[i - 1]:
+            candidates.push_back(gathered[i])
+    n_cand = candidates.size()
+    if n_cand == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    if n_cand > sample:
+        # The latest ending ``sample``: by (-end, session) ascending.
+        for i in range(n_cand):
+            by_end.push_back(pair[int64_t, int64_t](-session_end_ms[candidates[i]], candidates[i]))
+        nth_element(by_end.begin(), by_end.begin() + (sample - 1), by_end.end())
+        candidates.clear()
+        for i in range(sample):
+            candidates.push_back(by_end[i].second)
+        sort(candidates.begin(), candidates.end())
+        n_cand = sample
+    # --- similarities
+    sims.resize(n_cand)
+    for c in range(n_cand):
+        session = candidates[c]
+        s, e = indptr[session], indptr[session + 1]
+        overlap = 0.0
+        for j in range(s, e):
+            where = _find(live_items, indices[j])
+            if where >= 0:
+                overlap += <double>live_weight[where]
+        size_term = sqrtf(<float>n_live * <float>(e - s))
+        sim = overlap / <double>size_term
+        if recency_decay_days > 0:
+            age = <double>(reference_ms - session_end_ms[session])
+            if age < 0:
+                age = 0.0
+            sim = sim * exp(-(age / DAY_MS) / recency_decay_days)
+        sims[c] = sim
+    # --- the k most similar, above 0, in ascending session order
+    if k > n_cand:
+        k = n_cand
+    if k < n_cand:
+        for c in range(n_cand):
+            ranked.push_back(
+                pair[double, pair[int64_t, int64_t]](
+                    -sims[c],
+                    pair[int64_t, int64_t](-session_end_ms[candidates[c]], c),
+                )
+            )
+        nth_element(ranked.begin(), ranked.begin() + (k - 1), ranked.end())
+        for i in range(k):
+            top.push_back(ranked[i].second.second)
+        sort(top.begin(), top.end())
+    else:
+        for c in range(n_cand):
+            top.push_back(c)
+    # --- votes
+    cdef vector[double] sums = vector[double](n_items, 0.0)
+    cdef vector[int64_t] touched
+    for i in range(<Py_ssize_t>top.size()):
+        c = top[i]
+        sim = sims[c]
+        if not sim > 0:
+            continue
+        session = candidates[c]
+        s, e = indptr[session], indptr[session + 1]
+        anchor = 0.0
+        if neighbor_decay > 0:
+            # The shared item latest in the live session anchors the neighbour.
+            best = 0.0
+            for j in range(s, e):
+                where = _find(live_items, indices[j])
+                live_pos = live_position[where] if where >= 0 else 0.0
+                if live_pos > best:
+                    best = live_pos
+                    anchor = positions[j]
+        for j in range(s, e):
+            item = indices[j]
+            contribution = sim
+            if neighbor_decay > 0:
+                contribution = contribution * <double>expf(
+                    -fabsf(positions[j] - anchor) / <float>neighbor_decay
+                )
+            if sums[item] == 0.0:
+                touched.push_back(item)
+            sums[item] += contribution
+    # An item first reached by a vote of 0 (a decay that underflowed) is listed
+    # again by the next: sorted, the repeats sit together.
+    sort(touched.begin(), touched.end())
+    n_top = 0
+    for i in range(<Py_ssize_t>touched.size()):
+        if sums[touched[i]] != 0.0 and (i == 0 or touched[i] != touched[i - 1]):
+            n_top += 1
+    out_items = np.empty(n_top, dtype=np.int64)
+    out_scores = np.empty(n_top, dtype=np.float32)
+    cdef int64_t[::1] oi = out_items
+    cdef float[::1] os = out_scores
+    at = 0
+    for i in range(<Py_ssize_t>touched.size()):
+        item = touched[i]
+        if sums[item] != 0.0 and (i == 0 or item != touched[i - 1]):
+            oi[at] = item
+            os[at] = <float>sums[item]
+            at += 1
+    return out_items, out_scores
+
+
+ctypedef pair[double, int64_t] Ranked  # (-score, index): std's max-heap tops the worst kept
+
+
+cdef inline void _keep(vector[Ranked]& heap, Py_ssize_t k, double score, int64_t index) noexcept nogil:
+    """Offers (score, index) to the k best kept in ``heap`` (higher score, then
+    lower index, is better)."""
+    cdef Ranked entry = Ranked(-score, index)
+    if <Py_ssize_t>heap.size() < k:
+        heap.push_back(entry)
+        push_heap(heap.begin(), heap.end())
+    elif entry < heap.front():
+        pop_heap(heap.begin(), heap.end())
+        heap[heap.size() - 1] = entry
+        push_heap(heap.begin(), heap.end())
+
+
+cdef _ranked(vector[Ranked]& heap):
+    """The kept entries, best first: (indices int64, scores float64)."""
+    sort(heap.begin(), heap.end())
+    cdef Py_ssize_t n = heap.size(), i
+    idx = np.empty(n, dtype=np.int64)
+    scores = np.empty(n, dtype=np.float64)
+    cdef int64_t[::1] oi = idx
+    cdef double[::1] os = scores
+    for i in range(n):
+        oi[i] = heap[i].second
+        os[i] = -heap[i].first
+    return idx, scores
+
+
+def blend_top_k(
+    float[::1] total,
+    const float[::1] model,
+    float model_weight,
+    const double[::1] tie_breaks,
+    Py_ssize_t k,
+):
+    """The ``k`` best items of a blend: ``total`` (float32, the session parts
+    already added; NaN at the items to leave out) plus ``model_weight`` times
+    the model's scores scaled to [0, 1] by their range (float32, as
+    ``normalized`` computes them), then the tie-breaks added in float64. Returns
+    (indices, float64 scores), best first (equal scores: the lower index), as
+    ``top_k(np.add(total + model part, tie_breaks, dtype=float64), k)`` does; or
+    None when a model score is not finite (the caller's numpy path handles it).
+    An empty ``model`` adds nothing. ``total`` is overwritten."""
+    cdef Py_ssize_t n = total.shape[0], i
+    cdef float lo = 0, hi = 0, part
+    cdef double span = 0, value
+    cdef bint use_model = model.shape[0] > 0 and model_weight != 0
+    cdef vector[Ranked] heap
+    if use_model:
+        lo = hi = model[0]
+        for i in range(n):
+            if not isfinite(model[i]):
+                return None
+            if model[i] < lo:
+                lo = model[i]
+            elif model[i] > hi:
+                hi = model[i]
+        span = <double>hi - <double>lo
+    if k <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    heap.reserve(k + 1)
+    with nogil:
+        for i in range(n):
+            if use_model:
+                if span > 0:
+                    part = <float>((<double>model[i] - <double>lo) / span) * model_weight
+                else:
+                    part = 0.0 * model_weight
+                total[i] = total[i] + part
+            value = <double>total[i] + tie_breaks[i]
+            if isfinite(value):
+                _keep(heap, k, value, i)
+    if heap.size() == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    return _ranked(heap)
