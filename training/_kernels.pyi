@@ -25,3 +25,13 @@ def blend_top_k(
     tie_breaks: np.ndarray,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray] | None: ...
+def add_normalized(
+    total: np.ndarray, items: np.ndarray, scores: np.ndarray, weight: float
+) -> bool: ...
+def rule_sources(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    sources: np.ndarray,
+    targets: np.ndarray,
+) -> np.ndarray: ...

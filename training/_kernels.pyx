@@ -270,3 +270,60 @@ def blend_top_k(
     if heap.size() == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     return _ranked(heap)
+
+
+def add_normalized(float[::1] total, const int64_t[::1] items, const float[::1] scores, float weight):
+    """``total[items] += weight * (scores scaled to [0, 1])`` in float32, the scaling
+    as ``SparseScores.normalized`` computes it (by the range over the whole
+    catalog, whose other items score 0). Returns False, adding nothing, where
+    that scaling does not apply (a score not finite, or below 0 with items left
+    out: ``normalized`` of the dense vector handles those)."""
+    cdef Py_ssize_t n = items.shape[0], i
+    cdef float lo, hi
+    cdef double low, span
+    if n == 0:
+        return True
+    lo = hi = scores[0]
+    for i in range(n):
+        if not isfinite(scores[i]):
+            return False
+        if scores[i] < lo:
+            lo = scores[i]
+        elif scores[i] > hi:
+            hi = scores[i]
+    low = lo
+    if n < total.shape[0]:  # the catalog-wide range includes the 0s
+        if lo < 0:
+            return False
+        low = 0.0
+    if <double>hi <= low:
+        return True  # flat: every item scales to 0
+    span = <double>hi - low
+    for i in range(n):
+        total[items[i]] = total[items[i]] + <float>((<double>scores[i] - low) / span) * weight
+    return True
+
+
+def rule_sources(
+    const int64_t[::1] indptr,
+    const int32_t[::1] indices,
+    const float[::1] data,
+    const int64_t[::1] sources,
+    const int64_t[::1] targets,
+):
+    """For each of ``targets``, the first of ``sources`` whose row of the rules
+    (a CSR matrix: source item -> target item, weight) leads to it with a weight
+    above 0; ``len(sources)`` for none. int64."""
+    cdef Py_ssize_t n_sources = sources.shape[0], n_targets = targets.shape[0], s, j, t
+    cdef int64_t item
+    out = np.full(n_targets, n_sources, dtype=np.int64)
+    cdef int64_t[::1] found = out
+    for s in range(n_sources):
+        item = sources[s]
+        for j in range(indptr[item], indptr[item + 1]):
+            if not data[j] > 0:
+                continue
+            for t in range(n_targets):  # a page of recommendations: a few dozen
+                if targets[t] == indices[j] and found[t] > s:
+                    found[t] = s
+    return out

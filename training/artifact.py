@@ -42,7 +42,6 @@ from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
 from training.session_models import (
     SessionRecommender,
     SparseScores,
-    csr_positions,
     normalized,
 )
 from training.weighting import ConfidenceScaling, EventWeights
@@ -305,19 +304,9 @@ class ModelArtifact:
                 last_seen[num] = t
                 verbs[num] = max(typ, verbs.get(num, typ))
         # source[r]: the first s whose live item recent_first[s] has a rule leading
-        # to recommended[r], len(recent_first) for none (rows of the CSR rules read
-        # directly: fancy indexing costs a millisecond).
-        rules = self.session.rules.rules
+        # to recommended[r], len(recent_first) for none.
         none = len(recent_first)
-        source = np.full(len(recommended), none, dtype=np.int64)
-        at, row_of = csr_positions(rules.indptr, np.asarray(recent_first, dtype=np.int64))
-        if len(at):
-            order = np.argsort(recommended, kind="stable")  # recommended items are distinct
-            by_number = recommended[order]
-            targets = rules.indices[at]
-            pos = np.minimum(np.searchsorted(by_number, targets), len(by_number) - 1)
-            hit = (by_number[pos] == targets) & (rules.data[at] > 0)
-            np.minimum.at(source, order[pos[hit]], row_of[hit])
+        source = self.session.rules.sources_of(np.asarray(recent_first), recommended)
         unlinked = np.flatnonzero(source == none)
         fallback: dict[int, str] = {}
         if len(unlinked) and row.nnz:  # the model explains only what no rule does

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
-from training._kernels import knn_scores
+from training._kernels import add_normalized, knn_scores, rule_sources
 from training.data import Vocabulary
 from training.weighting import EventWeights
 
@@ -328,6 +328,7 @@ class SequentialRules:
                 raise InvalidArgument(f"{name}: must be >= 1")
         self.n_items = 0
         self.rules = sp.csr_matrix((0, 0), dtype=np.float32)
+        self._prepare()
 
     def fit(self, sessions: Sessions, n_items: int) -> SequentialRules:
         self.n_items = n_items
@@ -350,7 +351,25 @@ class SequentialRules:
             rules = sp.csr_matrix((n_items, n_items), dtype=np.float32)
         rules.sum_duplicates()
         self.rules = _top_per_row(rules, int(self.params["max_rules"]))
+        self._prepare()
         return self
+
+    def _prepare(self) -> None:
+        """Keeps the rules as ``rule_sources`` takes them (contiguous, its dtypes)."""
+        self._kernel_arrays = (
+            np.ascontiguousarray(self.rules.indptr, dtype=np.int64),
+            np.ascontiguousarray(self.rules.indices, dtype=np.int32),
+            np.ascontiguousarray(self.rules.data, dtype=np.float32),
+        )
+
+    def sources_of(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """For each of ``targets``, the position of the first of ``sources`` with a
+        rule leading to it, ``len(sources)`` for none."""
+        return rule_sources(
+            *self._kernel_arrays,
+            np.ascontiguousarray(sources, dtype=np.int64),
+            np.ascontiguousarray(targets, dtype=np.int64),
+        )
 
     def score(self, session: Sequence[int] | np.ndarray) -> np.ndarray:
         """Scores of every item: the rules of the live session's last known item."""
@@ -394,6 +413,7 @@ class SequentialRules:
             raise ValueError(f"{prefix}*: rule arrays do not fit together")
         model.n_items = n_items
         model.rules = sp.csr_matrix((data, indices, indptr), shape=(n_items, n_items))
+        model._prepare()
         return model
 
 
@@ -559,15 +579,11 @@ class SessionRecommender:
         total = np.zeros(self.knn.n_items, dtype=np.float32)
         for name, sparse in parts.items():
             weight = self.blend.get(name, 0.0)
-            if not weight:
-                continue
-            part = sparse.normalized()
-            if part is None:  # the items it leaves out would not scale to 0
-                dense = normalized(sparse.dense())
+            # ``sparse.normalized()`` added at its items, in one compiled pass.
+            if weight and not add_normalized(total, sparse.items, sparse.scores, weight):
+                dense = normalized(sparse.dense())  # the items left out would not scale to 0
                 dense *= np.float32(weight)
                 total += dense
-            else:
-                total[part.items] += part.scores * np.float32(weight)
         return total
 
     def to_arrays(self) -> dict[str, np.ndarray]:

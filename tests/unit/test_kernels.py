@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training._kernels import blend_top_k, knn_scores
+from training._kernels import add_normalized, blend_top_k, knn_scores, rule_sources
 from training.models import tie_breaks, top_k
 from training.session_models import (
     DAY_MS,
+    SequentialRules,
     SessionKNN,
     SessionRecommender,
     Sessions,
@@ -239,3 +240,57 @@ def test_normalized_model_scores_match_the_kernels_scaling() -> None:
     idx, scores = blend_top_k(np.zeros(300, np.float32), model, 1.0, tie, 300)
     expected = normalized(model)
     np.testing.assert_array_equal(scores, expected[idx].astype(np.float64))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_add_normalized_adds_what_sparse_normalized_gives(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 200
+    for size in (0, 1, 30, n):
+        items = np.sort(rng.choice(n, size, replace=False)).astype(np.int64)
+        scores = rng.integers(0, 4, size).astype(np.float32) * np.float32(0.7)
+        sparse = SparseScores(items, scores, n)
+        base = rng.random(n).astype(np.float32)
+        got = base.copy()
+        assert add_normalized(got, items, scores, 0.01)
+        want = base.copy()
+        part = sparse.normalized()
+        assert part is not None
+        want[part.items] += part.scores * np.float32(0.01)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_add_normalized_refuses_what_only_the_dense_scaling_handles() -> None:
+    total = np.zeros(5, np.float32)
+    items = np.array([1, 2], np.int64)
+    for scores in ([-1.0, 2.0], [np.nan, 1.0], [np.inf, 1.0]):
+        assert not add_normalized(total, items, np.array(scores, np.float32), 1.0)
+        assert not total.any()  # nothing added
+    # Every item scored: its own range, negative scores included.
+    assert add_normalized(total, np.arange(5), np.array([-1, 0, 1, 2, 3], np.float32), 1.0)
+    assert total.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_rule_sources_name_the_first_source_with_a_rule_to_each_target() -> None:
+    rng = np.random.default_rng(5)
+    n_items = 30
+    rules = SequentialRules(steps=3).fit(random_sessions(rng, 200, n_items), n_items)
+    matrix = rules.rules.toarray()
+    for _ in range(30):
+        sources = rng.choice(n_items, rng.integers(0, 6), replace=False)
+        targets = rng.choice(n_items, 10, replace=False)
+        want = [
+            next((s for s, src in enumerate(sources) if matrix[src, t] > 0), len(sources))
+            for t in targets
+        ]
+        assert rules.sources_of(sources, targets).tolist() == want
+    # A rule of weight 0 (kept in the CSR) leads nowhere.
+    indptr = np.array([0, 1, 1], np.int64)
+    got = rule_sources(
+        indptr,
+        np.array([1], np.int32),
+        np.zeros(1, np.float32),
+        np.array([0], np.int64),
+        np.array([1], np.int64),
+    )
+    assert got.tolist() == [1]
