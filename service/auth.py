@@ -49,6 +49,7 @@ import grpc
 
 from service.interceptors import abort_with
 from service.limits import RateLimiter
+from service.workers import INTERNAL_SERVICE
 from sessionrec import apikeys
 from sessionrec.config import Config
 from sessionrec.errors import (
@@ -123,6 +124,8 @@ def required_role(method: str) -> str | None:
     service = method.lstrip("/").partition("/")[0]
     if service in OPEN_SERVICES:
         return None
+    if service == INTERNAL_SERVICE:
+        return None  # no caller's key: its handler admits the internal socket's peers only
     return METHOD_ROLES.get(method) or "admin"
 
 

@@ -27,7 +27,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,11 @@ class _Context:
     live_since: int | None
 
 
+#: ``Store.record_offer_log``'s signature: entries, the offers by id -> per entry
+#: None (recorded) or why not (a cap or budget reached).
+RecordLog = Callable[[Sequence[OfferLogEntry], Mapping[str, Offer]], list[str | None]]
+
+
 class OfferEngine:
     def __init__(
         self,
@@ -114,8 +119,12 @@ class OfferEngine:
         live_session_boost: float = 5.0,
         history_limit: int = 500,
         seed: int | None = None,
+        record_log: RecordLog | None = None,
     ):
         self.store = store
+        #: Records shown offers (caps checked): the store's, or in a worker
+        #: process the primary's (``service.workers.PrimaryOfferLog``).
+        self.record_log: RecordLog = record_log or store.record_offer_log
         self.models = models
         self.catalog = catalog
         self.holdout_share = holdout_share
@@ -222,7 +231,7 @@ class OfferEngine:
             # A preview shows nothing, so it exposes nobody, holdout or not.
             if preview:
                 return OffersResult([], holdout=True)
-            self.store.record_offer_log(
+            self.record_log(
                 [
                     OfferLogEntry(
                         _holdout_log_id(r.offer.offer_id, user_id),
@@ -239,7 +248,7 @@ class OfferEngine:
             )
             return OffersResult([], holdout=True)
         if not preview and chosen:
-            outcome = self.store.record_offer_log(
+            outcome = self.record_log(
                 [
                     OfferLogEntry(
                         f"served:{uuid.uuid4().hex}",

@@ -53,11 +53,13 @@ from service.servicers import (
 from service.sessions import SessionManager
 from service.workers import (
     Forwarder,
+    PrimaryOfferLog,
     SkipMethods,
     WorkerLink,
     WorkerPool,
     check_port_free,
     internal_socket_path,
+    offer_log_handler,
 )
 from sessionrec.config import Config
 from sessionrec.errors import SessionrecError
@@ -263,6 +265,9 @@ def create_server(
         live_session_boost=config.live_session_boost,
         cold_item_share=config.cold_item_share,
     )
+    channel = None
+    if worker is not None:
+        channel = grpc.insecure_channel(worker.primary, options=INTERNAL_CHANNEL_OPTIONS)
     offers = OfferEngine(
         store,
         models,
@@ -271,14 +276,15 @@ def create_server(
         session_timeout_s=config.session_timeout_s,
         live_session_boost=config.live_session_boost,
         history_limit=config.history_limit,
+        # A worker ranks offers itself; the primary records what it shows.
+        record_log=PrimaryOfferLog(channel) if channel is not None else None,
     )
     sessions.offer_recorder = offers.record_events
 
     several = worker is not None or config.processes > 1
     interceptors: list[grpc.ServerInterceptor] = [auth, ErrorMappingInterceptor()]
     forwarder = None
-    if worker is not None:
-        channel = grpc.insecure_channel(worker.primary, options=INTERNAL_CHANNEL_OPTIONS)
+    if channel is not None:
         forwarder = Forwarder(channel)
         interceptors = [SkipMethods(i, forwarder.methods) for i in interceptors]
     server = grpc.server(
@@ -321,6 +327,7 @@ def create_server(
                 check_port_free(config.host, config.port)
             internal_dir = tempfile.mkdtemp(prefix="sessionrec-")
             server.add_insecure_port(f"unix:{internal_socket_path(internal_dir)}")
+            server.add_generic_rpc_handlers((offer_log_handler(offers),))
         if config.tls_cert_file:
             port = server.add_secure_port(address, tls_credentials(config))
         else:

@@ -11,7 +11,9 @@ processes bound to the same port (``SO_REUSEPORT``: the kernel spreads client
   refresh, store probe, model polling) and an internal Unix socket.
 * N-1 **workers** open the store read-only. They answer the read RPCs of
   :data:`LOCAL_METHODS` (Recommend, SimilarItems, GetItem, GetModelInfo; health
-  and reflection too) themselves. Every other RPC is forwarded as raw bytes
+  and reflection too) themselves, and rank GetOffers too: the offers they show
+  are recorded by the primary (:data:`RECORD_OFFER_LOG`, caps checked there
+  against every process's impressions). Every other RPC is forwarded as raw bytes
   over the internal socket to the primary, with the caller's metadata (the
   primary checks the API key) and remaining deadline, and its answer relayed:
   message, status, details and trailing metadata (``retry-after-ms``).
@@ -30,22 +32,38 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from service.periodic import PeriodicTask
 from sessionrec.config import Config
-from sessionrec.deadline import NO_DEADLINE_S
+from sessionrec.deadline import NO_DEADLINE_S, remaining_s
+from sessionrec.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SessionrecError,
+    Unavailable,
+)
+from sessionrec.offers import Offer
+from sessionrec.store import OfferLogEntry
 from sessionrec.v1 import sessionrec_pb2 as pb
+
+if TYPE_CHECKING:
+    from service.offers import OfferEngine
 
 log = logging.getLogger("sessionrec.workers")
 
@@ -56,8 +74,14 @@ LOCAL_METHODS = frozenset(
         "/sessionrec.v1.RecommendationService/SimilarItems",
         "/sessionrec.v1.CatalogService/GetItem",
         "/sessionrec.v1.AdminService/GetModelInfo",
+        # Ranked here; its impressions are recorded by the primary (RECORD_OFFER_LOG).
+        "/sessionrec.v1.OfferService/GetOffers",
     }
 )
+#: The primary's own service for its workers, on the internal socket only
+#: (JSON bodies; not in the public API, refused from any other peer).
+INTERNAL_SERVICE = "sessionrec.internal.Primary"
+RECORD_OFFER_LOG = f"/{INTERNAL_SERVICE}/RecordOfferLog"
 #: Request metadata not passed on (gRPC's own; the channel sets them again).
 _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding"})
 #: How long the primary waits for a worker to start serving.
@@ -164,6 +188,69 @@ class Forwarder:
                 _relay_error(context, exc)
 
         return grpc.stream_stream_rpc_method_handler(forward)
+
+
+#: A status from the primary as the domain error the worker's own call ends with.
+_ERROR_BY_STATUS: dict[grpc.StatusCode, type[SessionrecError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def offer_log_handler(offers: OfferEngine) -> grpc.GenericRpcHandler:
+    """The primary's RECORD_OFFER_LOG: a worker's offer log entries (as lists of
+    ``OfferLogEntry`` fields) recorded in the primary's store, caps checked under
+    its locks against the primary's offer definitions; the answer lists, per
+    entry, why it was not recorded (null: recorded)."""
+
+    def handle(rows: Any, context: grpc.ServicerContext) -> list[str | None]:
+        if not str(context.peer()).startswith("unix:"):
+            raise PermissionDenied(f"{RECORD_OFFER_LOG}: only for this server's worker processes")
+        try:
+            entries = [OfferLogEntry(*row) for row in rows]
+        except TypeError as exc:
+            raise InvalidArgument(f"{RECORD_OFFER_LOG}: entries do not fit: {exc}") from None
+        return offers.store.record_offer_log(entries, offers.offers())
+
+    return grpc.method_handlers_generic_handler(
+        INTERNAL_SERVICE,
+        {
+            "RecordOfferLog": grpc.unary_unary_rpc_method_handler(
+                handle, request_deserializer=json.loads, response_serializer=_json_bytes
+            )
+        },
+    )
+
+
+class PrimaryOfferLog:
+    """A worker's ``record_offer_log``: the entries go to the primary (which
+    checks caps against every process's impressions), with the caller's deadline."""
+
+    def __init__(self, channel: grpc.Channel):
+        self._call = channel.unary_unary(
+            RECORD_OFFER_LOG, request_serializer=_json_bytes, response_deserializer=json.loads
+        )
+
+    def __call__(
+        self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
+    ) -> list[str | None]:
+        # The primary judges against its own (current) offer definitions.
+        rows = [dataclasses.astuple(e) for e in entries]
+        try:
+            answer: list[str | None] = self._call(rows, timeout=remaining_s())
+        except grpc.RpcError as exc:
+            call: Any = exc
+            code, details = call.code(), call.details() or "primary process: no answer"
+            raise _ERROR_BY_STATUS.get(code, Unavailable)(details) from None
+        return answer
 
 
 class SkipMethods(grpc.ServerInterceptor):

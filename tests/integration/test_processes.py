@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,22 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import sessionrec.analytics
+from service.interceptors import ErrorMappingInterceptor
 from service.server import SessionrecServer, create_server
-from service.workers import LOCAL_METHODS, WorkerLink, forwarded_methods, internal_socket_path
+from service.workers import (
+    LOCAL_METHODS,
+    PrimaryOfferLog,
+    WorkerLink,
+    forwarded_methods,
+    internal_socket_path,
+    offer_log_handler,
+)
 from sessionrec import deadline
 from sessionrec.apikeys import create_key
-from sessionrec.errors import FailedPrecondition
+from sessionrec.errors import FailedPrecondition, PermissionDenied
 from sessionrec.items import ItemRecord
-from sessionrec.store import open_store
+from sessionrec.offers import IMPRESSION, TREATED, in_holdout
+from sessionrec.store import OfferLogEntry, open_store
 from sessionrec.store.sqlite import SQLiteStore
 from sessionrec.v1 import sessionrec_pb2 as pb
 from sessionrec.v1 import sessionrec_pb2_grpc as pb_grpc
@@ -76,6 +86,7 @@ class Stubs:
     admin: pb_grpc.AdminServiceStub
     analytics: pb_grpc.AnalyticsServiceStub
     health: health_pb2_grpc.HealthStub
+    offers: pb_grpc.OfferServiceStub
 
     @classmethod
     def connect(cls, port: int, *, fresh: bool = False) -> Stubs:
@@ -91,6 +102,7 @@ class Stubs:
             pb_grpc.AdminServiceStub(channel),
             pb_grpc.AnalyticsServiceStub(channel),
             health_pb2_grpc.HealthStub(channel),
+            pb_grpc.OfferServiceStub(channel),
         )
 
     def close(self) -> None:
@@ -870,3 +882,89 @@ def test_sessionrec_serve_with_two_processes(sessionrec_bin, synthetic_copy, tmp
             proc.wait(timeout=30)
     left = wait_for(lambda: not [p for p in descendants if pid_alive(p)], timeout_s=10)
     assert left, [(p, cmdline(p)) for p in descendants if pid_alive(p)]
+
+
+# ------------------------------------------------- offers, ranked by workers
+def users_by_arm(cluster: Cluster, prefix: str) -> tuple[list[str], list[str]]:
+    """Users named ``prefix``-k, split into (treated, holdout)."""
+    share = cluster.primary.config.offer_holdout_share
+    names = [f"{prefix}-{k}" for k in range(200)]
+    return (
+        [u for u in names if not in_holdout(u, share)],
+        [u for u in names if in_holdout(u, share)],
+    )
+
+
+def test_a_worker_ranks_offers_and_the_primary_records_them_within_caps(cluster, monkeypatch):
+    w, p, db = cluster.to_worker, cluster.to_primary, cluster.db_path
+    engine = cluster.worker.sessions.offer_recorder.__self__  # the worker's OfferEngine
+    ranked_here: list[str] = []
+    get_offers = engine.get_offers
+    monkeypatch.setattr(
+        engine,
+        "get_offers",
+        lambda user, *a, **kw: ranked_here.append(user) or get_offers(user, *a, **kw),
+    )
+    treated, holdout = users_by_arm(cluster, "w-offers")
+    once = pb.Offer(
+        offer_id="w-once",
+        title="once per user",
+        kind=pb.PERCENT_OFF,
+        value=10.0,
+        combinable=True,
+        max_per_user=1,
+        target=pb.OfferTarget(whole_catalog=True),
+    )
+    # Defined through the primary: the worker ranks it on its next call.
+    assert not p.offers.UpsertOffers(pb.UpsertOffersRequest(offers=[once]), timeout=RPC_S).rejected
+    user = treated[0]
+    shown = w.offers.GetOffers(pb.GetOffersRequest(user_id=user, n=5), timeout=RPC_S)
+    assert [o.offer_id for o in shown.offers] == ["w-once"]
+    assert ranked_here == [user]  # by the worker itself, not forwarded
+    logged = "SELECT COUNT(*) FROM offer_log WHERE offer_id = 'w-once' AND user_id = ? AND arm = ?"
+    assert sql_scalar(db, logged, (user, 0)) == 1  # recorded in the primary's store
+    # The cap counts impressions of every process: neither shows it again.
+    for stubs in (p, w):
+        again = stubs.offers.GetOffers(pb.GetOffersRequest(user_id=user, n=5), timeout=RPC_S)
+        assert "w-once" not in [o.offer_id for o in again.offers]
+    assert sql_scalar(db, logged, (user, 0)) == 1
+    # A preview through the worker records nothing; a holdout user's exposure is.
+    other = treated[1]
+    preview = w.offers.GetOffers(
+        pb.GetOffersRequest(user_id=other, n=5, preview=True), timeout=RPC_S
+    )
+    assert [o.offer_id for o in preview.offers] == ["w-once"]
+    assert sql_scalar(db, logged, (other, 0)) == 0
+    held = w.offers.GetOffers(pb.GetOffersRequest(user_id=holdout[0], n=5), timeout=RPC_S)
+    assert held.holdout and not held.offers
+    assert sql_scalar(db, logged, (holdout[0], 1)) == 1
+    p.offers.DeleteOffer(pb.DeleteOfferRequest(offer_id="w-once"), timeout=RPC_S)
+
+
+def test_the_internal_offer_log_answers_its_socket_only(cluster, tmp_path):
+    # The handler on a server of its own, listening on TCP and on a Unix socket
+    # (the primary's public port is shared with its worker process: a
+    # connection there may not reach it).
+    engine = cluster.primary.sessions.offer_recorder.__self__  # the primary's OfferEngine
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=2), interceptors=[ErrorMappingInterceptor()]
+    )
+    server.add_generic_rpc_handlers((offer_log_handler(engine),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_insecure_port(f"unix:{tmp_path}/internal.sock")
+    server.start()
+    try:
+        entry = ["internal-log-1", "no-such-offer", "internal-user", None, IMPRESSION, 1, TREATED]
+        for address in (f"127.0.0.1:{port}", f"unix:{tmp_path}/internal.sock"):
+            with grpc.insecure_channel(address) as channel:
+                record = PrimaryOfferLog(channel)
+                entries = [OfferLogEntry(*entry)]
+                if address.startswith("unix:"):
+                    assert record(entries, {}) == [None]
+                else:
+                    with pytest.raises(PermissionDenied, match="worker processes"):
+                        record(entries, {})
+        logged = "SELECT COUNT(*) FROM offer_log WHERE log_id = 'internal-log-1'"
+        assert sql_scalar(cluster.db_path, logged) == 1
+    finally:
+        server.stop(0)
