@@ -35,6 +35,7 @@ import numpy as np
 
 from service.catalog import Catalog
 from service.recommender import ModelHolder, live_session, requested_session
+from service.sessions import GroupCommit
 from service.validation import require_id
 from sessionrec.errors import (
     FailedPrecondition,
@@ -122,9 +123,13 @@ class OfferEngine:
         record_log: RecordLog | None = None,
     ):
         self.store = store
-        #: Records shown offers (caps checked): the store's, or in a worker
-        #: process the primary's (``service.workers.PrimaryOfferLog``).
-        self.record_log: RecordLog = record_log or store.record_offer_log
+        # Concurrent calls' impressions are committed together (one fsync).
+        self._group: GroupCommit[OfferLogEntry, list[str | None]] = GroupCommit(
+            lambda groups: self.store.record_offer_logs(groups, self.offers())
+        )
+        #: Records shown offers (caps checked): into the store, by group commit; in a
+        #: worker process, by the primary (``service.workers.PrimaryOfferLog``).
+        self.record_log: RecordLog = record_log or self._record_grouped
         self.models = models
         self.catalog = catalog
         self.holdout_share = holdout_share
@@ -135,6 +140,13 @@ class OfferEngine:
         self._rng_lock = threading.Lock()
         self._cache: tuple[int, dict[str, Offer]] = (-1, {})
         self._cache_lock = threading.Lock()
+
+    def _record_grouped(
+        self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
+    ) -> list[str | None]:
+        """``Store.record_offer_log`` in one transaction with the entries of
+        concurrent calls, judged against the offer definitions current then."""
+        return self._group.submit([entries])[0]
 
     # ------------------------------------------------------------ definitions
     def offers(self) -> dict[str, Offer]:

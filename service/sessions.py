@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from service.limits import RateLimiter
 from service.periodic import PeriodicTask
@@ -195,19 +196,22 @@ def quarantine_entry(e: IncomingEvent, error: SessionrecError, now: int) -> Quar
 #: Most events one group commit stores together (concurrent calls' batches).
 GROUP_MAX_EVENTS = 5000
 
+T = TypeVar("T")  # what a group commits (events, offer log entries)
+R = TypeVar("R")  # each batch's result
+
 
 @dataclass(eq=False)
-class _Ticket:
-    batches: Sequence[Sequence[IncomingEvent]]
+class _Ticket(Generic[T, R]):
+    batches: Sequence[Sequence[T]]
     size: int
     #: When the caller gives up (``time.monotonic()``), None: no deadline.
     until: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    results: list[TrackResult] | None = None
+    results: list[R] | None = None
     error: BaseException | None = None
 
 
-class GroupCommit:
+class GroupCommit(Generic[T, R]):
     """Batches from concurrent callers stored in one transaction (one fsync for
     all of them), each caller getting its own result.
 
@@ -219,22 +223,22 @@ class GroupCommit:
 
     def __init__(
         self,
-        store_many: Callable[[list[Sequence[IncomingEvent]]], list[TrackResult]],
+        store_many: Callable[[list[Sequence[T]]], list[R]],
         max_events: int = GROUP_MAX_EVENTS,
     ):
         self._store_many = store_many
         self.max_events = max_events
         self._lock = threading.Lock()
-        self._waiting: list[_Ticket] = []
+        self._waiting: list[_Ticket[T, R]] = []
         self._busy = False
 
-    def submit(self, batches: Sequence[Sequence[IncomingEvent]]) -> list[TrackResult]:
+    def submit(self, batches: Sequence[Sequence[T]]) -> list[R]:
         """Stores ``batches`` (kept together in one transaction) with whatever
         else is waiting; their results in order. A failed commit (the store
         unavailable, full) raises in every caller of its group."""
         left = remaining_s()
         until = None if left is None else time.monotonic() + left
-        ticket = _Ticket(batches, sum(len(b) for b in batches), until)
+        ticket: _Ticket[T, R] = _Ticket(batches, sum(len(b) for b in batches), until)
         with self._lock:
             self._waiting.append(ticket)
             leads = not self._busy
@@ -304,7 +308,7 @@ class SessionManager:
         self.max_skew_ms = int(max_clock_skew_s * 1000)
         self.max_events = max_events_per_call
         self._reaper: PeriodicTask | None = None
-        self._group = GroupCommit(self._track_group)
+        self._group: GroupCommit[IncomingEvent, TrackResult] = GroupCommit(self._track_group)
 
     # ------------------------------------------------------------ sessions
     def start(

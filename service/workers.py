@@ -218,7 +218,7 @@ def offer_log_handler(offers: OfferEngine) -> grpc.GenericRpcHandler:
             entries = [OfferLogEntry(*row) for row in rows]
         except TypeError as exc:
             raise InvalidArgument(f"{RECORD_OFFER_LOG}: entries do not fit: {exc}") from None
-        return offers.store.record_offer_log(entries, offers.offers())
+        return offers.record_log(entries, offers.offers())  # with the primary's own calls
 
     return grpc.method_handlers_generic_handler(
         INTERNAL_SERVICE,

@@ -277,7 +277,6 @@ class Store(abc.ABC):
         """Impressions and redemptions of each offer: in total, of the user, and
         in the session."""
 
-    @abc.abstractmethod
     def record_offer_log(
         self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
     ) -> list[str | None]:
@@ -286,6 +285,14 @@ class Store(abc.ABC):
         redemption budget, single use. Returns, per entry, None when recorded
         (or already recorded under its log id) or the reason it was refused.
         Holdout entries are counterfactual exposures: recorded, never capped."""
+        return self.record_offer_logs([entries], offers)[0]
+
+    @abc.abstractmethod
+    def record_offer_logs(
+        self, groups: Sequence[Sequence[OfferLogEntry]], offers: Mapping[str, Offer]
+    ) -> list[list[str | None]]:
+        """``record_offer_log`` of several callers' entries in one transaction (one
+        commit), each group judged after the ones before it; results per group."""
 
     @abc.abstractmethod
     def offer_outcomes(self) -> list[OfferOutcome]:

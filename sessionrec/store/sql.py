@@ -711,43 +711,49 @@ class SQLStore(Store):
             out[oid] = OfferCounts(imp, red, uimp, ured, in_session.get(oid, 0))
         return out
 
-    def record_offer_log(
-        self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
-    ) -> list[str | None]:
-        out: list[str | None] = []
+    def record_offer_logs(
+        self, groups: Sequence[Sequence[OfferLogEntry]], offers: Mapping[str, Offer]
+    ) -> list[list[str | None]]:
         with self._transaction() as c:
             # Caps and budgets are checked and counted under the offer's lock.
-            for offer_id in sorted({e.offer_id for e in entries}):
+            for offer_id in sorted({e.offer_id for entries in groups for e in entries}):
                 self._lock(c, "offer:" + offer_id)
-            for e in entries:
-                if c.execute("SELECT 1 FROM offer_log WHERE log_id = ?", (e.log_id,)).fetchone():
-                    out.append(None)  # recorded before: idempotent
-                    continue
-                offer = offers.get(e.offer_id)
-                # Holdout exposures are counterfactual (never capped); every real
-                # redemption counts against the budget, whatever the user's arm.
-                limited = offer is not None and (e.arm == TREATED or e.kind == REDEMPTION)
-                reason = _offer_limit(c, e, offer) if limited and offer is not None else None
-                if reason is not None:
-                    out.append(reason)
-                    continue
+            # In order: a later group's entries count what the earlier ones recorded.
+            return [self._record_offer_log(c, entries, offers) for entries in groups]
+
+    def _record_offer_log(
+        self, c: Any, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
+    ) -> list[str | None]:
+        out: list[str | None] = []
+        for e in entries:
+            if c.execute("SELECT 1 FROM offer_log WHERE log_id = ?", (e.log_id,)).fetchone():
+                out.append(None)  # recorded before: idempotent
+                continue
+            offer = offers.get(e.offer_id)
+            # Holdout exposures are counterfactual (never capped); every real
+            # redemption counts against the budget, whatever the user's arm.
+            limited = offer is not None and (e.arm == TREATED or e.kind == REDEMPTION)
+            reason = _offer_limit(c, e, offer) if limited and offer is not None else None
+            if reason is not None:
+                out.append(reason)
+                continue
+            c.execute(
+                "INSERT INTO offer_log"
+                " (log_id, offer_id, user_id, session_id, kind, arm, ts_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (e.log_id, e.offer_id, e.user_id, e.session_id, e.kind, e.arm, e.ts_ms),
+            )
+            if e.arm == TREATED or e.kind == REDEMPTION:
+                column = "impressions" if e.kind == IMPRESSION else "redemptions"
                 c.execute(
-                    "INSERT INTO offer_log"
-                    " (log_id, offer_id, user_id, session_id, kind, arm, ts_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (e.log_id, e.offer_id, e.user_id, e.session_id, e.kind, e.arm, e.ts_ms),
+                    "INSERT INTO offer_totals (offer_id) VALUES (?) ON CONFLICT DO NOTHING",
+                    (e.offer_id,),
                 )
-                if e.arm == TREATED or e.kind == REDEMPTION:
-                    column = "impressions" if e.kind == IMPRESSION else "redemptions"
-                    c.execute(
-                        "INSERT INTO offer_totals (offer_id) VALUES (?) ON CONFLICT DO NOTHING",
-                        (e.offer_id,),
-                    )
-                    c.execute(
-                        f"UPDATE offer_totals SET {column} = {column} + 1 WHERE offer_id = ?",
-                        (e.offer_id,),
-                    )
-                out.append(None)
+                c.execute(
+                    f"UPDATE offer_totals SET {column} = {column} + 1 WHERE offer_id = ?",
+                    (e.offer_id,),
+                )
+            out.append(None)
         return out
 
     def offer_outcomes(self) -> list[OfferOutcome]:

@@ -124,6 +124,30 @@ def test_caps_budget_and_single_use_hold(store: Store) -> None:
     assert store.offer_counts(["o1"], "u1", None)["o1"].impressions == 2
 
 
+def test_groups_committed_together_are_judged_in_order(store: Store) -> None:
+    # Three callers' impressions in one transaction: the first takes the user's
+    # last slot, the second (same user) is refused, another user's goes in;
+    # one group of two entries for a second offer is judged entry by entry.
+    o1 = offer_from_dict(offer(max_per_user=1))
+    o2 = offer_from_dict({**offer(max_per_user=1), "offer_id": "o2"})
+    store.upsert_offers([o1, o2])
+    limits = {"o1": o1, "o2": o2}
+    got = store.record_offer_logs(
+        [
+            [entry("g1")],
+            [entry("g2", session="s2")],
+            [entry("g3", user="u2"), entry("g4", user="u2", offer_id="o2")],
+            [entry("g5", user="u2", offer_id="o2", session="s9")],
+        ],
+        limits,
+    )
+    assert got[0] == [None] and got[2] == [None, None]
+    assert got[1][0] is not None and "per user" in got[1][0]
+    assert got[3][0] is not None and "per user" in got[3][0]
+    assert store.offer_counts(["o1", "o2"], "u2", None)["o2"].user_impressions == 1
+    assert store.offer_counts(["o1"], "u1", None)["o1"].impressions == 2
+
+
 def test_concurrent_writers_never_exceed_a_budget(db_path) -> None:
     """16 threads, each with its own store connection, redeem at once: exactly
     the budget gets through."""
