@@ -746,11 +746,8 @@ class SQLStore(Store):
             if e.arm == TREATED or e.kind == REDEMPTION:
                 column = "impressions" if e.kind == IMPRESSION else "redemptions"
                 c.execute(
-                    "INSERT INTO offer_totals (offer_id) VALUES (?) ON CONFLICT DO NOTHING",
-                    (e.offer_id,),
-                )
-                c.execute(
-                    f"UPDATE offer_totals SET {column} = {column} + 1 WHERE offer_id = ?",
+                    f"INSERT INTO offer_totals (offer_id, {column}) VALUES (?, 1)"
+                    f" ON CONFLICT (offer_id) DO UPDATE SET {column} = offer_totals.{column} + 1",
                     (e.offer_id,),
                 )
             out.append(None)
@@ -990,12 +987,12 @@ def _offer_limit(c: Any, e: OfferLogEntry, offer: Offer) -> str | None:
             ).fetchone()[0]
         )
 
-    redeemed_total = c.execute(
-        "SELECT redemptions FROM offer_totals WHERE offer_id = ?", (e.offer_id,)
-    ).fetchone()
-    total = int(redeemed_total[0]) if redeemed_total else 0
-    if offer.budget and total >= offer.budget:
-        return f"offer_id: {e.offer_id!r} has used its budget of {offer.budget} redemptions"
+    if offer.budget:
+        redeemed = c.execute(
+            "SELECT redemptions FROM offer_totals WHERE offer_id = ?", (e.offer_id,)
+        ).fetchone()
+        if (int(redeemed[0]) if redeemed else 0) >= offer.budget:
+            return f"offer_id: {e.offer_id!r} has used its budget of {offer.budget} redemptions"
     if offer.single_use and count(f"user_id = ? AND kind = {REDEMPTION}", e.user_id):
         return f"offer_id: {e.offer_id!r} is single-use and this user redeemed it already"
     if e.kind == IMPRESSION:
