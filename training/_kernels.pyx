@@ -193,6 +193,21 @@ def knn_scores(
     return out_items, out_scores
 
 
+cdef bint _finite_range(const float[::1] values, float* lo, float* hi) noexcept nogil:
+    """The least and greatest of ``values`` (at least one) into ``lo`` and ``hi``;
+    False when one is not finite."""
+    cdef Py_ssize_t i
+    lo[0] = hi[0] = values[0]
+    for i in range(values.shape[0]):
+        if not isfinite(values[i]):
+            return False
+        if values[i] < lo[0]:
+            lo[0] = values[i]
+        elif values[i] > hi[0]:
+            hi[0] = values[i]
+    return True
+
+
 ctypedef pair[double, int64_t] Ranked  # (-score, index): std's max-heap tops the worst kept
 
 
@@ -244,14 +259,8 @@ def blend_top_k(
     cdef bint use_model = model.shape[0] > 0 and model_weight != 0
     cdef vector[Ranked] heap
     if use_model:
-        lo = hi = model[0]
-        for i in range(n):
-            if not isfinite(model[i]):
-                return None
-            if model[i] < lo:
-                lo = model[i]
-            elif model[i] > hi:
-                hi = model[i]
+        if not _finite_range(model, &lo, &hi):
+            return None
         span = <double>hi - <double>lo
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
@@ -283,14 +292,8 @@ def add_normalized(float[::1] total, const int64_t[::1] items, const float[::1] 
     cdef double low, span
     if n == 0:
         return True
-    lo = hi = scores[0]
-    for i in range(n):
-        if not isfinite(scores[i]):
-            return False
-        if scores[i] < lo:
-            lo = scores[i]
-        elif scores[i] > hi:
-            hi = scores[i]
+    if not _finite_range(scores, &lo, &hi):
+        return False
     low = lo
     if n < total.shape[0]:  # the catalog-wide range includes the 0s
         if lo < 0:
