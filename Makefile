@@ -10,7 +10,7 @@ PORT   ?= 50051
 
 .PHONY: run test test-postgres lint proto bench demo clean venv
 
-$(STAMP): pyproject.toml training/_kernels.pyx
+$(STAMP): pyproject.toml setup.py training/_kernels.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,postgresql]'
