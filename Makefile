@@ -52,3 +52,4 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f training/_kernels.cpp training/_kernels*.so
