@@ -124,7 +124,6 @@ class SessionKNN:
         # session x item, binary rows; data = 1-based last position of the item
         self.session_items = sp.csr_matrix((0, 0), dtype=np.float32)
         self.session_end_ms = np.zeros(0, dtype=np.int64)
-        self.session_size = np.zeros(0, dtype=np.float32)
         # item -> its sessions, most recent first, capped
         self.item_indptr = np.zeros(1, dtype=np.int64)
         self.item_sessions = np.zeros(0, dtype=np.int32)
@@ -145,7 +144,6 @@ class SessionKNN:
         matrix = _max_duplicates(matrix)
         self.session_items = matrix
         self.session_end_ms = sessions.end_ms.astype(np.int64)
-        self.session_size = np.diff(matrix.indptr).astype(np.float32)
         self._index(int(self.params["max_sessions_per_item"]))
         self._prepare()
         return self
@@ -218,17 +216,12 @@ class SessionKNN:
             np.ascontiguousarray(m.data, dtype=np.float32),
         )
 
-    def _rows(self, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Items, positions and row numbers (0..len(sessions)-1) of some sessions."""
-        m = self.session_items
-        at, row_of = csr_positions(m.indptr, sessions)
-        return m.indices[at], m.data[at], row_of
-
     def co_occurrence(self, item: int) -> np.ndarray:
         """For every item, in how many of ``item``'s (indexed, most recent) training
         sessions it also appears."""
         sessions = self.item_sessions[self.item_indptr[item] : self.item_indptr[item + 1]]
-        items, _, _ = self._rows(sessions)
+        at, _ = csr_positions(self.session_items.indptr, sessions)
+        items = self.session_items.indices[at]
         counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
         counts[item] = 0.0
         return counts
@@ -270,7 +263,6 @@ class SessionKNN:
         model.n_items = n_items
         model.session_items = sp.csr_matrix((positions, indices, indptr), shape=(n, n_items))
         model.session_end_ms = end_ms
-        model.session_size = np.diff(indptr).astype(np.float32)
         model.item_indptr = item_indptr
         model.item_sessions = item_sessions
         model._prepare()

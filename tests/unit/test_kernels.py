@@ -50,7 +50,8 @@ def reference_knn(
     m = model.session_items
     rows = [m.indices[m.indptr[s] : m.indptr[s + 1]] for s in candidates]
     overlap = np.array([sum(float(x) for x in w[r]) for r in rows])  # in row order
-    sims = overlap / np.sqrt(len(live) * model.session_size[candidates])
+    sizes = np.diff(model.session_items.indptr).astype(np.float32)[candidates]
+    sims = overlap / np.sqrt(len(live) * sizes)
     if p["recency_decay_days"] > 0:
         age_days = np.maximum(now_ms - ends[candidates], 0) / DAY_MS
         sims = sims * np.exp(-age_days / p["recency_decay_days"])
