@@ -50,7 +50,12 @@ from sessionrec.errors import ArtifactError, FailedPrecondition, InvalidArgument
 from sessionrec.events import SessionRecord
 from sessionrec.items import ItemRecord
 from sessionrec.store import Store
-from training.artifact import ModelArtifact, current_version, load_artifact
+from training.artifact import (
+    PREPARED_CACHE_BYTES,
+    ModelArtifact,
+    current_version,
+    load_artifact,
+)
 
 log = logging.getLogger("sessionrec.models")
 
@@ -80,8 +85,10 @@ class Scored:
 
 
 class ModelHolder:
-    def __init__(self, models_dir: str):
+    def __init__(self, models_dir: str, *, history_cache_bytes: int = PREPARED_CACHE_BYTES):
         self.models_dir = models_dir
+        #: What each loaded artifact may keep of the histories it served.
+        self.history_cache_bytes = history_cache_bytes
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()  # serialises loads, not reads
         self._poller: PeriodicTask | None = None
@@ -123,7 +130,9 @@ class ModelHolder:
             if version:
                 check_id(version, "version")
             try:
-                artifact = load_artifact(self.models_dir, target)
+                artifact = load_artifact(
+                    self.models_dir, target, prepared_cache_bytes=self.history_cache_bytes
+                )
             except OSError as exc:  # e.g. a name the file system cannot hold
                 raise NotFound(f"version: no model version {target!r} ({exc.strerror})") from None
             except ArtifactError as exc:

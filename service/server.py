@@ -249,7 +249,9 @@ def create_server(
         max_events_per_call=config.max_events_per_call,
         user_events_per_s=config.rate_limit_user_events_per_s,
     )
-    models = ModelHolder(config.models_dir)
+    models = ModelHolder(
+        config.models_dir, history_cache_bytes=config.history_cache_mb * 1024 * 1024
+    )
     if worker is not None and worker.model_version:
         models.reload(worker.model_version)  # the primary's, pinned or not
     else:

@@ -59,6 +59,10 @@ class Config:
     history_limit: int = 500
     #: Events of the user's active session weigh this many times more in the fold-in.
     live_session_boost: float = 5.0
+    #: MiB per process for what recent users' histories make (their weighted row,
+    #: the session models' scores, the fold-in), reused by their next call until
+    #: an event of theirs is stored (0: nothing kept).
+    history_cache_mb: int = 32
     #: Largest UpsertItems batch.
     max_items_per_call: int = 1000
     #: Share of a recommendation's slots offered to catalog items the model cannot
@@ -210,6 +214,8 @@ class Config:
         rps = self.rate_limit_per_key_rps
         if not (math.isfinite(rps) and rps >= 0):
             raise ConfigError(f"rate_limit_per_key_rps: must be a finite number >= 0, got {rps}")
+        if self.history_cache_mb < 0:
+            raise ConfigError(f"history_cache_mb: must be >= 0, got {self.history_cache_mb}")
         if self.rate_limit_burst < 0:
             raise ConfigError(f"rate_limit_burst: must be >= 0, got {self.rate_limit_burst}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class EventType(enum.IntEnum):
@@ -106,9 +107,9 @@ class AppendResult:
     fresh: frozenset[str] = frozenset()
 
 
-@dataclass(slots=True)
-class ItemEvent:
-    """The part of an event that feeds a recommender."""
+class ItemEvent(NamedTuple):
+    """The part of an event that feeds a recommender (a tuple: a history of
+    them compares and hashes in C, as a serving cache's key)."""
 
     item_id: str
     type: int

@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import mmap
 import os
 import platform
 import shutil
+import struct
 import tempfile
+import threading
 import time
+import zipfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,9 +80,47 @@ class Recommendation:
     strategy: str
 
 
+#: What one artifact keeps of the histories it served (``ModelArtifact._prepare``):
+#: at most this many bytes of arrays, the least recently used dropped first.
+PREPARED_CACHE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class _Prepared:
+    """What a history makes, before any request option applies: its item
+    numbers, types and times, its weighted row, which events count as interest,
+    the live session's items, and (made on first use) the session models' parts
+    and the user folded into the model."""
+
+    numbers: np.ndarray
+    types: np.ndarray
+    ts: np.ndarray
+    row: Any
+    positive: np.ndarray
+    live: np.ndarray
+    parts: dict[str, SparseScores] | None = None
+    vectors: np.ndarray | None = None
+
+    def nbytes(self, events: int) -> int:
+        arrays = [self.numbers, self.types, self.ts, self.positive, self.live]
+        arrays += [self.row.data, self.row.indices]
+        if self.parts is not None:
+            arrays += [a for p in self.parts.values() for a in (p.items, p.scores)]
+        if self.vectors is not None:
+            arrays.append(self.vectors)
+        # The key holds the events themselves: about 150 bytes each.
+        return sum(a.nbytes for a in arrays) + 150 * events + 1024
+
+
 @dataclass
 class ModelArtifact:
-    """A trained model with everything needed to serve it."""
+    """A trained model with everything needed to serve it.
+
+    What a history makes (``_Prepared``) is kept, keyed by the history itself:
+    a user asking again with no event stored since gets it without the
+    weighting, the session models or the fold-in. A new event makes a new
+    history, so nothing is ever invalidated by hand; with a time decay in the
+    weights (they change with the clock) nothing is kept."""
 
     version: str
     algorithm: str
@@ -91,6 +135,18 @@ class ModelArtifact:
     session: SessionRecommender | None = None
     #: Approximate nearest neighbours over the item factors (big catalogs; ``training.ann``)
     index: ItemIndex | None = None
+    #: Bytes of ``_Prepared`` kept (0: none).
+    prepared_cache_bytes: int = PREPARED_CACHE_BYTES
+    _prepared: OrderedDict[tuple[Any, ...], tuple[_Prepared, int]] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False
+    )
+    _prepared_bytes: int = field(default=0, init=False, repr=False, compare=False)
+    _prepared_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    #: Calls that found their history prepared, and calls that did not.
+    prepared_hits: int = field(default=0, init=False, repr=False, compare=False)
+    prepared_misses: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -132,7 +188,8 @@ class ModelArtifact:
         the answer is the popularity ranking. ``allowed`` (a boolean per item of
         ``self.items``) keeps only the items a caller's filters let through.
         """
-        numbers, types, ts, row, positive = self._weighted(history, live_since_ms, live_boost)
+        p = self._prepare(history, live_since_ms, live_boost)
+        numbers, types, ts, row, live = p.numbers, p.types, p.ts, p.row, p.live
         skip = [] if include_seen else [numbers[numbers >= 0]]
         if len(exclude):
             others = self.items.numbers(list(exclude))
@@ -140,26 +197,25 @@ class ModelArtifact:
         if allowed is not None:
             skip.append(np.flatnonzero(~self._mask(allowed)))
         excluded = np.concatenate(skip) if skip else np.zeros(0, dtype=np.int64)
-        live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
         if self.session is not None and len(live):
-            parts = self.session.parts(live, int(ts.max()))
+            parts = self._parts(p)
             personal = row.nnz > 0 and self.algorithm not in NON_PERSONAL
-            vectors = self.model.user_vectors(row) if personal and self.approximate else None
+            vectors = self._vectors(p) if personal and self.approximate else None
             if vectors is not None:
                 idx, scores = self._blend_candidates(parts, vectors[0], n, excluded)
             else:
-                model_scores = self.model.score(row)[0] if personal else None
+                model_scores = self._model_scores(p) if personal else None
                 idx, scores = self._blend_top_k(parts, model_scores, n, excluded)
             reasons = self._explain_session(live, ts, numbers, types, idx, row)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
             return self._popular(row, n, excluded)
-        vectors = self.model.user_vectors(row) if self.approximate else None
+        vectors = self._vectors(p) if self.approximate else None
         if vectors is not None:  # a big catalog: its item index, not every item's score
             assert self.index is not None
             idx, scores = self.index.search(vectors[0], n, excluded)
         else:
-            idx, scores = top_k(self._tie_broken(self.model.score(row)[0]), n, excluded, copy=False)
+            idx, scores = top_k(self._tie_broken(self._model_scores(p)), n, excluded, copy=False)
         reasons = self._explain(row, numbers, types, idx)
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
@@ -220,14 +276,11 @@ class ModelArtifact:
         ranks (the live-session blend, else the long-term model); None when
         nothing personal is known (no usable history, or a popularity model
         without session models)."""
-        numbers, _, ts, row, positive = self._weighted(history, live_since_ms, live_boost)
-        live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
-        personal = row.nnz > 0 and self.algorithm not in NON_PERSONAL
-        model_scores = self.model.score(row)[0] if personal else None
-        if self.session is not None and len(live):
-            return normalized(
-                self.session.combine(self.session.parts(live, int(ts.max())), model_scores)
-            )
+        p = self._prepare(history, live_since_ms, live_boost)
+        personal = p.row.nnz > 0 and self.algorithm not in NON_PERSONAL
+        model_scores = self._model_scores(p) if personal else None
+        if self.session is not None and len(p.live):
+            return normalized(self.session.combine(self._parts(p), model_scores))
         if model_scores is None:
             return None
         return normalized(model_scores)
@@ -241,6 +294,69 @@ class ModelArtifact:
     ) -> Any:
         """The weighted 1 x n_items row ``recommend`` folds into the model."""
         return self._weighted(history, live_since_ms, live_boost)[3]
+
+    def _prepare(
+        self, history: Sequence[ItemEvent], live_since_ms: int | None, live_boost: float
+    ) -> _Prepared:
+        """What ``history`` makes (``_Prepared``), kept when the weights do not
+        change with the clock."""
+        keep = self.prepared_cache_bytes > 0 and self.weights.time_half_life_days <= 0
+        key = (tuple(history), live_since_ms, live_boost) if keep else None
+        if key is not None:
+            with self._prepared_lock:
+                found = self._prepared.get(key)
+                if found is not None:
+                    self._prepared.move_to_end(key)
+                    self.prepared_hits += 1
+                    return found[0]
+                self.prepared_misses += 1
+        numbers, types, ts, row, positive = self._weighted(history, live_since_ms, live_boost)
+        live = self._live_session(np.where(positive, numbers, -1), ts, live_since_ms)
+        for array in (numbers, types, ts, positive, live):
+            array.flags.writeable = False  # shared by the calls that find it kept
+        prepared = _Prepared(numbers, types, ts, row, positive, live)
+        if key is not None:
+            if self.session is not None and len(live):
+                self._parts(prepared)  # made now, so that its size is counted
+            if row.nnz and self.algorithm not in NON_PERSONAL:
+                self._vectors(prepared)
+            size = prepared.nbytes(len(history))
+            with self._prepared_lock:
+                if key not in self._prepared and size <= self.prepared_cache_bytes:
+                    self._prepared[key] = (prepared, size)
+                    self._prepared_bytes += size
+                    while self._prepared_bytes > self.prepared_cache_bytes:
+                        _, (_, dropped) = self._prepared.popitem(last=False)
+                        self._prepared_bytes -= dropped
+        return prepared
+
+    def _parts(self, p: _Prepared) -> dict[str, SparseScores]:
+        """The session models' scores of ``p``'s live session (made once)."""
+        assert self.session is not None
+        if p.parts is None:
+            parts = self.session.parts(p.live, int(p.ts.max()))
+            for part in parts.values():
+                part.items.flags.writeable = part.scores.flags.writeable = False
+            p.parts = parts
+        return p.parts
+
+    def _vectors(self, p: _Prepared) -> np.ndarray | None:
+        """The user folded into the model (made once), or None for a model that
+        scores otherwise (``Recommender.user_vectors``)."""
+        if p.vectors is None:
+            vectors = self.model.user_vectors(p.row)
+            if vectors is None:
+                return None
+            vectors.flags.writeable = False
+            p.vectors = vectors
+        return p.vectors
+
+    def _model_scores(self, p: _Prepared) -> np.ndarray:
+        """The model's score of every item for ``p``'s user (a new array)."""
+        vectors = self._vectors(p)
+        if vectors is None:
+            return self.model.score(p.row)[0]
+        return self.model.score_vectors(vectors)[0]
 
     def _weighted(
         self, history: Sequence[ItemEvent], live_since_ms: int | None, live_boost: float
@@ -472,7 +588,7 @@ def save_artifact(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=versions))
     try:
         with open(tmp / "model.npz", "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            _write_npz(fh, arrays)
             fh.flush()
             os.fsync(fh.fileno())
         meta = {
@@ -559,8 +675,14 @@ def load_current(models_dir: str | os.PathLike[str]) -> ModelArtifact | None:
     return None if version is None else load_artifact(models_dir, version)
 
 
-def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArtifact:
-    """Loads and verifies one version; raises ArtifactError when anything is off."""
+def load_artifact(
+    models_dir: str | os.PathLike[str],
+    version: str,
+    *,
+    prepared_cache_bytes: int = PREPARED_CACHE_BYTES,
+) -> ModelArtifact:
+    """Loads and verifies one version; raises ArtifactError when anything is off.
+    ``prepared_cache_bytes``: what it may keep of the histories it serves."""
     folder = Path(models_dir) / VERSIONS_DIR / version
     if "/" in version or version.startswith(".") or not folder.is_dir():
         raise NotFound(f"version: {version!r} not found in {models_dir}")
@@ -582,9 +704,8 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
     if actual != expected:
         raise ArtifactError(f"{version}: checksum mismatch for model.npz (corrupted or tampered)")
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+        arrays = _read_npz(npz)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{version}: cannot read model.npz ({exc})") from exc
     if sorted(arrays) != sorted(meta.get("arrays", [])):
         raise ArtifactError(f"{version}: arrays {sorted(arrays)} differ from meta.json")
@@ -629,11 +750,91 @@ def load_artifact(models_dir: str | os.PathLike[str], version: str) -> ModelArti
             scaling=scaling,
             session=session,
             index=index,
+            prepared_cache_bytes=0,  # the smoke test's probe is not kept
         )
         _smoke_test(artifact)
+        artifact.prepared_cache_bytes = prepared_cache_bytes
     except (KeyError, ValueError, TypeError, IndexError, SessionrecError) as exc:
         raise ArtifactError(f"{version}: inconsistent artifact ({exc})") from exc
     return artifact
+
+
+#: Where each array of a written ``model.npz`` starts (bytes into the file).
+NPZ_ALIGN = 64
+#: The zip extra-field id of alignment padding (as Android's zipalign writes).
+_PADDING_ID = 0xD935
+
+
+def _write_npz(fh: Any, arrays: dict[str, Any]) -> None:
+    """``np.savez(fh, **arrays)``, with each array's data starting at a multiple
+    of ``NPZ_ALIGN`` bytes into the file (padding in the member's local header,
+    an extra field every zip reader skips), so ``_read_npz`` can map the arrays
+    in place, aligned."""
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=time.localtime()[:6])
+            info.compress_type = zipfile.ZIP_STORED
+            # Local header, name, the padding field's own 4 bytes, the zip64 field
+            # (always written, as np.savez does); the .npy header is a multiple of 64.
+            fixed = 30 + len(info.filename.encode("utf-8")) + 4 + 20
+            pad = -(fh.tell() + fixed) % NPZ_ALIGN
+            info.extra = struct.pack("<HH", _PADDING_ID, pad) + bytes(pad)
+            with zf.open(info, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(value), allow_pickle=False)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``model.npz`` as ``np.load(path, allow_pickle=False)``
+    reads them, except that arrays stored uncompressed (``np.savez``, as
+    ``save_artifact`` writes) are views of one copy-on-write mapping of the
+    file, not copies: a server's processes share one copy of the model in
+    memory (the page cache), and so in the CPU caches. Nothing writes to an
+    artifact's arrays; a page written anyway becomes that process's own copy."""
+    arrays: dict[str, np.ndarray] = {}
+    with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
+        members = zf.infolist()
+        if not members:
+            return arrays
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        for info in members:
+            name = info.filename.removesuffix(".npy")
+            array = (
+                _mapped_member(mapped, info) if info.compress_type == zipfile.ZIP_STORED else None
+            )
+            if array is None:  # compressed, or a layout not mapped: read as np.load does
+                with zf.open(info) as member:
+                    array = np.lib.format.read_array(member, allow_pickle=False)
+            arrays[name] = array
+    return arrays
+
+
+def _mapped_member(mapped: mmap.mmap, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """One stored ``.npy`` member of a mapped zip file as an array over the
+    mapping, or None when its header is not a plain 1.0/2.0 one."""
+    start = info.header_offset
+    local = mapped[start : start + 30]
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError(f"{info.filename}: no local zip header at {start}")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    data_start = start + 30 + name_length + extra_length
+    member = io.BytesIO(mapped[data_start : data_start + min(info.file_size, 65_536 + 16)])
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        return None
+    if dtype.hasobject:
+        raise ValueError(f"{info.filename}: object arrays are not loaded (allow_pickle=False)")
+    count = int(np.prod(shape, dtype=np.int64))
+    offset = data_start + member.tell()
+    if member.tell() + count * dtype.itemsize > info.file_size:
+        raise ValueError(f"{info.filename}: shorter than its header says")
+    if offset % NPZ_ALIGN:  # written before NPZ_ALIGN: read, aligned, as np.load does
+        return None
+    flat = np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _smoke_test(artifact: ModelArtifact) -> None:

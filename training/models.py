@@ -52,6 +52,10 @@ class Recommender(abc.ABC):
         None for models that score otherwise."""
         return None
 
+    def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """``score`` of users already folded in (what ``user_vectors`` gave)."""
+        raise NotImplementedError(f"{self.algorithm}: scores rows, has no user vectors")
+
     def similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items most similar to ``item`` (itself excluded), best first."""
         sims = self.item_similarity(np.array([item]), np.arange(self.n_items))[:, 0]
@@ -246,7 +250,10 @@ class ALSRecommender(Recommender):
         return np.asarray(users, dtype=np.float32)
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(self.user_vectors(rows) @ self.item_factors.T)
+        return self.score_vectors(self.user_vectors(rows))
+
+    def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors @ self.item_factors.T)
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         if self._unit is None or len(self._unit) != len(self.item_factors):

@@ -87,3 +87,40 @@ def test_without_boost_the_session_counts_like_history(synthetic_copy, start_ser
     after = srv.recs.Recommend(pb.RecommendRequest(user_id="u00", n=6), timeout=10)
     assert live.items[0].item_id.startswith("a"), clusters(live)
     assert [i.item_id for i in live.items] == [i.item_id for i in after.items]
+
+
+def test_a_new_event_is_in_the_next_answer_though_the_last_one_was_kept(
+    synthetic_copy, start_server
+):
+    """The server keeps what a user's history made (history_cache_mb): asking
+    again with nothing new reuses it; the next stored event changes the history,
+    and so the answer, at once. A server keeping nothing answers the same."""
+    keeps = start_server(synthetic_copy.db_path, synthetic_copy.models_dir)
+    artifact = keeps.server.models.current.artifact
+    assert artifact.prepared_cache_bytes == 32 * 1024 * 1024
+    sid = keeps.sessions.StartSession(pb.StartSessionRequest(user_id="u00"), timeout=10).session_id
+    keeps.sessions.TrackEvents(
+        pb.TrackEventsRequest(events=[view("b00", session_id=sid)]), timeout=10
+    )
+    ask = pb.RecommendRequest(user_id="u00", session_id=sid, n=6)
+    first = keeps.recs.Recommend(ask, timeout=10)
+    hits = artifact.prepared_hits
+    again = keeps.recs.Recommend(ask, timeout=10)
+    assert artifact.prepared_hits == hits + 1
+    assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
+    shown = first.items[0].item_id
+    keeps.sessions.TrackEvents(
+        pb.TrackEventsRequest(events=[view(shown, session_id=sid)]), timeout=10
+    )
+    after = keeps.recs.Recommend(ask, timeout=10)
+    assert artifact.prepared_hits == hits + 1  # a new history: made again
+    assert shown not in {i.item_id for i in after.items}  # now seen
+    assert f"you viewed {shown}" in " ".join(i.reason for i in after.items)
+
+    keeps.server.stop(grace=0.5)
+    nothing_kept = start_server(
+        synthetic_copy.db_path, synthetic_copy.models_dir, history_cache_mb=0
+    )
+    assert nothing_kept.server.models.current.artifact.prepared_cache_bytes == 0
+    same = nothing_kept.recs.Recommend(ask, timeout=10)
+    assert [(i.item_id, i.score) for i in same.items] == [(i.item_id, i.score) for i in after.items]

@@ -16,7 +16,9 @@ from sessionrec.events import EventType, ItemEvent
 from sessionrec.store import EventColumns
 from training.artifact import (
     CURRENT_FILE,
+    NPZ_ALIGN,
     ModelArtifact,
+    _read_npz,
     current_version,
     list_versions,
     load_artifact,
@@ -66,11 +68,13 @@ def folder(models_dir: Path, version: str) -> Path:
     return models_dir / "versions" / version
 
 
-def rewrite_npz(models_dir: Path, version: str, arrays: dict[str, np.ndarray]) -> None:
+def rewrite_npz(
+    models_dir: Path, version: str, arrays: dict[str, np.ndarray], writer: Any = np.savez
+) -> None:
     """Writes new arrays and a matching checksum, as a careful tamperer would."""
     npz = folder(models_dir, version) / "model.npz"
     with open(npz, "wb") as fh:
-        np.savez(fh, **arrays)
+        writer(fh, **arrays)
     meta_path = folder(models_dir, version) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["sha256"]["model.npz"] = hashlib.sha256(npz.read_bytes()).hexdigest()
@@ -448,3 +452,86 @@ def test_a_scaled_model_serves_rows_scaled_like_training(
     assert np.allclose(loaded.scaling.idf, scaled.scaling.idf)
     history = seen("A0", "A1")
     assert loaded.recommend(history, 5).item_ids == saved.recommend(history, 5).item_ids
+
+
+# ------------------------------------------------------------- mapped arrays
+def _owner(array: np.ndarray) -> Any:
+    """What finally holds ``array``'s memory (None: the array itself)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    base = array.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_saved_arrays_are_aligned_views_of_one_mapping_of_the_file(
+    models_dir: Path, interactions: Interactions
+) -> None:
+    import mmap
+
+    saved = save(models_dir, interactions, "als")
+    npz = folder(models_dir, saved.version) / "model.npz"
+    mapped = _read_npz(npz)
+    expected = stored_arrays(models_dir, saved.version)  # numpy's own reader agrees
+    assert sorted(mapped) == sorted(expected)
+    for name, array in mapped.items():
+        assert array.dtype == expected[name].dtype and np.array_equal(array, expected[name])
+        assert array.ctypes.data % NPZ_ALIGN == 0, name
+        assert isinstance(_owner(array), mmap.mmap), name
+    assert len({id(_owner(a)) for a in mapped.values()}) == 1
+    loaded = load_artifact(models_dir, saved.version)
+    assert isinstance(_owner(loaded.model.item_factors), mmap.mmap)  # served in place
+
+
+def test_a_write_to_a_loaded_array_stays_in_that_artifact(
+    models_dir: Path, interactions: Interactions
+) -> None:
+    saved = save(models_dir, interactions, "als")
+    npz = folder(models_dir, saved.version) / "model.npz"
+    before = npz.read_bytes()
+    first, second = (load_artifact(models_dir, saved.version) for _ in range(2))
+    history = seen("A0", "A3")
+    expected = second.recommend(history, 5)
+    first.model.item_factors[:] = 0.0  # copy-on-write: writable, private
+    assert np.array_equal(second.model.item_factors, saved.model.item_factors)
+    assert second.recommend(history, 5).item_ids == expected.item_ids
+    assert npz.read_bytes() == before
+    assert load_artifact(models_dir, saved.version).recommend(history, 5) == expected
+
+
+@pytest.mark.parametrize("writer", [np.savez, np.savez_compressed], ids=["savez", "compressed"])
+def test_an_npz_written_by_numpy_still_loads(
+    models_dir: Path, interactions: Interactions, writer: Any
+) -> None:
+    """Artifacts written before the aligned layout (np.savez), or recompressed."""
+    saved = save(models_dir, interactions, "als")
+    arrays = stored_arrays(models_dir, saved.version)
+    rewrite_npz(models_dir, saved.version, arrays, writer)
+    loaded = load_artifact(models_dir, saved.version)
+    for name, array in _read_npz(folder(models_dir, saved.version) / "model.npz").items():
+        assert array.flags.aligned and np.array_equal(array, arrays[name]), name
+    history = seen("A0", "A3")
+    assert loaded.recommend(history, 5) == saved.recommend(history, 5)
+
+
+def test_an_array_longer_than_its_member_is_refused(
+    models_dir: Path, interactions: Interactions
+) -> None:
+    saved = save(models_dir, interactions, "als")
+    npz = folder(models_dir, saved.version) / "model.npz"
+    data = npz.read_bytes()
+    n = len(saved.popularity)
+    shape = f"'shape': ({n},)".encode()
+    assert data.count(shape) >= 1
+    at = data.index(b"popularity.npy")  # the member's own header comes after its name
+    at = data.index(shape, at)
+    longer = f"'shape': ({n * 1000},)".encode()
+    # The .npy header is padded with spaces to its length: eat into the padding.
+    end = data.index(b"\n", at)
+    padded = (longer + data[at + len(shape) : end].rstrip(b" ")).ljust(end - at)
+    npz.write_bytes(data[:at] + padded + data[end:])
+    meta_path = folder(models_dir, saved.version) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"]["model.npz"] = hashlib.sha256(npz.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"cannot read model\.npz.*popularity"):
+        load_artifact(models_dir, saved.version)
