@@ -1441,6 +1441,8 @@ def serving_spec(args: argparse.Namespace) -> ServingSpec:
         changes["client_processes"] = args.client_processes
     if args.workers is not None:
         changes["workers"] = args.workers
+    if args.history_cache_mb is not None:
+        changes["history_cache_mb"] = args.history_cache_mb
     return dataclasses.replace(spec, **changes)
 
 
@@ -1521,6 +1523,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="serving: request threads per process, of the real server and the ceiling "
         "(default: the server's default)",
+    )
+    parser.add_argument(
+        "--history-cache-mb",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serving: the real server's history_cache_mb (default: the server's default; "
+        "0: every call does all the work of its history)",
     )
     parser.add_argument(
         "--ceiling-processes",

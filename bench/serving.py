@@ -123,6 +123,10 @@ class ServingSpec:
     #: Request threads per process (the ``workers`` setting) of the real server
     #: and of the ceiling alike; None: the server's default.
     workers: int | None = None
+    #: The real server's ``history_cache_mb``; None: its default. The phases ask
+    #: about the same live sessions again and again, so with it on nearly every
+    #: call finds its history's work kept; 0 measures calls that do not.
+    history_cache_mb: int | None = None
     #: Ceiling process counts to measure; the best is the ceiling.
     ceiling_processes: tuple[int, ...] = (1, 2)
     sqlite_batches: int = 3000
@@ -1221,6 +1225,9 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
         # The background analytics build would take a core in the middle of
         # the measurements (it is measured in its own section).
         "analytics_refresh_interval_s": 0.0,
+        "history_cache_mb": (
+            Config().history_cache_mb if spec.history_cache_mb is None else spec.history_cache_mb
+        ),
     }
     clients = LoadClients(spec.client_processes, spec.channels_per_client)
     ceilings: dict[int, Target] = {}
@@ -1437,6 +1444,10 @@ def markdown_lines(section: dict[str, Any]) -> list[str]:
         f"{data['interactions']:,} interactions ({data['source']}); ALS "
         f"{tr['params']['factors']} factors + session models, model {srv['model_version']}",
         f"- sessionrec: real server, own process(es): {procs}; {srv['workers']} workers; "
+        f"history_cache_mb {srv['config_overrides'].get('history_cache_mb', '?')} (a call "
+        f"whose user has no event since their last call reuses what the history made; the "
+        f"phases ask about the same sessions again and again, so with it on nearly every "
+        f"call does); "
         f"ceiling: bare handlers, same top-k over the same item factors, "
         f"{'/'.join(str(p) for p in spec['ceiling_processes'])} process(es) measured, "
         f"the best shown (which one in brackets)",
