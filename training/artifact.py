@@ -100,6 +100,11 @@ class _Prepared:
     live: np.ndarray
     parts: dict[str, SparseScores] | None = None
     vectors: np.ndarray | None = None
+    #: For the reasons: the live session's latest distinct items (at most 20),
+    #: newest first, with when each was last touched and its strongest event type.
+    touched: tuple[list[int], dict[int, int], dict[int, int]] | None = None
+    #: For the reasons: each history item's strongest event type.
+    strongest: dict[int, int] | None = None
 
     def nbytes(self, events: int) -> int:
         arrays = [self.numbers, self.types, self.ts, self.positive, self.live]
@@ -108,8 +113,9 @@ class _Prepared:
             arrays += [a for p in self.parts.values() for a in (p.items, p.scores)]
         if self.vectors is not None:
             arrays.append(self.vectors)
-        # The key holds the events themselves: about 150 bytes each.
-        return sum(a.nbytes for a in arrays) + 150 * events + 1024
+        # The key holds the events themselves (about 150 bytes each), and the
+        # reasons' dicts up to one entry each (about 100).
+        return sum(a.nbytes for a in arrays) + 250 * events + 4096
 
 
 @dataclass
@@ -189,7 +195,7 @@ class ModelArtifact:
         ``self.items``) keeps only the items a caller's filters let through.
         """
         p = self._prepare(history, live_since_ms, live_boost)
-        numbers, types, ts, row, live = p.numbers, p.types, p.ts, p.row, p.live
+        numbers, row, live = p.numbers, p.row, p.live
         skip = [] if include_seen else [numbers[numbers >= 0]]
         if len(exclude):
             others = self.items.numbers(list(exclude))
@@ -206,7 +212,7 @@ class ModelArtifact:
             else:
                 model_scores = self._model_scores(p) if personal else None
                 idx, scores = self._blend_top_k(parts, model_scores, n, excluded)
-            reasons = self._explain_session(live, ts, numbers, types, idx, row)
+            reasons = self._explain_session(p, idx)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
             return self._popular(row, n, excluded)
@@ -216,7 +222,7 @@ class ModelArtifact:
             idx, scores = self.index.search(vectors[0], n, excluded)
         else:
             idx, scores = top_k(self._tie_broken(self._model_scores(p)), n, excluded, copy=False)
-        reasons = self._explain(row, numbers, types, idx)
+        reasons = self._explain(p, idx)
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
         )
@@ -395,43 +401,41 @@ class ModelArtifact:
         order = in_session[np.argsort(ts[in_session], kind="stable")]
         return numbers[order]
 
-    def _explain_session(
-        self,
-        live: np.ndarray,
-        ts: np.ndarray,
-        numbers: np.ndarray,
-        types: np.ndarray,
-        recommended: np.ndarray,
-        row: Any,
-    ) -> list[str]:
+    @staticmethod
+    def _touched(p: _Prepared) -> tuple[list[int], dict[int, int], dict[int, int]]:
+        """``p.touched`` (made once)."""
+        if p.touched is None:
+            recent_first = list(dict.fromkeys(reversed(p.live.tolist())))[:20]
+            # When and how each of those items was last touched (only they are named).
+            named = set(recent_first)
+            last_seen: dict[int, int] = {}
+            verbs: dict[int, int] = {}
+            for num, t, typ in zip(
+                p.numbers.tolist(), p.ts.tolist(), p.types.tolist(), strict=True
+            ):
+                if num in named and t >= last_seen.get(num, -1):
+                    last_seen[num] = t
+                    verbs[num] = max(typ, verbs.get(num, typ))
+            p.touched = (recent_first, last_seen, verbs)
+        return p.touched
+
+    def _explain_session(self, p: _Prepared, recommended: np.ndarray) -> list[str]:
         """Names the live-session event behind each item: the latest live item with
         a transition rule to it ("because you viewed X a minute ago"), else the
         model's most similar history item."""
         if len(recommended) == 0 or self.session is None:
             return []
-        now = max(time.time_ns() // 1_000_000, int(ts.max()))
-        recent_first = list(dict.fromkeys(reversed(live.tolist())))[:20]
-        # When and how each of those items was last touched (only they are named).
-        named = set(recent_first)
-        last_seen: dict[int, int] = {}
-        verbs: dict[int, int] = {}
-        for num, t, typ in zip(numbers.tolist(), ts.tolist(), types.tolist(), strict=True):
-            if num in named and t >= last_seen.get(num, -1):
-                last_seen[num] = t
-                verbs[num] = max(typ, verbs.get(num, typ))
+        now = max(time.time_ns() // 1_000_000, int(p.ts.max()))
+        recent_first, last_seen, verbs = self._touched(p)
         # source[r]: the first s whose live item recent_first[s] has a rule leading
         # to recommended[r], len(recent_first) for none.
         none = len(recent_first)
         source = self.session.rules.sources_of(np.asarray(recent_first), recommended)
         unlinked = np.flatnonzero(source == none)
         fallback: dict[int, str] = {}
-        if len(unlinked) and row.nnz:  # the model explains only what no rule does
+        if len(unlinked) and p.row.nnz:  # the model explains only what no rule does
             fallback = dict(
-                zip(
-                    unlinked.tolist(),
-                    self._explain(row, numbers, types, recommended[unlinked]),
-                    strict=True,
-                )
+                zip(unlinked.tolist(), self._explain(p, recommended[unlinked]), strict=True)
             )
         reasons = []
         for r, s in enumerate(source.tolist()):
@@ -454,20 +458,22 @@ class ModelArtifact:
             reasons = [f"popular: {int(self.popularity[i])} users" for i in idx]
         return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "popular")
 
-    def _explain(
-        self, row: Any, numbers: np.ndarray, types: np.ndarray, recommended: np.ndarray
-    ) -> list[str]:
+    def _explain(self, p: _Prepared, recommended: np.ndarray) -> list[str]:
+        """Names the history item most like each recommended one."""
         if len(recommended) == 0:
             return []
-        sources = row.indices
+        sources = p.row.indices
         sims = self.model.item_similarity(sources, recommended)  # len(rec) x len(sources)
         # The most similar history item (weighting by confidence let one heavy
         # purchase "explain" items of unrelated categories).
         best = np.argmax(sims, axis=1)
-        strongest: dict[int, int] = {}
-        for num, typ in zip(numbers.tolist(), types.tolist(), strict=True):
-            if num >= 0 and (num not in strongest or typ > strongest[num]):
-                strongest[num] = typ
+        if p.strongest is None:
+            strongest: dict[int, int] = {}
+            for num, typ in zip(p.numbers.tolist(), p.types.tolist(), strict=True):
+                if num >= 0 and (num not in strongest or typ > strongest[num]):
+                    strongest[num] = typ
+            p.strongest = strongest
+        strongest = p.strongest
         reasons = []
         for r, b in enumerate(best.tolist()):
             if sims[r, b] <= 0:
