@@ -75,10 +75,16 @@ def rewrite_npz(
     npz = folder(models_dir, version) / "model.npz"
     with open(npz, "wb") as fh:
         writer(fh, **arrays)
+    restamp(models_dir, version, arrays=sorted(arrays))
+
+
+def restamp(models_dir: Path, version: str, **changes: Any) -> None:
+    """Gives meta.json the checksum of the model.npz there now (and ``changes``)."""
+    npz = folder(models_dir, version) / "model.npz"
     meta_path = folder(models_dir, version) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["sha256"]["model.npz"] = hashlib.sha256(npz.read_bytes()).hexdigest()
-    meta["arrays"] = sorted(arrays)
+    meta.update(changes)
     meta_path.write_text(json.dumps(meta))
 
 
@@ -529,9 +535,6 @@ def test_an_array_longer_than_its_member_is_refused(
     end = data.index(b"\n", at)
     padded = (longer + data[at + len(shape) : end].rstrip(b" ")).ljust(end - at)
     npz.write_bytes(data[:at] + padded + data[end:])
-    meta_path = folder(models_dir, saved.version) / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["sha256"]["model.npz"] = hashlib.sha256(npz.read_bytes()).hexdigest()
-    meta_path.write_text(json.dumps(meta))
+    restamp(models_dir, saved.version)
     with pytest.raises(ArtifactError, match=r"cannot read model\.npz.*popularity"):
         load_artifact(models_dir, saved.version)
