@@ -29,7 +29,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata as importlib_metadata
@@ -83,6 +83,10 @@ class Recommendation:
 #: What one artifact keeps of the histories it served (``ModelArtifact._prepare``):
 #: at most this many bytes of arrays, the least recently used dropped first.
 PREPARED_CACHE_BYTES = 32 * 1024 * 1024
+#: How many of a kept history's best items are kept with it (per ``include_seen``):
+#: a call takes its answer from these, past its own exclusions and filters, when
+#: they leave it enough; else it ranks the catalog.
+RANKED_KEEP = 100
 
 
 @dataclass
@@ -105,6 +109,11 @@ class _Prepared:
     touched: tuple[list[int], dict[int, int], dict[int, int]] | None = None
     #: For the reasons: each history item's strongest event type.
     strongest: dict[int, int] | None = None
+    #: By ``include_seen``: the best items with only the history's own exclusion
+    #: (indices, scores, best first), and whether they are all the items ranked.
+    ranked: dict[bool, tuple[np.ndarray, np.ndarray, bool]] = field(default_factory=dict)
+    #: Whether it is kept for the next call (else nothing is ranked ahead for one).
+    kept: bool = False
 
     def nbytes(self, events: int) -> int:
         arrays = [self.numbers, self.types, self.ts, self.positive, self.live]
@@ -113,9 +122,9 @@ class _Prepared:
             arrays += [a for p in self.parts.values() for a in (p.items, p.scores)]
         if self.vectors is not None:
             arrays.append(self.vectors)
-        # The key holds the events themselves (about 150 bytes each), and the
-        # reasons' dicts up to one entry each (about 100).
-        return sum(a.nbytes for a in arrays) + 250 * events + 4096
+        # The key holds the events themselves (about 150 bytes each), the
+        # reasons' dicts up to one entry each (about 100), and the rankings.
+        return sum(a.nbytes for a in arrays) + 250 * events + 4096 + 2 * RANKED_KEEP * 16
 
 
 @dataclass
@@ -196,36 +205,82 @@ class ModelArtifact:
         """
         p = self._prepare(history, live_since_ms, live_boost)
         numbers, row, live = p.numbers, p.row, p.live
-        skip = [] if include_seen else [numbers[numbers >= 0]]
+        seen = numbers[numbers >= 0] if not include_seen else np.zeros(0, dtype=np.int64)
+        others = np.zeros(0, dtype=np.int64)
         if len(exclude):
             others = self.items.numbers(list(exclude))
-            skip.append(others[others >= 0])
-        if allowed is not None:
-            skip.append(np.flatnonzero(~self._mask(allowed)))
-        excluded = np.concatenate(skip) if skip else np.zeros(0, dtype=np.int64)
+            others = others[others >= 0]
+        blocked = None if allowed is None else ~self._mask(allowed)
         if self.session is not None and len(live):
             parts = self._parts(p)
             personal = row.nnz > 0 and self.algorithm not in NON_PERSONAL
             vectors = self._vectors(p) if personal and self.approximate else None
             if vectors is not None:
-                idx, scores = self._blend_candidates(parts, vectors[0], n, excluded)
+                idx, scores = self._blend_candidates(
+                    parts, vectors[0], n, _excluded(seen, others, blocked)
+                )
             else:
-                model_scores = self._model_scores(p) if personal else None
-                idx, scores = self._blend_top_k(parts, model_scores, n, excluded)
+
+                def blend(k: int, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    model_scores = self._model_scores(p) if personal else None
+                    return self._blend_top_k(parts, model_scores, k, skip)
+
+                idx, scores = self._kept_top(p, include_seen, n, seen, others, blocked, blend)
             reasons = self._explain_session(p, idx)
             return Recommendation(self.items.ids[idx].tolist(), scores.tolist(), reasons, "session")
         if row.nnz == 0 or self.algorithm in NON_PERSONAL:
-            return self._popular(row, n, excluded)
+            return self._popular(row, n, _excluded(seen, others, blocked))
         vectors = self._vectors(p) if self.approximate else None
         if vectors is not None:  # a big catalog: its item index, not every item's score
             assert self.index is not None
-            idx, scores = self.index.search(vectors[0], n, excluded)
+            idx, scores = self.index.search(vectors[0], n, _excluded(seen, others, blocked))
         else:
-            idx, scores = top_k(self._tie_broken(self._model_scores(p)), n, excluded, copy=False)
+
+            def model_top(k: int, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return top_k(self._tie_broken(self._model_scores(p)), k, skip, copy=False)
+
+            idx, scores = self._kept_top(p, include_seen, n, seen, others, blocked, model_top)
         reasons = self._explain(p, idx)
         return Recommendation(
             self.items.ids[idx].tolist(), scores.tolist(), reasons, "personalized"
         )
+
+    def _kept_top(
+        self,
+        p: _Prepared,
+        include_seen: bool,
+        n: int,
+        seen: np.ndarray,
+        others: np.ndarray,
+        blocked: np.ndarray | None,
+        rank: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``rank(n, excluded)``, the best ``n`` items leaving out ``seen`` (the
+        history's own), ``others`` (the request's) and the ``blocked`` ones (a
+        flag per item: the filters), taken where it can be from ``p``'s kept
+        best ``RANKED_KEEP`` with ``seen`` alone left out: an item's score does
+        not depend on which others are left out, so the first ``n`` of those
+        that pass are the answer, when there are ``n`` of them or they were
+        every item ranked."""
+        if not p.kept:
+            return rank(n, _excluded(seen, others, blocked))
+        kept = p.ranked.get(include_seen)
+        if kept is None or (len(kept[0]) < n and not kept[2]):
+            want = max(n, RANKED_KEEP)
+            idx, scores = rank(want, seen)
+            idx.flags.writeable = scores.flags.writeable = False
+            kept = (idx, scores, len(idx) < want)
+            p.ranked[include_seen] = kept
+        idx, scores, complete = kept
+        passes = np.ones(len(idx), dtype=bool)
+        if len(others):
+            passes &= ~contained(idx, distinct(others))
+        if blocked is not None:
+            passes &= ~blocked[idx]
+        chosen = np.flatnonzero(passes)[:n]
+        if len(chosen) == n or complete:
+            return idx[chosen], scores[chosen]
+        return rank(n, _excluded(seen, others, blocked))
 
     def _blend_top_k(
         self,
@@ -329,6 +384,7 @@ class ModelArtifact:
             size = prepared.nbytes(len(history))
             with self._prepared_lock:
                 if key not in self._prepared and size <= self.prepared_cache_bytes:
+                    prepared.kept = True
                     self._prepared[key] = (prepared, size)
                     self._prepared_bytes += size
                     while self._prepared_bytes > self.prepared_cache_bytes:
@@ -538,6 +594,11 @@ class ModelArtifact:
                 f"got shape {mask.shape}"
             )
         return mask
+
+
+def _excluded(seen: np.ndarray, others: np.ndarray, blocked: np.ndarray | None) -> np.ndarray:
+    """The items a call leaves out: ``seen``, ``others`` and the ``blocked`` ones."""
+    return np.concatenate([seen, others, *([] if blocked is None else [np.flatnonzero(blocked)])])
 
 
 def _ago(ms: int) -> str:

@@ -225,3 +225,41 @@ def test_history_cache_mb_is_checked() -> None:
     assert Config.load({}, env={"SESSIONREC_HISTORY_CACHE_MB": "0"}).history_cache_mb == 0
     with pytest.raises(ConfigError, match="history_cache_mb"):
         Config.load({"history_cache_mb": -1}, env={})
+
+
+@pytest.mark.parametrize("keep", [3, 100], ids=["keep-3", "keep-100"])
+@pytest.mark.parametrize("live_since", [LIVE, None], ids=["session", "personalized"])
+def test_exclusions_and_filters_take_from_the_kept_ranking_exactly(
+    saved: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, keep: int, live_since: int | None
+) -> None:
+    """Every request option, against an artifact that keeps nothing: the kept
+    best items serve when enough pass the request's exclusions and filters;
+    else (few kept: ``keep`` 3) the catalog is ranked again."""
+    monkeypatch.setattr("training.artifact.RANKED_KEEP", keep)
+    keeps, fresh = load(saved), load(saved, cache_bytes=0)
+    ids = keeps.items.ids.tolist()
+    events = history("p1", "m1", "c1")
+    full = fresh.recommend(events, len(ids), live_since_ms=live_since, include_seen=True)
+    best = full.item_ids
+    masks: list[np.ndarray | None] = [None, np.ones(len(ids), dtype=bool)]
+    for drop in (best[:2], best[::2], best[1:]):
+        mask = np.ones(len(ids), dtype=bool)
+        mask[[ids.index(i) for i in drop]] = False
+        masks.append(mask)
+    options = [
+        {"exclude": exclude, "allowed": mask, "include_seen": include_seen}
+        for exclude in ([], best[:1], best[:3], ["not-an-item", best[-1]])
+        for mask in masks
+        for include_seen in (False, True)
+    ]
+    for n in (1, 2, 4, len(ids)):
+        for kw in options:
+            got = keeps.recommend(events, n, live_since_ms=live_since, live_boost=5.0, **kw)
+            assert got == fresh.recommend(
+                events, n, live_since_ms=live_since, live_boost=5.0, **kw
+            ), (n, kw)
+    assert keeps.prepared_misses == 1 and keeps.prepared_hits == 4 * len(options) - 1
+    ((prepared, _),) = keeps._prepared.values()
+    assert set(prepared.ranked) == {False, True}
+    for idx, scores, _ in prepared.ranked.values():
+        assert not idx.flags.writeable and not scores.flags.writeable
