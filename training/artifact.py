@@ -93,8 +93,8 @@ RANKED_KEEP = 100
 class _Prepared:
     """What a history makes, before any request option applies: its item
     numbers, types and times, its weighted row, which events count as interest,
-    the live session's items, and (made on first use) the session models' parts
-    and the user folded into the model."""
+    the live session's items, and (made on first use) the session models' parts,
+    the user folded into the model, what the reasons name and the best items."""
 
     numbers: np.ndarray
     types: np.ndarray
@@ -133,7 +133,8 @@ class ModelArtifact:
 
     What a history makes (``_Prepared``) is kept, keyed by the history itself:
     a user asking again with no event stored since gets it without the
-    weighting, the session models or the fold-in. A new event makes a new
+    weighting, the session models or the fold-in, and, when enough of its best
+    items pass the call's filters, without ranking the catalog. A new event makes a new
     history, so nothing is ever invalidated by hand; with a time decay in the
     weights (they change with the clock) nothing is kept."""
 
