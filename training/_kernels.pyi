@@ -6,17 +6,20 @@ def knn_scores(
     live_weight: np.ndarray,
     live_position: np.ndarray,
     item_indptr: np.ndarray,
-    item_sessions: np.ndarray,
-    session_end_ms: np.ndarray,
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    positions: np.ndarray,
-    n_items: int,
+    item_records: np.ndarray,
+    records: np.ndarray,
     sample: int,
     k: int,
     recency_decay_days: float,
     reference_ms: int,
     neighbor_decay: float,
+) -> tuple[np.ndarray, np.ndarray]: ...
+def knn_index(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    positions: np.ndarray,
+    session_end_ms: np.ndarray,
+    item_sessions: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def blend_top_k(
     total: np.ndarray,
@@ -35,3 +38,16 @@ def rule_sources(
     sources: np.ndarray,
     targets: np.ndarray,
 ) -> np.ndarray: ...
+def weighted_history(
+    history: list[object],
+    index: dict[str, int],
+    type_table: np.ndarray,
+    view_table: np.ndarray,
+    dwell_bonus: float,
+    dwell_saturation_ms: float,
+    skip_below_ms: float,
+    skip_factor: float,
+    boosted: bool,
+    live_since_ms: int,
+    live_boost: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...

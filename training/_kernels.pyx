@@ -12,7 +12,7 @@ are broken deterministically, as documented on each function.
 """
 
 from libc.math cimport exp, expf, fabsf, isfinite, sqrtf
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libcpp.algorithm cimport sort
 from libcpp.pair cimport pair
 from libcpp.vector cimport vector
@@ -41,17 +41,57 @@ cdef inline Py_ssize_t _find(const int64_t[::1] sorted_values, int64_t value) no
     return -1
 
 
+def knn_index(
+    const int64_t[::1] indptr,
+    const int32_t[::1] indices,
+    const float[::1] positions,
+    const int64_t[::1] session_end_ms,
+    const int32_t[::1] item_sessions,
+):
+    """``knn_scores``'s ``records`` and ``item_records`` from the session x item
+    CSR matrix (``indptr``, ``indices``, ``positions``), the sessions' end times,
+    and the item index's session numbers."""
+    cdef Py_ssize_t n = session_end_ms.shape[0], s, j, at, length
+    starts_out = np.empty(n + 1, dtype=np.int64)
+    cdef int64_t[::1] starts = starts_out
+    starts[0] = 0
+    for s in range(n):
+        starts[s + 1] = starts[s] + 3 + 2 * (indptr[s + 1] - indptr[s])
+    records_out = np.empty(starts[n], dtype=np.int32)
+    cdef int32_t[::1] records = records_out
+    for s in range(n):
+        at = starts[s]
+        length = indptr[s + 1] - indptr[s]
+        records[at] = <int32_t>length
+        records[at + 1] = <int32_t><uint32_t>(<uint64_t>session_end_ms[s] & 0xFFFFFFFFu)
+        records[at + 2] = <int32_t>(session_end_ms[s] >> 32)
+        for j in range(length):
+            records[at + 3 + j] = indices[indptr[s] + j]
+            (<float*>&records[at + 3 + length + j])[0] = positions[indptr[s] + j]
+    item_records_out = np.empty(item_sessions.shape[0], dtype=np.int64)
+    cdef int64_t[::1] item_records = item_records_out
+    for j in range(item_sessions.shape[0]):
+        item_records[j] = starts[item_sessions[j]]
+    return records_out, item_records_out
+
+
+cdef inline float _position(const int32_t[::1] records, Py_ssize_t at) noexcept nogil:
+    """A record's position word: a float32 kept as its bits."""
+    return (<const float*>&records[at])[0]
+
+
+cdef inline int64_t _end(const int32_t[::1] records, int64_t at) noexcept nogil:
+    """The end time of the session whose record starts at ``at``."""
+    return (<int64_t>records[at + 2] << 32) | <int64_t>(<uint32_t>records[at + 1])
+
+
 def knn_scores(
     const int64_t[::1] live_items,
     const float[::1] live_weight,
     const float[::1] live_position,
     const int64_t[::1] item_indptr,
-    const int32_t[::1] item_sessions,
-    const int64_t[::1] session_end_ms,
-    const int64_t[::1] indptr,
-    const int32_t[::1] indices,
-    const float[::1] positions,
-    Py_ssize_t n_items,
+    const int64_t[::1] item_records,
+    const int32_t[::1] records,
     Py_ssize_t sample,
     Py_ssize_t k,
     double recency_decay_days,
@@ -62,15 +102,22 @@ def knn_scores(
     the items its neighbours reach with a score other than 0.
 
     ``live_items``: the distinct live items, ascending, with their weight and
-    1-based last position in the live session. Candidate sessions are the
-    indexed sessions of those items; past ``sample`` of them, the latest ending
-    ones are kept (equal end times: the lower session number). Each candidate's
-    similarity is its summed live-item weight over sqrt(live items x its
-    length), decayed by its age when ``recency_decay_days`` > 0; the ``k`` most
-    similar (equal similarity: the later ending, then the lower session number)
-    with a similarity above 0 vote, each adding its similarity (decayed by the
-    distance to its anchor item when ``neighbor_decay`` > 0) to its items, the
-    neighbours taken in ascending session order."""
+    1-based last position in the live session. The index (``knn_index``):
+    ``records`` holds each training session, in session order, as its length,
+    its end time (two words, low first), its items and their positions (float32
+    bits); ``item_records[item_indptr[i]:item_indptr[i + 1]]`` are where item
+    ``i``'s indexed sessions start in it. One session is then one place in
+    memory, not four (a call reads hundreds of sessions, each a cache miss).
+
+    Candidate sessions are the indexed sessions of the live items; past
+    ``sample`` of them, the latest ending ones are kept (equal end times: the
+    lower session number). Each candidate's similarity is its summed live-item
+    weight over sqrt(live items x its length), decayed by its age when
+    ``recency_decay_days`` > 0; the ``k`` most similar (equal similarity: the
+    later ending, then the lower session number) with a similarity above 0 vote,
+    each adding its similarity (decayed by the distance to its anchor item when
+    ``neighbor_decay`` > 0) to its items, the neighbours taken in ascending
+    session order."""
     cdef Py_ssize_t n_live = live_items.shape[0]
     cdef Py_ssize_t i, j, s, e, c, n_cand, n_top, at
     cdef int64_t item, session
@@ -88,7 +135,7 @@ def knn_scores(
     for i in range(n_live):
         item = live_items[i]
         for j in range(item_indptr[item], item_indptr[item + 1]):
-            gathered.push_back(item_sessions[j])
+            gathered.push_back(item_records[j])
     sort(gathered.begin(), gathered.end())
     for i in range(<Py_ssize_t>gathered.size()):
         if i == 0 or gathered[i] != gathered[i - 1]:
@@ -99,7 +146,7 @@ def knn_scores(
     if n_cand > sample:
         # The latest ending ``sample``: by (-end, session) ascending.
         for i in range(n_cand):
-            by_end.push_back(pair[int64_t, int64_t](-session_end_ms[candidates[i]], candidates[i]))
+            by_end.push_back(pair[int64_t, int64_t](-_end(records, candidates[i]), candidates[i]))
         nth_element(by_end.begin(), by_end.begin() + (sample - 1), by_end.end())
         candidates.clear()
         for i in range(sample):
@@ -110,16 +157,17 @@ def knn_scores(
     sims.resize(n_cand)
     for c in range(n_cand):
         session = candidates[c]
-        s, e = indptr[session], indptr[session + 1]
+        s = session + 3
+        e = s + records[session]
         overlap = 0.0
         for j in range(s, e):
-            where = _find(live_items, indices[j])
+            where = _find(live_items, records[j])
             if where >= 0:
                 overlap += <double>live_weight[where]
         size_term = sqrtf(<float>n_live * <float>(e - s))
         sim = overlap / <double>size_term
         if recency_decay_days > 0:
-            age = <double>(reference_ms - session_end_ms[session])
+            age = <double>(reference_ms - _end(records, session))
             if age < 0:
                 age = 0.0
             sim = sim * exp(-(age / DAY_MS) / recency_decay_days)
@@ -132,7 +180,7 @@ def knn_scores(
             ranked.push_back(
                 pair[double, pair[int64_t, int64_t]](
                     -sims[c],
-                    pair[int64_t, int64_t](-session_end_ms[candidates[c]], c),
+                    pair[int64_t, int64_t](-_end(records, candidates[c]), c),
                 )
             )
         nth_element(ranked.begin(), ranked.begin() + (k - 1), ranked.end())
@@ -142,54 +190,55 @@ def knn_scores(
     else:
         for c in range(n_cand):
             top.push_back(c)
-    # --- votes
-    cdef vector[double] sums = vector[double](n_items, 0.0)
-    cdef vector[int64_t] touched
+    # --- votes: (item, vote number) and each vote's contribution, summed per
+    # item in vote order (no catalog-sized buffer to clear and scatter into)
+    cdef vector[pair[int64_t, int64_t]] voted
+    cdef vector[double] contributions
     for i in range(<Py_ssize_t>top.size()):
         c = top[i]
         sim = sims[c]
         if not sim > 0:
             continue
         session = candidates[c]
-        s, e = indptr[session], indptr[session + 1]
+        s = session + 3
+        e = s + records[session]
         anchor = 0.0
         if neighbor_decay > 0:
             # The shared item latest in the live session anchors the neighbour.
             best = 0.0
             for j in range(s, e):
-                where = _find(live_items, indices[j])
+                where = _find(live_items, records[j])
                 live_pos = live_position[where] if where >= 0 else 0.0
                 if live_pos > best:
                     best = live_pos
-                    anchor = positions[j]
+                    anchor = _position(records, j + (e - s))
         for j in range(s, e):
-            item = indices[j]
             contribution = sim
             if neighbor_decay > 0:
                 contribution = contribution * <double>expf(
-                    -fabsf(positions[j] - anchor) / <float>neighbor_decay
+                    -fabsf(_position(records, j + (e - s)) - anchor) / <float>neighbor_decay
                 )
-            if sums[item] == 0.0:
-                touched.push_back(item)
-            sums[item] += contribution
-    # An item first reached by a vote of 0 (a decay that underflowed) is listed
-    # again by the next: sorted, the repeats sit together.
-    sort(touched.begin(), touched.end())
-    n_top = 0
-    for i in range(<Py_ssize_t>touched.size()):
-        if sums[touched[i]] != 0.0 and (i == 0 or touched[i] != touched[i - 1]):
-            n_top += 1
+            voted.push_back(pair[int64_t, int64_t](records[j], contributions.size()))
+            contributions.push_back(contribution)
+    sort(voted.begin(), voted.end())
+    cdef vector[int64_t] reached
+    cdef vector[double] summed
+    cdef double total = 0.0
+    for i in range(<Py_ssize_t>voted.size()):
+        total += contributions[voted[i].second]
+        if i + 1 == <Py_ssize_t>voted.size() or voted[i + 1].first != voted[i].first:
+            if total != 0.0:  # every vote of 0 (a decay that underflowed): not reached
+                reached.push_back(voted[i].first)
+                summed.push_back(total)
+            total = 0.0
+    n_top = reached.size()
     out_items = np.empty(n_top, dtype=np.int64)
     out_scores = np.empty(n_top, dtype=np.float32)
     cdef int64_t[::1] oi = out_items
     cdef float[::1] os = out_scores
-    at = 0
-    for i in range(<Py_ssize_t>touched.size()):
-        item = touched[i]
-        if sums[item] != 0.0 and (i == 0 or item != touched[i - 1]):
-            oi[at] = item
-            os[at] = <float>sums[item]
-            at += 1
+    for i in range(n_top):
+        oi[i] = reached[i]
+        os[i] = <float>summed[i]
     return out_items, out_scores
 
 
@@ -330,3 +379,90 @@ def rule_sources(
                 if targets[t] == indices[j] and found[t] > s:
                     found[t] = s
     return out
+
+
+def weighted_history(
+    list history,
+    dict index,
+    const float[::1] type_table,
+    const unsigned char[::1] view_table,
+    float dwell_bonus,
+    float dwell_saturation_ms,
+    float skip_below_ms,
+    float skip_factor,
+    bint boosted,
+    int64_t live_since_ms,
+    float live_boost,
+):
+    """A user's item events (``ItemEvent`` tuples: item_id, type, dwell_ms or
+    None, ts_ms) weighed as ``EventWeights.weigh`` without recency or time decay,
+    events at or after ``live_since_ms`` times ``live_boost`` when ``boosted``,
+    and summed per item as ``user_row``: (item numbers by ``index``, -1 unknown;
+    types; times; which weigh above 0; the row's item numbers ascending, int32;
+    their summed weights, float32). Sums run in float64 in event order."""
+    cdef Py_ssize_t n = len(history), i, j, m, n_types = type_table.shape[0]
+    cdef int64_t typ, known, number
+    cdef float dwell, base, weight
+    cdef bint view
+    cdef double total
+    cdef tuple event
+    numbers_out = np.empty(n, dtype=np.int64)
+    types_out = np.empty(n, dtype=np.int64)
+    ts_out = np.empty(n, dtype=np.int64)
+    positive_out = np.empty(n, dtype=np.bool_)
+    cdef int64_t[::1] numbers = numbers_out
+    cdef int64_t[::1] types = types_out
+    cdef int64_t[::1] ts = ts_out
+    cdef unsigned char[::1] positive = positive_out.view(np.uint8)
+    cdef vector[pair[int64_t, Py_ssize_t]] kept  # (item number, event position)
+    cdef vector[float] weights = vector[float](n, 0.0)
+    for i in range(n):
+        item = history[i]
+        if not isinstance(item, tuple) or len(<tuple>item) < 4:
+            raise TypeError(f"history[{i}]: not an ItemEvent")
+        event = <tuple>item
+        found = index.get(event[0])
+        numbers[i] = -1 if found is None else <int64_t>found
+        typ = <int64_t>event[1]
+        types[i] = typ
+        dwell = -1.0 if event[2] is None else <float><int64_t>event[2]
+        ts[i] = <int64_t>event[3]
+        known = typ if typ > 0 else 0
+        if known > n_types - 1:
+            known = n_types - 1
+        view = known == typ and view_table[known] != 0
+        base = type_table[known] if known == typ else 0.0
+        weight = base
+        if view and dwell > 0 and base > 0:
+            weight = base + dwell_bonus * (dwell / dwell_saturation_ms if dwell / dwell_saturation_ms < 1.0 else <float>1.0)
+        if view and dwell >= 0 and dwell < skip_below_ms:
+            weight = weight * skip_factor
+        if boosted and ts[i] >= live_since_ms:
+            weight = weight * live_boost
+        weights[i] = weight
+        positive[i] = weight > 0
+        if numbers[i] >= 0 and weight > 0:
+            kept.push_back(pair[int64_t, Py_ssize_t](numbers[i], i))
+    sort(kept.begin(), kept.end())
+    m = 0
+    for i in range(<Py_ssize_t>kept.size()):
+        if i == 0 or kept[i].first != kept[i - 1].first:
+            m += 1
+    cols_out = np.empty(m, dtype=np.int32)
+    data_out = np.empty(m, dtype=np.float32)
+    cdef int32_t[::1] cols = cols_out
+    cdef float[::1] data = data_out
+    j = -1
+    total = 0.0
+    for i in range(<Py_ssize_t>kept.size()):
+        number = kept[i].first
+        if i == 0 or number != kept[i - 1].first:
+            if j >= 0:
+                data[j] = <float>total
+            j += 1
+            cols[j] = <int32_t>number
+            total = 0.0
+        total += <double>weights[kept[i].second]
+    if j >= 0:
+        data[j] = <float>total
+    return numbers_out, types_out, ts_out, positive_out, cols_out, data_out

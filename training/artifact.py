@@ -41,9 +41,9 @@ import numpy as np
 from sessionrec.arrays import contained, distinct
 from sessionrec.errors import ArtifactError, NotFound, SessionrecError
 from sessionrec.events import EventType, ItemEvent
-from training._kernels import blend_top_k
+from training._kernels import blend_top_k, weighted_history
 from training.ann import ExactIndex, ItemIndex
-from training.data import Interactions, Vocabulary, user_row
+from training.data import Interactions, Vocabulary, csr_row, user_row
 from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
 from training.session_models import (
     SessionRecommender,
@@ -426,6 +426,27 @@ class ModelArtifact:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, np.ndarray]:
         """Item numbers, types and times of ``history``, its weighted row, and which
         events weigh positively (the ones that count as interest)."""
+        w = self.weights
+        boosted = live_since_ms is not None and live_boost != 1.0
+        if w.recency_half_life <= 0 and w.time_half_life_days <= 0:
+            # The weighting as one compiled pass (the common case: no decays).
+            numbers, types, ts, positive, cols, data = weighted_history(
+                history if isinstance(history, list) else list(history),
+                self.items.index,
+                w.table_array,
+                w.view_array,
+                w.dwell_bonus,
+                w.dwell_saturation_ms,
+                w.skip_below_ms,
+                w.skip_factor,
+                boosted,
+                live_since_ms if live_since_ms is not None else 0,
+                live_boost,
+            )
+            row = csr_row(cols, data, len(self.items))
+            if self.scaling is not None:
+                row = self.scaling.apply(row)
+            return numbers, types, ts, row, positive
         numbers = self.items.numbers([e.item_id for e in history])
         types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
         dwell = np.fromiter(
@@ -442,7 +463,7 @@ class ModelArtifact:
         if self.weights.time_half_life_days > 0:
             age = time.time_ns() // 1_000_000 - ts  # serving: before now
         weights = self.weights.weigh(types, dwell, later, age)
-        if live_since_ms is not None and live_boost != 1.0:
+        if boosted:
             weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
         row = user_row(numbers, weights, len(self.items))
         if self.scaling is not None:

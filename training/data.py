@@ -44,6 +44,12 @@ class Vocabulary:
     def _index(self) -> dict[str, int]:
         return self._lookup if self._lookup is not None else self._build()
 
+    @property
+    def index(self) -> dict[str, int]:
+        """External id -> row number (the vocabulary's own dict: read it, do not
+        change it)."""
+        return self._index
+
     @classmethod
     def from_values(cls, values: np.ndarray) -> Vocabulary:
         """Distinct values, in sorted order (deterministic)."""
@@ -180,6 +186,11 @@ def user_row(item_numbers: np.ndarray, item_weights: np.ndarray, n_items: int) -
     else:
         cols, where = np.unique(numbers, return_inverse=True)
         data = np.bincount(where, weights=weights, minlength=len(cols))
+    return csr_row(cols, data, n_items)
+
+
+def csr_row(cols: np.ndarray, data: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """A 1 x ``n_items`` CSR row of ``data`` at the ascending distinct ``cols``."""
     return sp.csr_matrix(
         (data.astype(np.float32), cols.astype(np.int32), np.array([0, len(cols)], np.int32)),
         shape=(1, n_items),

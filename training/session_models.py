@@ -34,15 +34,15 @@ import scipy.sparse as sp
 
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
-from training._kernels import add_normalized, knn_scores, rule_sources
+from training._kernels import add_normalized, knn_index, knn_scores, rule_sources
 from training.data import Vocabulary
 from training.weighting import EventWeights
 
 DAY_MS = 24 * 3600 * 1000
 
-#: A session-kNN index as ``knn_scores`` takes it: item_indptr, item_sessions,
-#: session_end_ms, and the session x item CSR (indptr, indices, positions).
-KernelIndex = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: A session-kNN index as ``knn_scores`` takes it: item_indptr, item_records
+#: and records (``knn_index``).
+KernelIndex = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -195,7 +195,6 @@ class SessionKNN:
             weight.astype(np.float32, copy=False),
             live_pos,
             *self._kernel_arrays,
-            self.n_items,
             int(p["sample_size"]),
             int(p["k"]),
             lam2,
@@ -205,15 +204,22 @@ class SessionKNN:
         return SparseScores(items, scores, self.n_items)
 
     def _prepare(self) -> None:
-        """Keeps the index as ``knn_scores`` takes it (contiguous, its dtypes)."""
+        """Keeps the index as ``knn_scores`` takes it (``knn_index``: each session
+        in one place)."""
         m = self.session_items
-        self._kernel_arrays: KernelIndex = (
-            np.ascontiguousarray(self.item_indptr, dtype=np.int64),
-            np.ascontiguousarray(self.item_sessions, dtype=np.int32),
-            np.ascontiguousarray(self.session_end_ms, dtype=np.int64),
+        records, item_records = knn_index(
             np.ascontiguousarray(m.indptr, dtype=np.int64),
             np.ascontiguousarray(m.indices, dtype=np.int32),
             np.ascontiguousarray(m.data, dtype=np.float32),
+            np.ascontiguousarray(self.session_end_ms, dtype=np.int64),
+            np.ascontiguousarray(self.item_sessions, dtype=np.int32),
+        )
+        for array in (records, item_records):
+            array.flags.writeable = False
+        self._kernel_arrays: KernelIndex = (
+            np.ascontiguousarray(self.item_indptr, dtype=np.int64),
+            item_records,
+            records,
         )
 
     def co_occurrence(self, item: int) -> np.ndarray:

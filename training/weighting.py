@@ -96,8 +96,21 @@ class EventWeights:
         # Frozen: the lookup tables can be built once, here.
         views = np.zeros(max(EventType) + 1, dtype=bool)
         views[[int(t) for t in VIEW_TYPES]] = True
-        object.__setattr__(self, "_type_table", self.table())
+        table = self.table()
+        for array in (table, views):
+            array.flags.writeable = False
+        object.__setattr__(self, "_type_table", table)
         object.__setattr__(self, "_view_table", views)
+
+    @property
+    def table_array(self) -> np.ndarray:
+        """``table()``, made once (read only)."""
+        return self._type_table  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def view_array(self) -> np.ndarray:
+        """1 (uint8) per event type number whose dwell counts (the views), else 0."""
+        return self._view_table.view(np.uint8)  # type: ignore[attr-defined,no-any-return]
 
     def table(self) -> np.ndarray:
         """Weight per event type number (index = EventType value)."""

@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training._kernels import add_normalized, blend_top_k, knn_scores, rule_sources
+from sessionrec.events import EventType, ItemEvent
+from training._kernels import (
+    add_normalized,
+    blend_top_k,
+    knn_index,
+    knn_scores,
+    rule_sources,
+    weighted_history,
+)
+from training.data import Vocabulary, user_row
 from training.models import tie_breaks, top_k
 from training.session_models import (
     DAY_MS,
@@ -18,14 +27,15 @@ from training.session_models import (
     SparseScores,
     normalized,
 )
+from training.weighting import EventWeights
 
 
-def random_sessions(rng: np.random.Generator, n: int, n_items: int) -> Sessions:
+def random_sessions(rng: np.random.Generator, n: int, n_items: int, epoch_ms: int = 0) -> Sessions:
     lengths = rng.integers(1, 8, n)
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     items = rng.integers(0, n_items, int(indptr[-1])).astype(np.int32)
     # Few distinct end times: equal ones at every cut.
-    ends = rng.integers(0, 5, n).astype(np.int64) * DAY_MS
+    ends = epoch_ms + rng.integers(0, 5, n).astype(np.int64) * DAY_MS
     return Sessions(indptr, items, ends)
 
 
@@ -83,7 +93,6 @@ def kernel_knn(
         weight.astype(np.float32),
         live_pos.astype(np.float32),
         *model._kernel_arrays,
-        model.n_items,
         p["sample_size"],
         p["k"],
         float(p["recency_decay_days"]),
@@ -102,15 +111,17 @@ def kernel_knn(
         {"k": 4, "recency_decay_days": 2.0},
     ],
 )
-def test_knn_kernel_equals_its_numpy_formulation(seed: int, params: dict) -> None:
+# End times in 2025 need both words of a record's end time.
+@pytest.mark.parametrize("epoch_ms", [0, 1_735_689_600_000])
+def test_knn_kernel_equals_its_numpy_formulation(seed: int, params: dict, epoch_ms: int) -> None:
     rng = np.random.default_rng(seed)
     n_items = 40
-    model = SessionKNN(**params).fit(random_sessions(rng, 300, n_items), n_items)
+    model = SessionKNN(**params).fit(random_sessions(rng, 300, n_items, epoch_ms), n_items)
     for _ in range(20):
         live = np.unique(rng.integers(0, n_items, rng.integers(1, 6)))
         weight = rng.choice(np.array([1.0, 0.5, 0.25], np.float32), len(live))
         live_pos = rng.permutation(len(live)).astype(np.float32) + 1
-        now = 6 * DAY_MS
+        now = epoch_ms + 6 * DAY_MS
         got_items, got_scores = kernel_knn(model, live, weight, live_pos, now)
         want_items, want_scores = reference_knn(model, live, weight, live_pos, now)
         np.testing.assert_array_equal(got_items, want_items)
@@ -149,6 +160,30 @@ def test_knn_kernel_ranks_equal_neighbours_by_recency_then_session_number() -> N
     model = SessionKNN(sample_size=1).fit(sessions, 5)
     items, _ = kernel_knn(model, np.array([0]), np.ones(1, np.float32), np.ones(1, np.float32), 0)
     assert items.tolist() == [0, 2]
+
+
+def test_knn_index_keeps_each_session_in_one_record() -> None:
+    # Session 0: items 3, 1 at positions 1, 2; session 1: item 3 at 1.5; session 2:
+    # empty. End times: past 2**32, negative, and the largest int64.
+    indptr = np.array([0, 2, 3, 3], dtype=np.int64)
+    indices = np.array([3, 1, 3], dtype=np.int32)
+    positions = np.array([1.0, 2.0, 1.5], dtype=np.float32)
+    ends = np.array([1_735_689_600_123, -86_400_001, 2**63 - 1], dtype=np.int64)
+    item_sessions = np.array([1, 0, 0], dtype=np.int32)
+    records, item_records = knn_index(indptr, indices, positions, ends, item_sessions)
+    assert records.dtype == np.int32 and item_records.dtype == np.int64
+    assert item_records.tolist() == [7, 0, 0]  # session 1 starts after 3 + 2 * 2 words
+    for start, session in ((0, 0), (7, 1), (12, 2)):
+        length = int(records[start])
+        assert length == indptr[session + 1] - indptr[session]
+        # Low word first: on a little-endian machine, the int64 itself.
+        assert records[start + 1 : start + 3].copy().view(np.int64)[0] == ends[session]
+        items = records[start + 3 : start + 3 + length]
+        places = records[start + 3 + length : start + 3 + 2 * length].view(np.float32)
+        lo, hi = indptr[session], indptr[session + 1]
+        assert items.tolist() == indices[lo:hi].tolist()
+        assert places.tolist() == positions[lo:hi].tolist()
+    assert len(records) == 12 + 3
 
 
 def test_knn_kernel_with_no_candidate_scores_nothing() -> None:
@@ -295,3 +330,113 @@ def test_rule_sources_name_the_first_source_with_a_rule_to_each_target() -> None
         np.array([1], np.int64),
     )
     assert got.tolist() == [1]
+
+
+# ------------------------------------------------------------ weighted_history
+
+
+def numpy_weighted(
+    weights: EventWeights,
+    vocab: Vocabulary,
+    history: list[ItemEvent],
+    since: int | None,
+    boost: float,
+) -> tuple[np.ndarray, ...]:
+    """``weighted_history`` as ``EventWeights.weigh`` and ``user_row`` compute it."""
+    n = len(history)
+    numbers = vocab.numbers([e.item_id for e in history])
+    types = np.fromiter((e.type for e in history), dtype=np.int64, count=n)
+    dwell = np.fromiter((-1 if e.dwell_ms is None else e.dwell_ms for e in history), np.int64, n)
+    ts = np.fromiter((e.ts_ms for e in history), dtype=np.int64, count=n)
+    w = weights.weigh(types, dwell)
+    if since is not None and boost != 1.0:
+        w = np.where(ts >= since, w * boost, w)
+    row = user_row(numbers, w, len(vocab))
+    return numbers, types, ts, w > 0, row.indices, row.data
+
+
+def kernel_weighted(
+    weights: EventWeights,
+    vocab: Vocabulary,
+    history: list[ItemEvent],
+    since: int | None,
+    boost: float,
+) -> tuple[np.ndarray, ...]:
+    return weighted_history(
+        history,
+        vocab.index,
+        weights.table_array,
+        weights.view_array,
+        weights.dwell_bonus,
+        weights.dwell_saturation_ms,
+        weights.skip_below_ms,
+        weights.skip_factor,
+        since is not None and boost != 1.0,
+        since if since is not None else 0,
+        boost,
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weighted_history_equals_weigh_and_user_row(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    vocab = Vocabulary(np.array([f"i{k}" for k in range(30)]))
+    types = [-1, 0, 1, 2, 3, 4, 5, 6, 9, 40]  # unknown numbers among them
+    dwells = [None, -5, 0, 1, 2_999, 3_000, 7_777, 61_000, 10**12]
+    for _ in range(200):
+        weights = EventWeights(
+            type_weights={
+                "ITEM_VIEW": float(rng.choice([1.0, 0.7])),
+                "ADD_TO_CART": float(rng.choice([3.0, 2.2])),
+            },
+            dwell_bonus=float(rng.choice([1.0, 0.37, 0.0])),
+            dwell_saturation_ms=int(rng.choice([60_000, 7_777])),
+            skip_below_ms=int(rng.choice([3_000, 0, 1_234])),
+            skip_factor=float(rng.choice([1.0, 0.25, 0.0])),
+        )
+        history = [
+            ItemEvent(
+                f"i{rng.integers(0, 36)}",  # some unknown items
+                int(rng.choice(types)),
+                dwells[rng.integers(0, len(dwells))]
+                if rng.random() < 0.5
+                else int(rng.integers(0, 100_000)),
+                int(rng.integers(0, 1_000)),
+            )
+            for _ in range(int(rng.integers(0, 40)))
+        ]
+        since = None if rng.random() < 0.3 else 500
+        boost = float(rng.choice([1.0, 2.3, 1.7]))
+        got = kernel_weighted(weights, vocab, history, since, boost)
+        want = numpy_weighted(weights, vocab, history, since, boost)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+
+
+def test_weighted_history_sums_an_items_events_in_order() -> None:
+    vocab = Vocabulary(np.array(["a", "b"]))
+    weights = EventWeights(dwell_bonus=0.0)
+    view, cart, screen = EventType.ITEM_VIEW, EventType.ADD_TO_CART, EventType.SCREEN_VIEW
+    # b viewed three times and added to the cart; "x" is unknown; a screen weighs 0.
+    history = [
+        ItemEvent("b", view, None, 1),
+        ItemEvent("x", view, None, 2),
+        ItemEvent("b", view, None, 3),
+        ItemEvent("b", cart, None, 4),
+        ItemEvent("a", screen, None, 5),
+        ItemEvent("b", view, None, 6),
+    ]
+    numbers, types, ts, positive, cols, data = kernel_weighted(weights, vocab, history, None, 1.0)
+    assert numbers.tolist() == [1, -1, 1, 1, 0, 1]
+    assert types.tolist() == [2, 2, 2, 3, 1, 2] and ts.tolist() == [1, 2, 3, 4, 5, 6]
+    assert positive.tolist() == [True, True, True, True, False, True]
+    assert cols.tolist() == [1]
+    view_w, cart_w = weights.table_array[view], weights.table_array[cart]
+    assert data.tolist() == [pytest.approx(3 * view_w + cart_w)]
+
+
+def test_weighted_history_refuses_what_is_not_an_item_event() -> None:
+    vocab = Vocabulary(np.array(["a"]))
+    with pytest.raises(TypeError, match=r"history\[1\]"):
+        kernel_weighted(EventWeights(), vocab, [ItemEvent("a", 1, None, 1), ("a", 1)], None, 1.0)  # type: ignore[list-item]
