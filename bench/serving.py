@@ -25,6 +25,10 @@ Phases (each bounded by a number of calls or a number of seconds):
   with 3-10 fresh ITEM_VIEWs before, not timed): sequential (p50/p99/p99.9 and
   QPS: the "1 in flight" figure), then QPS and p50/p99 at 16 and 64 in flight.
 * GetOffers (n=3, 20 offers, impressions recorded) the same way.
+* The live-session loop, 64 in flight: each loop tracks one new ITEM_VIEW in a
+  live session (TrackEvents), then asks Recommend for that session's user, whose
+  history has just changed (the real-time path: nothing kept of it helps). The
+  figure is Recommend calls/s and their latency.
 * TrackEvents, 100 events per call (client event ids, so dedup runs; events of
   open sessions), at 1, 4 and 16 in flight; StreamEvents with one event per
   request, one stream and 4 concurrent streams.
@@ -53,7 +57,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +80,7 @@ RESPONSES: dict[str, Any] = {
     STREAM: pb.StreamEventsResponse,
 }
 #: Phases the ceiling measures again with several processes (the rest need only one).
-MULTI_PROCESS_PHASES = ("recommend_64", "offers_64", "track_16")
+MULTI_PROCESS_PHASES = ("recommend_64", "offers_64", "live_64", "track_16")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ class ServingSpec:
     track_calls: int = 4000
     #: ... and at most this many seconds.
     track_seconds: float = 3.0
+    #: In-flight windows of the live-session loop: each call tracks one new
+    #: ITEM_VIEW of a live session, then asks Recommend for its user (the call's
+    #: history is new: nothing kept helps it).
+    live_windows: tuple[int, ...] = (64,)
+    #: Loops prepared per client process (each with its own event id), at most.
+    live_calls: int = 12_000
     stream_counts: tuple[int, ...] = (1, 4)
     #: Single-event requests per stream, at most, and seconds at most.
     stream_events: int = 60_000
@@ -145,6 +155,7 @@ QUICK = ServingSpec(
     warmup_seconds=0.5,
     track_calls=1000,
     track_seconds=2.0,
+    live_calls=6000,
     stream_events=20_000,
     stream_seconds=2.0,
     reload_seconds=5.0,
@@ -248,6 +259,84 @@ def track_requests(gen: dict[str, Any]) -> list[bytes]:
             events.append(event)
         out.append(pb.TrackEventsRequest(events=events).SerializeToString())
     return out
+
+
+def live_requests(gen: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The live-session loop's calls: (a TrackEvents of one new ITEM_VIEW in the
+    live session of ``gen["recommend"][i]``, that Recommend request), from
+    ``gen["offset"]`` on, ``gen["calls"]`` of them."""
+    rng = random.Random(gen["seed"])
+    recommend, sessions = gen["recommend"], gen["sessions"]
+    items, tag, offset = gen["items"], gen["tag"], gen["offset"]
+    out = []
+    for c in range(gen["calls"]):
+        k = (offset + c) % len(recommend)
+        event = pb.Event(
+            event_id=f"{tag}-{c}",
+            session_id=sessions[k],
+            type=pb.ITEM_VIEW,
+            item_id=rng.choice(items),
+            dwell_ms=rng.randint(1_000, 60_000),
+        )
+        out.append((pb.TrackEventsRequest(events=[event]).SerializeToString(), recommend[k]))
+    return out
+
+
+async def _live(channels: list[Any], cmd: dict[str, Any], go: Callable[[], Any]) -> dict:
+    """The live-session loop: each lane tracks an event, then asks Recommend for
+    the user whose session got it; the Recommend call's latency is recorded."""
+    import asyncio
+
+    loops = live_requests(cmd["generate"])
+    track = [
+        ch.unary_unary(
+            TRACK, request_serializer=None, response_deserializer=pb.TrackEventsResponse.FromString
+        )
+        for ch in channels
+    ]
+    recommend = [
+        ch.unary_unary(
+            RECOMMEND,
+            request_serializer=None,
+            response_deserializer=pb.RecommendResponse.FromString,
+        )
+        for ch in channels
+    ]
+    run = _Run(False)
+    issued = 0
+    go_at = await go()
+    deadline = go_at + cmd["seconds"]
+    cpu0 = time.process_time()
+
+    async def lane(j: int) -> None:
+        nonlocal issued
+        while not run.stop and issued < len(loops) and time.perf_counter() < deadline:
+            event, request = loops[issued]
+            issued += 1
+            try:
+                tracked = await track[j % len(track)](event, timeout=RPC_TIMEOUT_S)
+                problem = _problem(TRACK, tracked, 1)
+                if problem is not None:
+                    run.error("BAD_RESPONSE", problem, True)
+                    return
+                started = time.perf_counter()
+                resp = await recommend[j % len(recommend)](request, timeout=RPC_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                run.error(exc.code().name, str(exc.details()), True)
+                return
+            elapsed = time.perf_counter() - started
+            problem = _problem(RECOMMEND, resp, cmd["expected"])
+            if problem is not None:
+                run.error("BAD_RESPONSE", problem, True)
+                return
+            run.latencies.append(elapsed)
+
+    await asyncio.gather(*(lane(j) for j in range(cmd["window"])))
+    if issued >= len(loops) and not run.stop:
+        run.error(
+            "TOO_FEW_LOOPS", f"all {len(loops)} prepared loops used before the deadline", True
+        )
+    return _result(run, go_at, cpu0, calls=len(run.latencies))
 
 
 def _stream_requests(gen: dict[str, Any]) -> list[bytes]:
@@ -454,6 +543,8 @@ def _client_main(index: int, conn: Any) -> None:
                 loop.run_until_complete(connect(cmd["key"], cmd["address"], cmd["channels"]))
             elif cmd["op"] == "unary":
                 result = loop.run_until_complete(_unary(channels[cmd["target"]], cmd, go))
+            elif cmd["op"] == "live":
+                result = loop.run_until_complete(_live(channels[cmd["target"]], cmd, go))
             else:
                 result = loop.run_until_complete(_streams(channels[cmd["target"]], cmd, go))
             conn.send(("done", result))
@@ -604,6 +695,8 @@ class Workload:
     items: list[str]
     ingest_sessions: list[str]
     stream_sessions: list[str]
+    #: The live session each of ``recommend`` names (the live-session loop's).
+    recommend_sessions: list[str] = field(default_factory=list)
 
 
 def _fail_on_errors(what: str, agg: dict[str, Any]) -> None:
@@ -757,6 +850,48 @@ def track_phase(
     }
 
 
+def live_phase(
+    clients: LoadClients,
+    target: Target,
+    work: Workload,
+    window: int,
+    spec: ServingSpec,
+    tag: str,
+) -> dict[str, Any]:
+    """The live-session loop, ``window`` loops in flight: Recommend calls/s."""
+    lanes = _split(window, len(clients))
+    cmds: list[dict[str, Any] | None] = [None] * len(clients)
+    for k in range(len(clients)):
+        if lanes[k]:
+            cmds[k] = {
+                "op": "live",
+                "target": target.key,
+                "generate": {
+                    "tag": f"{tag}-c{k}",
+                    "seed": zlib.crc32(f"{tag}-{k}".encode()),
+                    "items": work.items,
+                    "recommend": work.recommend,
+                    "sessions": work.recommend_sessions,
+                    "offset": k * 7919,
+                    "calls": spec.live_calls,
+                },
+                "window": lanes[k],
+                "seconds": spec.window_seconds,
+                "expected": 10,
+            }
+    _, agg = clients.run(cmds, target.pids)
+    _fail_on_errors(f"live-session loop ({target.name}, {window} in flight)", agg)
+    return {
+        "in_flight": window,
+        "calls": agg["calls"],
+        "seconds": round(agg["seconds"], 3),
+        "qps": round(agg["calls"] / agg["seconds"], 1),
+        **latency_ms(agg["latencies"]),
+        "client_cpu_cores": agg["client_cpu_cores"],
+        "server_cpu_cores": agg["server_cpu_cores"],
+    }
+
+
 def stream_phase(
     clients: LoadClients,
     target: Target,
@@ -842,6 +977,12 @@ def measure_all(
                 out[target.key][f"{prefix}_{w}"] = windowed(
                     clients, target, method, requests, w, spec.window_seconds, expected
                 )
+    for w in spec.live_windows:
+        for target in each(f"live_{w}"):
+            say(f"[bench]   {target.key}: live-session loop, {w} in flight")
+            out[target.key][f"live_{w}"] = live_phase(
+                clients, target, work, w, spec, f"{target.key}-l{w}"
+            )
     for w in spec.track_windows:
         for target in each(f"track_{w}"):
             say(f"[bench]   {target.key}: TrackEvents x{spec.track_batch}, {w} in flight")
@@ -1185,6 +1326,7 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
         recommend=[
             pb.RecommendRequest(user_id=u, session_id=s, n=10).SerializeToString() for u, s in live
         ],
+        recommend_sessions=[s for _, s in live],
         offers=[
             pb.GetOffersRequest(user_id=u, session_id=s, n=3).SerializeToString() for u, s in live
         ],
@@ -1195,6 +1337,7 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
     order = list(range(len(live)))
     rng.shuffle(order)
     work.recommend = [work.recommend[k] for k in order]
+    work.recommend_sessions = [work.recommend_sessions[k] for k in order]
     work.offers = [work.offers[k] for k in order]
 
     # ---- bare SQLite
@@ -1352,6 +1495,24 @@ def figures(section: dict[str, Any], spec: ServingSpec) -> dict[str, Any]:
                 "ceiling_client_cpu_cores": ceil["client_cpu_cores"],
                 "ceiling_server_cpu_cores": ceil["server_cpu_cores"],
             }
+    for w in spec.live_windows:
+        fig = real[f"live_{w}"]
+        ceil, p = _best_ceiling(section, f"live_{w}", "qps")
+        assert ceil is not None
+        out[f"live_{w}"] = {
+            "qps": fig["qps"],
+            "p50_ms": fig["p50_ms"],
+            "p99_ms": fig["p99_ms"],
+            "ceiling_qps": ceil["qps"],
+            "ceiling_p50_ms": ceil["p50_ms"],
+            "ceiling_p99_ms": ceil["p99_ms"],
+            "ceiling_processes": p,
+            "ratio": ratio(fig["qps"], ceil["qps"]),
+            "client_cpu_cores": fig["client_cpu_cores"],
+            "server_cpu_cores": fig["server_cpu_cores"],
+            "ceiling_client_cpu_cores": ceil["client_cpu_cores"],
+            "ceiling_server_cpu_cores": ceil["server_cpu_cores"],
+        }
     sqlite_full = section["sqlite"]["FULL"]["events_per_s"]
     for w in spec.track_windows:
         fig = real[f"track_{w}"]
@@ -1488,6 +1649,15 @@ def markdown_lines(section: dict[str, Any]) -> list[str]:
                 f"({x['ceiling_p50_ms']:.1f} / {x['ceiling_p99_ms']:.1f} ms) "
                 f"[{x['ceiling_processes']}p] | {_n(x['ratio'], '', 2)} | {target} | {met} |"
             )
+    for w in spec.get("live_windows", ()):
+        x = f[f"live_{w}"]
+        lines.append(
+            f"| Recommend right after an event of its session (the live-session loop: "
+            f"TrackEvents of 1 view, then Recommend), {w} in flight: Recommend/s "
+            f"(p50 / p99) | {x['qps']:,.0f} ({x['p50_ms']:.1f} / {x['p99_ms']:.1f} ms) | "
+            f"{x['ceiling_qps']:,.0f} ({x['ceiling_p50_ms']:.1f} / {x['ceiling_p99_ms']:.1f} ms) "
+            f"[{x['ceiling_processes']}p] | {_n(x['ratio'], '', 2)} | | |"
+        )
     sq = section["sqlite"]
     for k, w in enumerate(spec["track_windows"]):
         x = f[f"track_{w}"]
