@@ -101,6 +101,7 @@ class EventWeights:
             array.flags.writeable = False
         object.__setattr__(self, "_type_table", table)
         object.__setattr__(self, "_view_table", views)
+        object.__setattr__(self, "_view_bytes", views.view(np.uint8))
 
     @property
     def table_array(self) -> np.ndarray:
@@ -110,7 +111,7 @@ class EventWeights:
     @property
     def view_array(self) -> np.ndarray:
         """1 (uint8) per event type number whose dwell counts (the views), else 0."""
-        return self._view_table.view(np.uint8)  # type: ignore[attr-defined,no-any-return]
+        return self._view_bytes  # type: ignore[attr-defined,no-any-return]
 
     def table(self) -> np.ndarray:
         """Weight per event type number (index = EventType value)."""
