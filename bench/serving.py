@@ -1466,40 +1466,12 @@ def figures(section: dict[str, Any], spec: ServingSpec) -> dict[str, Any]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a and b else None
 
-    for prefix in ("recommend", "offers"):
-        seq = real[f"{prefix}_seq"]
-        cseq, _ = _best_ceiling(section, f"{prefix}_seq", "qps")
-        assert cseq is not None
-        out[f"{prefix}_seq"] = {
-            **{k: seq[k] for k in ("p50_ms", "p99_ms", "p999_ms", "qps")},
-            **{f"ceiling_{k}": cseq[k] for k in ("p50_ms", "p99_ms", "p999_ms", "qps")},
-            "ratio_p50": ratio(cseq["p50_ms"], seq["p50_ms"]),
-            "ratio_p99": ratio(cseq["p99_ms"], seq["p99_ms"]),
-            "ratio_qps": ratio(seq["qps"], cseq["qps"]),
-        }
-        for w in spec.windows:
-            fig = real[f"{prefix}_{w}"]
-            ceil, p = _best_ceiling(section, f"{prefix}_{w}", "qps")
-            assert ceil is not None
-            out[f"{prefix}_{w}"] = {
-                "qps": fig["qps"],
-                "p50_ms": fig["p50_ms"],
-                "p99_ms": fig["p99_ms"],
-                "ceiling_qps": ceil["qps"],
-                "ceiling_p50_ms": ceil["p50_ms"],
-                "ceiling_p99_ms": ceil["p99_ms"],
-                "ceiling_processes": p,
-                "ratio": ratio(fig["qps"], ceil["qps"]),
-                "client_cpu_cores": fig["client_cpu_cores"],
-                "server_cpu_cores": fig["server_cpu_cores"],
-                "ceiling_client_cpu_cores": ceil["client_cpu_cores"],
-                "ceiling_server_cpu_cores": ceil["server_cpu_cores"],
-            }
-    for w in spec.live_windows:
-        fig = real[f"live_{w}"]
-        ceil, p = _best_ceiling(section, f"live_{w}", "qps")
+    def windowed_figure(name: str) -> dict[str, Any]:
+        """A phase with calls in flight: QPS and latency beside the best ceiling's."""
+        fig = real[name]
+        ceil, p = _best_ceiling(section, name, "qps")
         assert ceil is not None
-        out[f"live_{w}"] = {
+        return {
             "qps": fig["qps"],
             "p50_ms": fig["p50_ms"],
             "p99_ms": fig["p99_ms"],
@@ -1513,6 +1485,22 @@ def figures(section: dict[str, Any], spec: ServingSpec) -> dict[str, Any]:
             "ceiling_client_cpu_cores": ceil["client_cpu_cores"],
             "ceiling_server_cpu_cores": ceil["server_cpu_cores"],
         }
+
+    for prefix in ("recommend", "offers"):
+        seq = real[f"{prefix}_seq"]
+        cseq, _ = _best_ceiling(section, f"{prefix}_seq", "qps")
+        assert cseq is not None
+        out[f"{prefix}_seq"] = {
+            **{k: seq[k] for k in ("p50_ms", "p99_ms", "p999_ms", "qps")},
+            **{f"ceiling_{k}": cseq[k] for k in ("p50_ms", "p99_ms", "p999_ms", "qps")},
+            "ratio_p50": ratio(cseq["p50_ms"], seq["p50_ms"]),
+            "ratio_p99": ratio(cseq["p99_ms"], seq["p99_ms"]),
+            "ratio_qps": ratio(seq["qps"], cseq["qps"]),
+        }
+        for w in spec.windows:
+            out[f"{prefix}_{w}"] = windowed_figure(f"{prefix}_{w}")
+    for w in spec.live_windows:
+        out[f"live_{w}"] = windowed_figure(f"live_{w}")
     sqlite_full = section["sqlite"]["FULL"]["events_per_s"]
     for w in spec.track_windows:
         fig = real[f"track_{w}"]
