@@ -119,7 +119,7 @@ def knn_scores(
     ``neighbor_decay`` > 0) to its items, the neighbours taken in ascending
     session order."""
     cdef Py_ssize_t n_live = live_items.shape[0]
-    cdef Py_ssize_t i, j, s, e, c, n_cand, n_top, at
+    cdef Py_ssize_t i, j, s, e, c, n_cand, n_top
     cdef int64_t item, session
     cdef vector[int64_t] gathered
     cdef vector[pair[int64_t, int64_t]] by_end
@@ -127,110 +127,109 @@ def knn_scores(
     cdef vector[double] sims
     cdef vector[pair[double, pair[int64_t, int64_t]]] ranked
     cdef vector[int64_t] top
-    cdef vector[double] top_sim
     cdef double overlap, sim, age, contribution
     cdef float live_pos, best, anchor, size_term
     cdef Py_ssize_t where
-    # --- candidate sessions: the distinct sessions of the live items
-    for i in range(n_live):
-        item = live_items[i]
-        for j in range(item_indptr[item], item_indptr[item + 1]):
-            gathered.push_back(item_records[j])
-    sort(gathered.begin(), gathered.end())
-    for i in range(<Py_ssize_t>gathered.size()):
-        if i == 0 or gathered[i] != gathered[i - 1]:
-            candidates.push_back(gathered[i])
-    n_cand = candidates.size()
-    if n_cand == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    if n_cand > sample:
-        # The latest ending ``sample``: by (-end, session) ascending.
-        for i in range(n_cand):
-            by_end.push_back(pair[int64_t, int64_t](-_end(records, candidates[i]), candidates[i]))
-        nth_element(by_end.begin(), by_end.begin() + (sample - 1), by_end.end())
-        candidates.clear()
-        for i in range(sample):
-            candidates.push_back(by_end[i].second)
-        sort(candidates.begin(), candidates.end())
-        n_cand = sample
-    # --- similarities
-    sims.resize(n_cand)
-    for c in range(n_cand):
-        session = candidates[c]
-        s = session + 3
-        e = s + records[session]
-        overlap = 0.0
-        for j in range(s, e):
-            where = _find(live_items, records[j])
-            if where >= 0:
-                overlap += <double>live_weight[where]
-        size_term = sqrtf(<float>n_live * <float>(e - s))
-        sim = overlap / <double>size_term
-        if recency_decay_days > 0:
-            age = <double>(reference_ms - _end(records, session))
-            if age < 0:
-                age = 0.0
-            sim = sim * exp(-(age / DAY_MS) / recency_decay_days)
-        sims[c] = sim
-    # --- the k most similar, above 0, in ascending session order
-    if k > n_cand:
-        k = n_cand
-    if k < n_cand:
-        for c in range(n_cand):
-            ranked.push_back(
-                pair[double, pair[int64_t, int64_t]](
-                    -sims[c],
-                    pair[int64_t, int64_t](-_end(records, candidates[c]), c),
-                )
-            )
-        nth_element(ranked.begin(), ranked.begin() + (k - 1), ranked.end())
-        for i in range(k):
-            top.push_back(ranked[i].second.second)
-        sort(top.begin(), top.end())
-    else:
-        for c in range(n_cand):
-            top.push_back(c)
-    # --- votes: (item, vote number) and each vote's contribution, summed per
-    # item in vote order (no catalog-sized buffer to clear and scatter into)
     cdef vector[pair[int64_t, int64_t]] voted
     cdef vector[double] contributions
-    for i in range(<Py_ssize_t>top.size()):
-        c = top[i]
-        sim = sims[c]
-        if not sim > 0:
-            continue
-        session = candidates[c]
-        s = session + 3
-        e = s + records[session]
-        anchor = 0.0
-        if neighbor_decay > 0:
-            # The shared item latest in the live session anchors the neighbour.
-            best = 0.0
-            for j in range(s, e):
-                where = _find(live_items, records[j])
-                live_pos = live_position[where] if where >= 0 else 0.0
-                if live_pos > best:
-                    best = live_pos
-                    anchor = _position(records, j + (e - s))
-        for j in range(s, e):
-            contribution = sim
-            if neighbor_decay > 0:
-                contribution = contribution * <double>expf(
-                    -fabsf(_position(records, j + (e - s)) - anchor) / <float>neighbor_decay
-                )
-            voted.push_back(pair[int64_t, int64_t](records[j], contributions.size()))
-            contributions.push_back(contribution)
-    sort(voted.begin(), voted.end())
     cdef vector[int64_t] reached
     cdef vector[double] summed
     cdef double total = 0.0
-    for i in range(<Py_ssize_t>voted.size()):
-        total += contributions[voted[i].second]
-        if i + 1 == <Py_ssize_t>voted.size() or voted[i + 1].first != voted[i].first:
-            if total != 0.0:  # every vote of 0 (a decay that underflowed): not reached
-                reached.push_back(voted[i].first)
-                summed.push_back(total)
-            total = 0.0
+    # No Python object until the answer is built: other threads run meanwhile.
+    with nogil:
+        # --- candidate sessions: the distinct sessions of the live items
+        for i in range(n_live):
+            item = live_items[i]
+            for j in range(item_indptr[item], item_indptr[item + 1]):
+                gathered.push_back(item_records[j])
+        sort(gathered.begin(), gathered.end())
+        for i in range(<Py_ssize_t>gathered.size()):
+            if i == 0 or gathered[i] != gathered[i - 1]:
+                candidates.push_back(gathered[i])
+        n_cand = candidates.size()
+        if n_cand > sample:
+            # The latest ending ``sample``: by (-end, session) ascending.
+            for i in range(n_cand):
+                by_end.push_back(pair[int64_t, int64_t](-_end(records, candidates[i]), candidates[i]))
+            nth_element(by_end.begin(), by_end.begin() + (sample - 1), by_end.end())
+            candidates.clear()
+            for i in range(sample):
+                candidates.push_back(by_end[i].second)
+            sort(candidates.begin(), candidates.end())
+            n_cand = sample
+        # --- similarities
+        sims.resize(n_cand)
+        for c in range(n_cand):
+            session = candidates[c]
+            s = session + 3
+            e = s + records[session]
+            overlap = 0.0
+            for j in range(s, e):
+                where = _find(live_items, records[j])
+                if where >= 0:
+                    overlap += <double>live_weight[where]
+            size_term = sqrtf(<float>n_live * <float>(e - s))
+            sim = overlap / <double>size_term
+            if recency_decay_days > 0:
+                age = <double>(reference_ms - _end(records, session))
+                if age < 0:
+                    age = 0.0
+                sim = sim * exp(-(age / DAY_MS) / recency_decay_days)
+            sims[c] = sim
+        # --- the k most similar, above 0, in ascending session order
+        if k > n_cand:
+            k = n_cand
+        if k < n_cand:
+            for c in range(n_cand):
+                ranked.push_back(
+                    pair[double, pair[int64_t, int64_t]](
+                        -sims[c],
+                        pair[int64_t, int64_t](-_end(records, candidates[c]), c),
+                    )
+                )
+            nth_element(ranked.begin(), ranked.begin() + (k - 1), ranked.end())
+            for i in range(k):
+                top.push_back(ranked[i].second.second)
+            sort(top.begin(), top.end())
+        else:
+            for c in range(n_cand):
+                top.push_back(c)
+        # --- votes: (item, vote number) and each vote's contribution, summed per
+        # item in vote order (no catalog-sized buffer to clear and scatter into)
+        for i in range(<Py_ssize_t>top.size()):
+            c = top[i]
+            sim = sims[c]
+            if not sim > 0:
+                continue
+            session = candidates[c]
+            s = session + 3
+            e = s + records[session]
+            anchor = 0.0
+            if neighbor_decay > 0:
+                # The shared item latest in the live session anchors the neighbour.
+                best = 0.0
+                for j in range(s, e):
+                    where = _find(live_items, records[j])
+                    live_pos = live_position[where] if where >= 0 else 0.0
+                    if live_pos > best:
+                        best = live_pos
+                        anchor = _position(records, j + (e - s))
+            for j in range(s, e):
+                contribution = sim
+                if neighbor_decay > 0:
+                    contribution = contribution * <double>expf(
+                        -fabsf(_position(records, j + (e - s)) - anchor) / <float>neighbor_decay
+                    )
+                voted.push_back(pair[int64_t, int64_t](records[j], contributions.size()))
+                contributions.push_back(contribution)
+        sort(voted.begin(), voted.end())
+        for i in range(<Py_ssize_t>voted.size()):
+            total += contributions[voted[i].second]
+            if i + 1 == <Py_ssize_t>voted.size() or voted[i + 1].first != voted[i].first:
+                if total != 0.0:  # every vote of 0 (a decay that underflowed): not reached
+                    reached.push_back(voted[i].first)
+                    summed.push_back(total)
+                total = 0.0
     n_top = reached.size()
     out_items = np.empty(n_top, dtype=np.int64)
     out_scores = np.empty(n_top, dtype=np.float32)
