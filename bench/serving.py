@@ -304,13 +304,17 @@ async def _live(channels: list[Any], cmd: dict[str, Any], go: Callable[[], Any])
     ]
     run = _Run(False)
     issued = 0
+    ran_out = False
     go_at = await go()
     deadline = go_at + cmd["seconds"]
     cpu0 = time.process_time()
 
     async def lane(j: int) -> None:
-        nonlocal issued
-        while not run.stop and issued < len(loops) and time.perf_counter() < deadline:
+        nonlocal issued, ran_out
+        while not run.stop and time.perf_counter() < deadline:
+            if issued >= len(loops):
+                ran_out = True
+                return
             event, request = loops[issued]
             issued += 1
             try:
@@ -332,7 +336,7 @@ async def _live(channels: list[Any], cmd: dict[str, Any], go: Callable[[], Any])
             run.latencies.append(elapsed)
 
     await asyncio.gather(*(lane(j) for j in range(cmd["window"])))
-    if issued >= len(loops) and not run.stop:
+    if ran_out and not run.stop:
         run.error(
             "TOO_FEW_LOOPS", f"all {len(loops)} prepared loops used before the deadline", True
         )
