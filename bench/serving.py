@@ -793,9 +793,13 @@ def windowed(
     ]
     _, agg = clients.run(cmds, target.pids)
     _fail_on_errors(f"{method.rsplit('/', 1)[1]} ({target.name}, {window} in flight)", agg)
+    return {**_calls_per_s(window, agg), "client_processes": sum(1 for n in lanes if n)}
+
+
+def _calls_per_s(window: int, agg: dict[str, Any]) -> dict[str, Any]:
+    """A phase's calls per second, latency and CPU from ``LoadClients.run``'s aggregate."""
     return {
         "in_flight": window,
-        "client_processes": sum(1 for n in lanes if n),
         "calls": agg["calls"],
         "seconds": round(agg["seconds"], 3),
         "qps": round(agg["calls"] / agg["seconds"], 1),
@@ -885,15 +889,7 @@ def live_phase(
             }
     _, agg = clients.run(cmds, target.pids)
     _fail_on_errors(f"live-session loop ({target.name}, {window} in flight)", agg)
-    return {
-        "in_flight": window,
-        "calls": agg["calls"],
-        "seconds": round(agg["seconds"], 3),
-        "qps": round(agg["calls"] / agg["seconds"], 1),
-        **latency_ms(agg["latencies"]),
-        "client_cpu_cores": agg["client_cpu_cores"],
-        "server_cpu_cores": agg["server_cpu_cores"],
-    }
+    return _calls_per_s(window, agg)
 
 
 def stream_phase(
