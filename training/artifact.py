@@ -444,31 +444,30 @@ class ModelArtifact:
                 live_boost,
             )
             row = csr_row(cols, data, len(self.items))
-            if self.scaling is not None:
-                row = self.scaling.apply(row)
-            return numbers, types, ts, row, positive
-        numbers = self.items.numbers([e.item_id for e in history])
-        types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
-        dwell = np.fromiter(
-            (-1 if e.dwell_ms is None else e.dwell_ms for e in history),
-            dtype=np.int64,
-            count=len(history),
-        )
-        ts = np.fromiter((e.ts_ms for e in history), dtype=np.int64, count=len(history))
-        later = None
-        if self.weights.recency_half_life > 0:  # as in training: events after each one
-            later = np.empty(len(history), dtype=np.int64)
-            later[np.argsort(-ts, kind="stable")] = np.arange(len(history))
-        age = None
-        if self.weights.time_half_life_days > 0:
-            age = time.time_ns() // 1_000_000 - ts  # serving: before now
-        weights = self.weights.weigh(types, dwell, later, age)
-        if boosted:
-            weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
-        row = user_row(numbers, weights, len(self.items))
+        else:  # recency or time decay: numpy
+            numbers = self.items.numbers([e.item_id for e in history])
+            types = np.fromiter((e.type for e in history), dtype=np.int64, count=len(history))
+            dwell = np.fromiter(
+                (-1 if e.dwell_ms is None else e.dwell_ms for e in history),
+                dtype=np.int64,
+                count=len(history),
+            )
+            ts = np.fromiter((e.ts_ms for e in history), dtype=np.int64, count=len(history))
+            later = None
+            if w.recency_half_life > 0:  # as in training: events after each one
+                later = np.empty(len(history), dtype=np.int64)
+                later[np.argsort(-ts, kind="stable")] = np.arange(len(history))
+            age = None
+            if w.time_half_life_days > 0:
+                age = time.time_ns() // 1_000_000 - ts  # serving: before now
+            weights = w.weigh(types, dwell, later, age)
+            if boosted:
+                weights = np.where(ts >= live_since_ms, weights * live_boost, weights)
+            row = user_row(numbers, weights, len(self.items))
+            positive = weights > 0
         if self.scaling is not None:
             row = self.scaling.apply(row)
-        return numbers, types, ts, row, weights > 0
+        return numbers, types, ts, row, positive
 
     @staticmethod
     def _live_session(numbers: np.ndarray, ts: np.ndarray, live_since_ms: int | None) -> np.ndarray:

@@ -41,14 +41,10 @@ class Vocabulary:
         return lookup
 
     @property
-    def _index(self) -> dict[str, int]:
-        return self._lookup if self._lookup is not None else self._build()
-
-    @property
     def index(self) -> dict[str, int]:
         """External id -> row number (the vocabulary's own dict: read it, do not
         change it)."""
-        return self._index
+        return self._lookup if self._lookup is not None else self._build()
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> Vocabulary:
@@ -74,14 +70,14 @@ class Vocabulary:
         return len(self.ids)
 
     def __contains__(self, external_id: object) -> bool:
-        return external_id in self._index
+        return external_id in self.index
 
     def number(self, external_id: str) -> int:
         """Row number, or -1 when unknown."""
-        return self._index.get(external_id, -1)
+        return self.index.get(external_id, -1)
 
     def numbers(self, external_ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        get = self._index.get
+        get = self.index.get
         return np.fromiter(
             (get(x, -1) for x in external_ids), dtype=np.int64, count=len(external_ids)
         )
