@@ -127,6 +127,18 @@ def _normalized(factors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(factors / norms[:, None], dtype=np.float32)
 
 
+def by_factor(factors: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """``factors.T`` (items x factors) as a C-contiguous factors x items copy.
+
+    ``users @ by_factor(f)`` is ``users @ f.T``, equal up to float rounding (the
+    sums are accumulated in another order), and about twice as fast when the
+    factors are not in the CPU's caches, as for a request served between others:
+    BLAS streams the matrix row after row instead of taking one dot product per
+    item (measured on 20,000 x 64 float32 after an 8 MB pass: 0.32-0.35 against
+    0.69-0.71 ms)."""
+    return np.ascontiguousarray(factors.T, dtype=dtype)
+
+
 def _cosine(unit: np.ndarray, items: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Cosine similarities from row-normalised factors (``len(others) x len(items)``)."""
     return unit[others] @ unit[items].T
@@ -183,6 +195,8 @@ class ALSRecommender(Recommender):
             raise InvalidArgument("use_gpu: not with engine spark (Spark fits on its own CPUs)")
         self._model: Any = None
         self._unit: np.ndarray | None = None
+        #: ``(item_factors, by_factor(item_factors))``, made on the first product.
+        self._by_factor: tuple[np.ndarray, np.ndarray] | None = None
         #: What the last fit wants recorded in the artifact's metadata (Spark's settings).
         self.fit_info: dict[str, Any] = {}
 
@@ -253,7 +267,11 @@ class ALSRecommender(Recommender):
         return self.score_vectors(self.user_vectors(rows))
 
     def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        return np.asarray(vectors @ self.item_factors.T)
+        factors = self.item_factors
+        kept = self._by_factor
+        if kept is None or kept[0] is not factors:  # first use, or new factors
+            kept = self._by_factor = (factors, by_factor(factors))
+        return np.asarray(vectors @ kept[1])
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         if self._unit is None or len(self._unit) != len(self.item_factors):
@@ -294,6 +312,7 @@ class _BiasedFactorsRecommender(Recommender):
         self.factors_ = np.zeros((0, 0), dtype=np.float32)  # as implicit stores them
         self._yty = np.zeros((0, 0))
         self._unit = np.zeros((0, 0), dtype=np.float32)
+        self._latent_by_factor = np.zeros((0, 0), dtype=np.float32)
 
     def _implicit(self) -> Any:
         raise NotImplementedError
@@ -312,6 +331,7 @@ class _BiasedFactorsRecommender(Recommender):
         y = self._latent.astype(np.float64)
         self._yty = y.T @ y
         self._unit = _normalized(self._latent)
+        self._latent_by_factor = by_factor(self._latent)
         self.n_items = self.factors_.shape[0]
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
@@ -320,7 +340,7 @@ class _BiasedFactorsRecommender(Recommender):
         x = _least_squares_fold_in(
             self._latent, self._yty, rows, float(self.params["fold_in_regularization"])
         )
-        return np.asarray(x @ self._latent.T + self.factors_[:, self.bias_column])
+        return np.asarray(x @ self._latent_by_factor + self.factors_[:, self.bias_column])
 
     def item_similarity(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         return _cosine(self._unit, items, others)
@@ -454,6 +474,7 @@ class LMFRecommender(_BiasedFactorsRecommender):
     def _set(self, item_factors: np.ndarray) -> None:
         super()._set(item_factors)
         self._features = _lmf_features(self._latent)
+        self._latent_by_factor64 = by_factor(self._latent, np.float64)
 
     def score(self, rows: sp.csr_matrix) -> np.ndarray:
         bias = self.factors_[:, self.bias_column]
@@ -466,7 +487,7 @@ class LMFRecommender(_BiasedFactorsRecommender):
             iterations=int(self.params["fold_in_iterations"]),
             features=self._features,
         )
-        return np.asarray(x @ self._latent.T.astype(np.float64) + bias)
+        return np.asarray(x @ self._latent_by_factor64 + bias)
 
 
 class ItemKNNRecommender(Recommender):

@@ -15,7 +15,14 @@ import pytest
 import scipy.sparse as sp
 
 from sessionrec.errors import FailedPrecondition, InvalidArgument
-from training.models import ALGORITHMS, Recommender, create_model, item_popularity, top_k
+from training.models import (
+    ALGORITHMS,
+    Recommender,
+    by_factor,
+    create_model,
+    item_popularity,
+    top_k,
+)
 
 GROUP_A = np.arange(10)
 GROUP_B = np.arange(10, 20)
@@ -125,6 +132,62 @@ def test_score_handles_several_rows_at_once(name: str, group_matrix: sp.csr_matr
     assert scores.shape == (2, 20)
     assert scores[0, GROUP_A].mean() > scores[0, GROUP_B].mean()
     assert scores[1, GROUP_B].mean() > scores[1, GROUP_A].mean()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_by_factor_is_the_transpose_in_rows(dtype: Any) -> None:
+    factors = np.random.default_rng(3).standard_normal((500, 16)).astype(np.float32)
+    users = np.random.default_rng(4).standard_normal((3, 16)).astype(dtype)
+    t = by_factor(factors, dtype)
+    assert t.shape == (16, 500) and t.dtype == dtype and t.flags.c_contiguous
+    assert np.array_equal(t, factors.T)
+    # The product differs from users @ factors.T only by the order of the sums.
+    assert np.allclose(users @ t, users @ factors.T.astype(dtype), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["als", "bpr", "lmf"])
+def test_factor_models_score_as_the_plain_product(name: str, group_matrix: sp.csr_matrix) -> None:
+    """The kept factors x items copy gives the scores of ``users @ factors.T``."""
+    model = fitted(name, group_matrix)
+    rows = sp.vstack([row([0, 1]), row([15, 16])]).tocsr()
+    scores = model.score(rows)
+    if name == "als":
+        users = model.user_vectors(rows)
+        expected = users @ model.item_factors.T
+    else:
+        from training.models import _least_squares_fold_in, _logistic_fold_in
+
+        f = int(model.params["factors"])
+        latent = model.factors_[:, :f]
+        bias = model.factors_[:, model.bias_column]
+        if name == "bpr":
+            scaled = rows.astype(np.float32)
+            scaled.data = 1.0 + float(model.params["fold_in_alpha"]) * scaled.data
+            x = _least_squares_fold_in(
+                latent, model._yty, scaled, float(model.params["fold_in_regularization"])
+            )
+            expected = x @ latent.T + bias
+        else:
+            x = _logistic_fold_in(
+                latent,
+                bias,
+                rows,
+                regularization=float(model.params["regularization"]),
+                neg_prop=float(model.params["neg_prop"]),
+                iterations=int(model.params["fold_in_iterations"]),
+                features=model._features,
+            )
+            expected = x @ latent.T.astype(np.float64) + bias
+    assert np.allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_als_product_follows_new_item_factors(group_matrix: sp.csr_matrix) -> None:
+    """The kept transposed copy is made again when the factors are replaced."""
+    model = fitted("als", group_matrix)
+    users = model.user_vectors(row([0, 1]))
+    before = model.score_vectors(users)
+    model._model.item_factors = np.ascontiguousarray(-model.item_factors)
+    assert np.allclose(model.score_vectors(users), -before, rtol=1e-6, atol=1e-6)
 
 
 def test_popularity_scores_distinct_users_whatever_the_history(
