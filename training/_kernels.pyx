@@ -329,6 +329,48 @@ def blend_top_k(
     return _ranked(heap)
 
 
+def blend_normalized(float[::1] total, const float[::1] model, float model_weight):
+    """``normalized(total + model_weight * normalized(model))`` in place, as
+    ``SessionRecommender.combine`` then ``normalized`` compute it (float32 sums,
+    the scalings in float64), without their catalog-sized temporaries: ``total``
+    (float32, the session parts already added) gets the model's part added, then
+    is scaled to [0, 1] by its range (all 0 when flat). An empty ``model`` or a
+    zero weight adds nothing. Returns False, leaving ``total`` as it was, when a
+    model score is not finite; False with ``total`` changed when a sum is not
+    finite (both for the numpy path to handle)."""
+    cdef Py_ssize_t n = total.shape[0], i
+    cdef float lo = 0, hi = 0, part
+    cdef double span = 0, low
+    cdef bint use_model = model.shape[0] > 0 and model_weight != 0, finite
+    if n == 0:
+        return True
+    if use_model:
+        if model.shape[0] != n:
+            raise ValueError(f"model: {model.shape[0]} scores for {n} items")
+        if not _finite_range(model, &lo, &hi):
+            return False
+        span = <double>hi - <double>lo
+    with nogil:
+        if use_model:
+            for i in range(n):
+                if span > 0:
+                    part = <float>((<double>model[i] - <double>lo) / span) * model_weight
+                else:
+                    part = 0.0 * model_weight
+                total[i] = total[i] + part
+        finite = _finite_range(total, &lo, &hi)
+        if finite:
+            low = lo
+            span = <double>hi - low
+            if span > 0:
+                for i in range(n):
+                    total[i] = <float>((<double>total[i] - low) / span)
+            else:
+                for i in range(n):
+                    total[i] = 0.0
+    return finite
+
+
 def add_normalized(float[::1] total, const int64_t[::1] items, const float[::1] scores, float weight):
     """``total[items] += weight * (scores scaled to [0, 1])`` in float32, the scaling
     as ``SparseScores.normalized`` computes it (by the range over the whole

@@ -46,6 +46,7 @@ from training.ann import ExactIndex, ItemIndex
 from training.data import Interactions, Vocabulary, csr_row, user_row
 from training.models import ALGORITHMS, Recommender, tie_breaks, top_k
 from training.session_models import (
+    NO_SCORES,
     SessionRecommender,
     SparseScores,
     normalized,
@@ -59,7 +60,6 @@ CURRENT_FILE = "CURRENT"
 BLEND_CANDIDATES = 200
 #: Algorithms that rank the same for everyone (the "popular" strategy).
 NON_PERSONAL = frozenset({"popular", "trending"})
-_NO_SCORES = np.zeros(0, dtype=np.float32)
 VERSIONS_DIR = "versions"
 #: What the user did, by event type number (any other type: "viewed").
 _VERBS = {
@@ -294,7 +294,7 @@ class ModelArtifact:
         excluded)``, the same result in one compiled pass over the catalog."""
         assert self.session is not None
         weight = self.session.blend.get("model", 0.0)
-        model = model_scores if model_scores is not None and weight else _NO_SCORES
+        model = model_scores if model_scores is not None and weight else NO_SCORES
         if model.dtype == np.float32:  # normalized() of float64 scores works in float64
             total = self.session.parts_total(parts)
             total[excluded] = np.nan  # left out
@@ -342,7 +342,7 @@ class ModelArtifact:
         personal = p.row.nnz > 0 and self.algorithm not in NON_PERSONAL
         model_scores = self._model_scores(p) if personal else None
         if self.session is not None and len(p.live):
-            return normalized(self.session.combine(self._parts(p), model_scores))
+            return self.session.normalized_combine(self._parts(p), model_scores)
         if model_scores is None:
             return None
         return normalized(model_scores)

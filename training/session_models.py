@@ -34,7 +34,13 @@ import scipy.sparse as sp
 
 from sessionrec.errors import InvalidArgument
 from sessionrec.store import EventColumns
-from training._kernels import add_normalized, knn_index, knn_scores, rule_sources
+from training._kernels import (
+    add_normalized,
+    blend_normalized,
+    knn_index,
+    knn_scores,
+    rule_sources,
+)
 from training.data import Vocabulary
 from training.weighting import EventWeights
 
@@ -462,6 +468,10 @@ def csr_positions(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
     return np.arange(len(row_of)) + shift[row_of], row_of
 
 
+#: No model scores (an empty float32 array, for the compiled blends).
+NO_SCORES = np.zeros(0, dtype=np.float32)
+
+
 def normalized(scores: np.ndarray) -> np.ndarray:
     """Scores scaled to [0, 1] by the range of their finite values (all zero when
     flat; non-finite scores become 0). float32 out; the usual case (every score
@@ -571,6 +581,20 @@ class SessionRecommender:
             dense *= np.float32(weight)
             total += dense
         return total
+
+    def normalized_combine(
+        self, parts: dict[str, SparseScores], model_scores: np.ndarray | None
+    ) -> np.ndarray:
+        """``normalized(self.combine(parts, model_scores))``: the same values, in
+        one compiled pass over the catalog when the model's scores are float32
+        (``normalized`` of float64 scores works in float64: numpy does those)."""
+        weight = self.blend.get("model", 0.0)
+        model = model_scores if model_scores is not None and weight else NO_SCORES
+        if model.dtype == np.float32:
+            total = self.parts_total(parts)
+            if blend_normalized(total, np.ascontiguousarray(model), weight):
+                return total
+        return normalized(self.combine(parts, model_scores))
 
     def parts_total(self, parts: dict[str, SparseScores]) -> np.ndarray:
         """``combine`` of the session parts alone (float32, a new array)."""

@@ -10,6 +10,7 @@ import pytest
 from sessionrec.events import EventType, ItemEvent
 from training._kernels import (
     add_normalized,
+    blend_normalized,
     blend_top_k,
     knn_index,
     knn_scores,
@@ -237,6 +238,68 @@ def test_blend_top_k_equals_the_dense_blend(seed: int) -> None:
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
         assert got[1].dtype == np.float64
+
+
+def blend_of(n: int, blend: dict[str, float]) -> SessionRecommender:
+    recommender = SessionRecommender(SessionKNN(), None, blend)  # type: ignore[arg-type]
+    recommender.knn.n_items = n
+    return recommender
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_normalized_combine_equals_normalized_of_the_combined_blend(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 400
+    parts = {
+        "knn": SparseScores(
+            np.sort(rng.choice(n, 50, replace=False)), rng.integers(1, 4, 50).astype(np.float32), n
+        ),
+        "rules": SparseScores(
+            np.sort(rng.choice(n, 15, replace=False)), rng.random(15).astype(np.float32), n
+        ),
+    }
+    flat = np.full(n, 0.7, np.float32)
+    for weight in (0.0, 0.03, 1.0, 2.5):
+        recommender = blend_of(n, {"knn": 1.0, "rules": 0.01, "model": weight})
+        for model in (rng.normal(size=n).astype(np.float32) * 3, flat, None):
+            want = normalized(recommender.combine(parts, model))
+            got = recommender.normalized_combine(parts, model)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+
+
+def test_blend_normalized_of_flat_and_empty_totals() -> None:
+    total = np.full(6, 0.25, np.float32)
+    assert blend_normalized(total, np.zeros(0, np.float32), 0.0)
+    np.testing.assert_array_equal(total, np.zeros(6, np.float32))  # flat: all 0, as normalized
+    assert blend_normalized(np.zeros(0, np.float32), np.zeros(0, np.float32), 1.0)
+    total = np.array([0, 1, 3], np.float32)
+    assert blend_normalized(total, np.array([5, 5, 5], np.float32), 0.5)  # flat model adds 0
+    np.testing.assert_array_equal(total, np.array([0, 1 / 3, 1], np.float32))
+    with pytest.raises(ValueError, match="2 scores for 3 items"):
+        blend_normalized(total, np.zeros(2, np.float32), 1.0)
+
+
+def test_blend_normalized_leaves_non_finite_scores_to_numpy() -> None:
+    n = 5
+    parts = {"knn": SparseScores(np.array([1, 3]), np.array([2, 1], np.float32), n)}
+    recommender = blend_of(n, {"knn": 1.0, "rules": 0.0, "model": 0.5})
+    for bad in (np.nan, np.inf, -np.inf):
+        model = np.array([0, bad, 1, 2, 0.5], np.float32)
+        total = np.array([1, 2, 3, 4, 5], np.float32)
+        assert not blend_normalized(total, model, 0.5)
+        np.testing.assert_array_equal(total, [1, 2, 3, 4, 5])  # untouched
+        # The numpy path takes over: non-finite model scores count as 0.
+        want = normalized(recommender.combine(parts, model))
+        np.testing.assert_array_equal(recommender.normalized_combine(parts, model), want)
+    total = np.array([0, np.nan, 1], np.float32)
+    assert not blend_normalized(total, np.zeros(0, np.float32), 0.0)
+    # float64 model scores (LMF's) go to numpy, which scales them in float64.
+    model64 = np.array([0.1, 0.9, 0.3, 0.2, 0.4])
+    np.testing.assert_array_equal(
+        recommender.normalized_combine(parts, model64),
+        normalized(recommender.combine(parts, model64)),
+    )
 
 
 def test_blend_top_k_without_a_model_or_with_a_flat_one() -> None:
