@@ -88,6 +88,19 @@ class OfferRejection:
     error: SessionrecError
 
 
+@dataclass(frozen=True)
+class _Target:
+    """An offer's target as ranking needs it, worked out once per offer and
+    catalog view: the model's numbers of its items (int64; empty for the whole
+    catalog or when the model knows none), what a live item must be or belong
+    to, and how reasons name it."""
+
+    numbers: np.ndarray
+    items: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+    label: str = ""
+
+
 @dataclass
 class _Context:
     """What eligibility and affinity need to know about the user right now."""
@@ -140,6 +153,8 @@ class OfferEngine:
         self._rng_lock = threading.Lock()
         self._cache: tuple[int, dict[str, Offer]] = (-1, {})
         self._cache_lock = threading.Lock()
+        #: Per catalog view (or snapshot, with no model): offer id -> (offer, target).
+        self._targets: tuple[Any, dict[str, tuple[Offer, _Target]]] = (None, {})
 
     def _record_grouped(
         self, entries: Sequence[OfferLogEntry], offers: Mapping[str, Offer]
@@ -318,58 +333,91 @@ class OfferEngine:
         affinity = None
         members: dict[str, np.ndarray] = {}
         numbers: Mapping[str, int] = {}
+        snapshot = self.catalog.snapshot
+        source: Any = snapshot
         if loaded is not None:
             artifact = loaded.artifact
             affinity = artifact.affinity(
                 ctx.history, live_since_ms=ctx.live_since, live_boost=self.live_boost
             )
             view = self.catalog.view(artifact.version, artifact.items.ids, artifact.popularity)
-            members, numbers = view.members, view.number
-        snapshot = self.catalog.snapshot
+            members, numbers, source = view.members, view.number, view
+        targets = [self._target(o, source, numbers, members) for o in offers]
+        # The model's best score among each target's items, in one gather.
+        model_parts = np.full(len(offers), 0.5)
+        scored = [k for k, t in enumerate(targets) if len(t.numbers)]
+        if affinity is not None and scored:
+            lengths = np.array([len(targets[k].numbers) for k in scored])
+            best = np.maximum.reduceat(
+                affinity[np.concatenate([targets[k].numbers for k in scored])],
+                np.cumsum(lengths) - lengths,
+            )
+            model_parts[scored] = best
         with self._rng_lock:
-            draws = [
-                float(
-                    self._rng.beta(
-                        1 + counts[o.offer_id].redemptions,
-                        1 + max(counts[o.offer_id].impressions - counts[o.offer_id].redemptions, 0),
-                    )
-                )
-                for o in offers
-            ]
+            draws = self._rng.beta(
+                [1 + counts[o.offer_id].redemptions for o in offers],
+                [
+                    1 + max(counts[o.offer_id].impressions - counts[o.offer_id].redemptions, 0)
+                    for o in offers
+                ],
+            ).tolist()
         ranked = []
-        for offer, draw in zip(offers, draws, strict=True):
-            target = offer.target
-            if target.whole_catalog:
+        live = ctx.live_items
+        for offer, target, model_part, draw in zip(
+            offers, targets, model_parts.tolist(), draws, strict=True
+        ):
+            if offer.target.whole_catalog:
                 model_part, on_target = 0.5, 0.5
                 reason = "for everyone"
             else:
-                if target.item_ids:
-                    wanted = set(target.item_ids)
-                    idx = np.asarray([numbers[i] for i in target.item_ids if i in numbers])
-                    hits = [i for i in ctx.live_items if i in wanted]
-                    label = "items"
+                if target.items:
+                    hits = [i for i in live if i in target.items]
                 else:
-                    cats = set(target.categories)
-                    parts = [members[c] for c in target.categories if c in members]
-                    idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-                    hits = [i for i in ctx.live_items if cats & set(snapshot.categories(i))]
-                    label = "/".join(target.categories)
-                model_part = (
-                    float(affinity[idx.astype(np.int64)].max())
-                    if affinity is not None and len(idx)
-                    else 0.5
-                )
-                on_target = len(hits) / len(ctx.live_items) if ctx.live_items else 0.5
+                    cats = target.categories
+                    hits = [i for i in live if cats & set(snapshot.categories(i))]
+                on_target = len(hits) / len(live) if live else 0.5
                 if hits:
-                    reason = f"you viewed {len(hits)} {label} this session"
+                    reason = f"you viewed {len(hits)} {target.label} this session"
                 elif affinity is not None and model_part >= 0.5:
-                    reason = f"matches {label} you like"
+                    reason = f"matches {target.label} you like"
                 else:
-                    reason = f"offer on {label}"
+                    reason = f"offer on {target.label}"
             fit = (FLOOR + (1 - FLOOR) * model_part) * (FLOOR + (1 - FLOOR) * on_target)
             ranked.append(RankedOffer(offer, fit * offer.value * draw**TEMPER, reason))
         ranked.sort(key=lambda r: (-r.offer.priority, -r.score, r.offer.offer_id))
         return ranked
+
+    def _target(
+        self,
+        offer: Offer,
+        source: Any,
+        numbers: Mapping[str, int],
+        members: Mapping[str, np.ndarray],
+    ) -> _Target:
+        """``offer``'s ``_Target`` against ``numbers``/``members`` (those of the
+        catalog view, or snapshot, ``source``), kept until either changes."""
+        kept_source, kept = self._targets
+        if kept_source is not source:
+            kept = {}
+            self._targets = (source, kept)
+        found = kept.get(offer.offer_id)
+        if found is not None and found[0] is offer:
+            return found[1]
+        t = offer.target
+        if t.whole_catalog:
+            target = _Target(np.zeros(0, dtype=np.int64))
+        elif t.item_ids:
+            known = [numbers[i] for i in t.item_ids if i in numbers]
+            target = _Target(
+                np.asarray(known, dtype=np.int64), items=frozenset(t.item_ids), label="items"
+            )
+        else:
+            parts = [members[c] for c in t.categories if c in members]
+            idx = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+            target = _Target(idx, categories=frozenset(t.categories), label="/".join(t.categories))
+        target.numbers.flags.writeable = False
+        kept[offer.offer_id] = (offer, target)
+        return target
 
     def report(self, confidence: float = 0.95) -> dict[str, Any]:
         """Per offer: impressions, redemptions and their rate, treated vs holdout

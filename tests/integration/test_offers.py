@@ -100,6 +100,21 @@ def test_a_session_viewing_shoes_ranks_the_shoe_offer_first(srv):
     assert by_id["shoe-10"].kind == pb.PERCENT_OFF and by_id["shoe-10"].title == "shoe-10"
 
 
+def test_a_changed_target_is_ranked_by_its_new_items(srv):
+    """What ranking keeps of an offer's target follows the offer when it changes."""
+    upsert(srv, offer("pick", target=pb.OfferTarget(item_ids=["a03"])))
+    sid = start(srv, "u41")
+    track(srv, view("a03", session_id=sid), view("a04", session_id=sid))
+    first = get(srv, "u41", session_id=sid, preview=True).offers[0]
+    assert first.reason == "you viewed 1 items this session"
+    upsert(srv, offer("pick", target=pb.OfferTarget(item_ids=["b01", "a04"])))
+    again = get(srv, "u41", session_id=sid, preview=True).offers[0]
+    assert again.reason == "you viewed 1 items this session"
+    upsert(srv, offer("pick", target=pb.OfferTarget(item_ids=["b01"])))
+    last = get(srv, "u41", session_id=sid, preview=True).offers[0]
+    assert last.offer_id == "pick" and not last.reason.startswith("you viewed"), last.reason
+
+
 def test_ineligible_expired_and_capped_offers_are_never_returned(srv):
     now = now_ms()
     upsert(
