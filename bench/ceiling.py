@@ -347,12 +347,16 @@ def sqlite_ceiling(
     batch: int = 100,
     prefill: int = 0,
     seconds: float | None = None,
+    random_ids: bool = False,
 ) -> dict[str, Any]:
     """Bare SQLite: up to ``batches`` transactions of ``batch`` events each (one
     ``executemany`` per transaction), stopping after ``seconds`` if given, into a
     fresh events-shaped table in WAL mode with ``synchronous``. ``prefill`` rows
     of a stored log (random users) go in first, in one transaction (not timed).
-    Rows are built before the clock starts. Run it in its own process."""
+    The timed events' ids are ``tag-k`` (each lands next to the previous one in
+    the event-id index), or with ``random_ids`` random UUIDs as apps send them
+    (each lands on a page of its own). Rows are built before the clock starts.
+    Run it in its own process."""
     import sqlite3
 
     db = Path(path)
@@ -371,6 +375,9 @@ def sqlite_ceiling(
             conn.execute("COMMIT")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         rows = _rows("bench", batches * batch, 2)
+        if random_ids:
+            ids = np.random.default_rng(3).bytes(16 * len(rows))
+            rows = [(ids[16 * k : 16 * k + 16].hex(), *row[1:]) for k, row in enumerate(rows)]
         chunks = [rows[k : k + batch] for k in range(0, len(rows), batch)]
         done = 0
         started = time.perf_counter()
@@ -392,6 +399,7 @@ def sqlite_ceiling(
     return {
         "synchronous": synchronous.upper(),
         "journal_mode": "WAL",
+        "event_ids": "random" if random_ids else "sequential",
         "batches": done,
         "events_per_batch": batch,
         "prefill_rows": prefill,

@@ -38,7 +38,9 @@ Phases (each bounded by a number of calls or a number of seconds):
   during a reload.
 * Memory: the server's VmRSS (process tree) after loading, after the traffic.
 * Bare SQLite (``bench.ceiling.sqlite_ceiling``): 100-event transactions into an
-  events-shaped table, synchronous FULL (the server's default) and NORMAL.
+  events-shaped table, synchronous FULL (the server's default) and NORMAL, and FULL
+  with random event ids (UUIDs, as apps send them: each insert lands on its own page
+  of the event-id index).
 
 Any RPC error or unexpected response outside the reload phase ends the run
 (``BenchError``). Nothing is asserted about timings.
@@ -1343,17 +1345,23 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
     # ---- bare SQLite
     say("[bench]   serving: bare SQLite, 100-event transactions (FULL, NORMAL) ...")
     sqlite_runs = {}
-    for sync in ("FULL", "NORMAL"):
-        sqlite_runs[sync] = _in_child(
+    # FULL_RANDOM_IDS: as FULL, with random (UUID-like) event ids as apps send them.
+    for name, sync, random_ids in (
+        ("FULL", "FULL", False),
+        ("NORMAL", "NORMAL", False),
+        ("FULL_RANDOM_IDS", "FULL", True),
+    ):
+        sqlite_runs[name] = _in_child(
             sqlite_ceiling,
-            str(tmp / f"ceiling-{sync.lower()}.db"),
+            str(tmp / f"ceiling-{name.lower()}.db"),
             sync,
             spec.sqlite_batches,
             spec.track_batch,
             spec.sqlite_prefill,
             spec.sqlite_seconds,
+            random_ids,
         )
-        Path(tmp / f"ceiling-{sync.lower()}.db").unlink(missing_ok=True)
+        Path(tmp / f"ceiling-{name.lower()}.db").unlink(missing_ok=True)
     section["sqlite"] = sqlite_runs
     lap("sqlite ceiling")
 
@@ -1659,9 +1667,15 @@ def markdown_lines(section: dict[str, Any]) -> list[str]:
             f"{'>= 100,000 (best)' if last else ''} | "
             f"{_met(t['track_batched>=100k_events_per_s']) if last else ''} |"
         )
+    names, rates = (
+        "FULL / NORMAL",
+        f"{sq['FULL']['events_per_s']:,} / {sq['NORMAL']['events_per_s']:,}",
+    )
+    if "FULL_RANDOM_IDS" in sq:  # results from before it was measured have no such run
+        names += " / FULL with random event ids"
+        rates += f" / {sq['FULL_RANDOM_IDS']['events_per_s']:,}"
     lines.append(
-        f"| SQLite alone, 100-event transactions, WAL: FULL / NORMAL | | "
-        f"{sq['FULL']['events_per_s']:,} / {sq['NORMAL']['events_per_s']:,} events/s | | | |"
+        f"| SQLite alone, 100-event transactions, WAL: {names} | | {rates} events/s | | | |"
     )
     for k, n in enumerate(spec["stream_counts"]):
         x = f[f"stream_{n}"]
