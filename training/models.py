@@ -128,7 +128,7 @@ def _normalized(factors: np.ndarray) -> np.ndarray:
 
 
 def by_factor(factors: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-    """``factors.T`` (items x factors) as a C-contiguous factors x items copy.
+    """``factors`` (items x factors) transposed: a C-contiguous factors x items copy.
 
     ``users @ by_factor(f)`` is ``users @ f.T``, equal up to float rounding (the
     sums are accumulated in another order), and about twice as fast when the
