@@ -1343,7 +1343,7 @@ def bench_serving(tmp: Path, spec: ServingSpec, reuse_db: Path | None = None) ->
     work.offers = [work.offers[k] for k in order]
 
     # ---- bare SQLite
-    say("[bench]   serving: bare SQLite, 100-event transactions (FULL, NORMAL) ...")
+    say("[bench]   serving: bare SQLite, 100-event transactions (FULL, NORMAL, random ids) ...")
     sqlite_runs = {}
     # FULL_RANDOM_IDS: as FULL, with random (UUID-like) event ids as apps send them.
     for name, sync, random_ids in (
